@@ -1,0 +1,1 @@
+"""Hydra's primary config for ``shiftkit train``; group options are generated (see ``shiftkit.config``)."""

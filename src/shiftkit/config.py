@@ -1,0 +1,212 @@
+"""Hydra configuration: groups mirror the registries, schemas come from the constructors' signatures.
+
+Each registered name becomes a structured config in its group (``loss/poly``, ``weighting/iw``, ...)
+whose fields are the constructor's keyword hyperparameters, typed by its annotations and defaulted by its
+defaults, plus ``name``. A new method therefore needs no config file: its decorator is enough, and a typo
+or a value of the wrong type is refused before anything runs. Top-level keys follow DESIGN.md: ``data``,
+``model``, ``loss``, ``weighting``, ``sampler``, ``optim``, ``train``, ``seed``, ``device``, ``out`` and an
+optional run label ``name``.
+
+>>> cfg = compose(["loss=poly", "weighting=iw", "weighting.exponent=1.5", "seed=3"])
+>>> cfg.loss.name, cfg.loss.alpha, cfg.weighting.exponent, cfg.seed
+('poly', 1.0, 1.5, 3)
+>>> compose(["loss=nope"])
+Traceback (most recent call last):
+...
+shiftkit.errors.ShiftkitError: unknown loss 'nope'; choose one of: ce, poly
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import itertools
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from . import data, losses, models, optim, sampling, weighting
+from .errors import ShiftkitError
+from .registry import Registry, hyperparameters
+
+#: Config group -> the registry whose names are its options.
+GROUPS: Dict[str, Registry] = {
+    "data": data.DATASETS,
+    "model": models.MODELS,
+    "loss": losses.LOSSES,
+    "weighting": weighting.WEIGHTINGS,
+    "sampler": sampling.SAMPLERS,
+    "optim": optim.OPTIMIZERS,
+}
+_SCALARS = (int, float, bool, str)
+
+
+@dataclass
+class TrainConf:
+    """The loop's settings (``batch_size=0``: full batch; ``select``: ``last`` or ``best:<metric>``)."""
+
+    epochs: int = 100
+    batch_size: int = 64
+    eval_every: int = 1
+    select: str = "last"
+
+
+@dataclass
+class Config:
+    data: Any = MISSING
+    model: Any = MISSING
+    loss: Any = MISSING
+    weighting: Any = MISSING
+    sampler: Any = MISSING
+    optim: Any = MISSING
+    train: TrainConf = field(default_factory=TrainConf)
+    seed: int = 0
+    device: str = "auto"
+    out: str = "results"
+    name: Optional[str] = None
+
+
+def _supported(tp: Any) -> Any:
+    """The annotation if OmegaConf can validate it, else ``Any``."""
+    if tp in _SCALARS:
+        return tp
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (list, typing.List) and args and args[0] in _SCALARS:
+        return List[args[0]]
+    if origin is typing.Union and len(args) == 2 and type(None) in args:
+        inner = _supported(next(a for a in args if a is not type(None)))
+        return Optional[inner] if inner is not Any else Any
+    return Any
+
+
+def _hints(fn: Any) -> Dict[str, Any]:
+    if dataclasses.is_dataclass(fn):
+        return typing.get_type_hints(fn)
+    return typing.get_type_hints(fn.__init__ if inspect.isclass(fn) else fn)
+
+
+def _default(fn: Any, key: str, param: inspect.Parameter) -> Any:
+    """A parameter's default; for dataclasses, default factories are called."""
+    if dataclasses.is_dataclass(fn):
+        spec = {f.name: f for f in dataclasses.fields(fn)}[key]
+        if spec.default_factory is not dataclasses.MISSING:
+            return spec.default_factory()
+    return param.default
+
+
+def schema(group: str, name: str, fn: Any) -> type:
+    """A dataclass with ``name`` and the typed, defaulted hyperparameters of ``fn``."""
+    hints = _hints(fn)
+    fields: list = [("name", str, field(default=name))]
+    for key, param in hyperparameters(fn).items():
+        default = _default(fn, key, param)
+        if default is inspect.Parameter.empty:
+            spec = field(default=MISSING)
+        elif isinstance(default, (list, tuple)):
+            spec = field(default_factory=lambda d=default: list(d))
+        else:
+            spec = field(default=default)
+        fields.append((key, _supported(hints.get(key, Any)), spec))
+    return dataclasses.make_dataclass(f"{group}_{name}", fields)
+
+
+def register_configs() -> None:
+    """Store the top-level schema and one schema per registered name in Hydra's ConfigStore."""
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=Config)
+    for group, registry in GROUPS.items():
+        for name in registry.names():
+            store.store(group=group, name=name, node=schema(group, name, registry.get(name)))
+
+
+def _one_line(exc: BaseException) -> str:
+    """The most specific message in an exception chain, on one line."""
+    chain, e = [], exc
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in chain:
+        if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
+            msg = str(getattr(e, "msg", e) or e).strip().splitlines()[0]
+            return _unknown_option(e.full_key, msg) or f"{e.full_key}: {msg}"
+    lines = [line.strip() for line in str(chain[-1]).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(chain[-1]).__name__
+
+
+def _unknown_option(full_key: str, msg: str) -> Optional[str]:
+    """Reword OmegaConf's "Key 'x' not in 'loss_ce'" as a list of the options that exist."""
+    match = re.fullmatch(r"Key '(\w+)' not in '(\w+?)_(\w+)'", msg)
+    group = full_key.split(".")[0]
+    if match is None or group not in GROUPS or match.group(2) != group:
+        return None
+    key, name = match.group(1), match.group(3)
+    listed = ", ".join(hyperparameters(GROUPS[group].get(name))) or "none"
+    return f"{group} '{name}' has no option '{key}'; its options: {listed}"
+
+
+def _parse(overrides: List[str]) -> list:
+    try:
+        return OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as exc:
+        raise ShiftkitError(f"cannot parse overrides: {_one_line(exc)}") from None
+
+
+def _check_group_choices(parsed: list) -> None:
+    for o in parsed:
+        key = o.get_key_element()
+        if key in GROUPS and not o.is_delete():
+            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
+            for value in values:
+                GROUPS[key].get(str(value))
+
+
+def compose(overrides: List[str] = ()) -> DictConfig:
+    """Compose and type-check one run's configuration from command-line style overrides."""
+    parsed = _parse(list(overrides))
+    _check_group_choices(parsed)
+    if any(o.is_sweep_override() for o in parsed):
+        raise ShiftkitError("a sweep (a,b or range()) needs the -m flag: shiftkit train -m ...")
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module("shiftkit.conf", version_base="1.3"):
+            cfg = hydra_compose("config", overrides=list(overrides))
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ShiftkitError(_one_line(exc)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg
+
+
+def expand_sweep(overrides: List[str]) -> List[List[str]]:
+    """The runs of a multirun: the cartesian product of every swept override (Hydra's basic sweeper).
+
+    >>> expand_sweep(["loss=ce,poly", "seed=range(2)"])
+    [['loss=ce', 'seed=0'], ['loss=ce', 'seed=1'], ['loss=poly', 'seed=0'], ['loss=poly', 'seed=1']]
+    """
+    choices = []
+    for o in _parse(list(overrides)):
+        if o.is_sweep_override():
+            key = o.get_key_element()
+            choices.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            choices.append([o.input_line])
+    return [list(c) for c in itertools.product(*choices)]
+
+
+def options(node: DictConfig) -> Dict[str, Any]:
+    """A group's hyperparameters as plain Python values, without its ``name``."""
+    values = OmegaConf.to_container(node, resolve=True)
+    values.pop("name", None)
+    return values

@@ -1,0 +1,26 @@
+"""Datasets and protocols, by name (DESIGN.md, "Data").
+
+>>> from shiftkit import data
+>>> splits = data.build("digits_binary")
+>>> splits.train.class_counts, splits.test.class_counts
+([107, 9], [50, 50])
+"""
+
+from __future__ import annotations
+
+from ..registry import Registry
+from .base import Split, Splits
+
+DATASETS = Registry("data")
+register = DATASETS.register
+names = DATASETS.names
+
+
+def build(name: str, **kwargs) -> Splits:
+    """Build the registered dataset ``name`` with its protocol options."""
+    return DATASETS.build(name, **kwargs)
+
+
+from . import digits, synthetic  # noqa: E402,F401  (registration)
+
+__all__ = ["Split", "Splits", "build", "names", "register", "DATASETS"]

@@ -1,0 +1,1 @@
+"""Named experiments: each file defines a set of runs and how to present them."""

@@ -1,0 +1,168 @@
+"""One run from a composed config: build everything from the registries, fit, write the run directory.
+
+A run directory holds ``metrics.jsonl`` (one line per evaluation, written as training goes),
+``run.json`` (resolved config, data counts, environment, final and selected metrics; written atomically
+at the end) and an empty ``done`` marker written last. Its path is
+``<out>/<data>/<method>/seed<seed>-<hash>`` where the hash covers the whole config but ``out`` and
+``device``, so a repeated sweep finds finished runs and skips them (DESIGN.md, "Style" 7).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import __version__, data, losses, models, optim, sampling, weighting
+from .config import GROUPS, options, schema
+from .errors import ShiftkitError
+from .train import FitResult, fit
+
+_DATA_CACHE: Dict[str, data.Splits] = {}
+#: Groups whose non-default options enter the method label, in label order.
+_LABEL_GROUPS = ("loss", "weighting", "sampler")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def config_hash(cfg: Dict[str, Any], drop=("out", "device")) -> str:
+    kept = {k: v for k, v in cfg.items() if k not in drop}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _non_default(group: str, node: Dict[str, Any]) -> str:
+    defaults = OmegaConf.to_container(OmegaConf.structured(schema(group, node["name"], GROUPS[group].get(node["name"]))))
+    changed = [f"{k}={_short(v)}" for k, v in node.items() if k != "name" and defaults.get(k) != v]
+    return f"{node['name']}({','.join(changed)})" if changed else node["name"]
+
+
+def _short(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value).replace(" ", "")
+
+
+def method_label(cfg: Dict[str, Any]) -> str:
+    """``name`` if given, else the loss, weighting and (if any) sampler with their changed options,
+    e.g. ``poly(alpha=2)+iw(exponent=1.5)``."""
+    if cfg.get("name"):
+        return str(cfg["name"])
+    parts = [_non_default(g, cfg[g]) for g in _LABEL_GROUPS if not (g == "sampler" and cfg[g]["name"] == "none")]
+    return "+".join(parts)
+
+
+def run_dir(cfg: Dict[str, Any]) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9_.,=+()-]+", "_", method_label(cfg))
+    return Path(cfg["out"]) / cfg["data"]["name"] / slug / f"seed{cfg['seed']}-{config_hash(cfg)}"
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.empty(0, device=name)
+    except (RuntimeError, AssertionError) as exc:
+        raise ShiftkitError(f"device '{name}' is not available here: {str(exc).splitlines()[0]}") from None
+    return name
+
+
+def environment() -> Dict[str, str]:
+    return {
+        "shiftkit": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "command": " ".join(sys.argv),
+    }
+
+
+def load_data(node: Dict[str, Any]) -> data.Splits:
+    key = json.dumps(node, sort_keys=True)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE[key] = data.build(node["name"], **{k: v for k, v in node.items() if k != "name"})
+    return _DATA_CACHE[key]
+
+
+def validate(cfg: Dict[str, Any]) -> None:
+    """Checks a schema cannot express (types are already checked when composing)."""
+    if cfg["seed"] < 0:
+        raise ShiftkitError(f"seed must be a non-negative integer, got {cfg['seed']}")
+    train = cfg["train"]
+    if train["epochs"] < 1 or train["eval_every"] < 1 or train["batch_size"] < 0:
+        raise ShiftkitError("train.epochs and train.eval_every must be >= 1, train.batch_size >= 0 (0: full batch)")
+
+
+def run(
+    cfg: DictConfig, *, on_eval: Optional[Callable[[dict], None]] = None, force: bool = False
+) -> Dict[str, Any]:
+    """Run one composed config and return its ``run.json`` record (read back if already done)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    validate(plain)
+    out = run_dir(plain)
+    if (out / "done").exists() and not force:
+        record = json.loads((out / "run.json").read_text())
+        record["skipped"] = True
+        return record
+    device = resolve_device(plain["device"])
+    splits = load_data(plain["data"])
+    stats = splits.statistics()
+    torch.manual_seed(plain["seed"])
+    model = models.build(cfg.model.name, **options(cfg.model), **stats)
+    loss = losses.build(cfg.loss.name, **options(cfg.loss), **stats)
+    scheme = weighting.build(cfg.weighting.name, **options(cfg.weighting), **stats)
+    sampler = sampling.build(cfg.sampler.name, **options(cfg.sampler), **stats)
+    spec = optim.build(cfg.optim.name, **options(cfg.optim))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "done").unlink(missing_ok=True)
+    started = time.time()
+    with open(out / "metrics.jsonl", "w") as log:
+
+        def record_eval(record: dict) -> None:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            if on_eval is not None:
+                on_eval(record)
+
+        result: FitResult = fit(
+            model, splits, loss, scheme, spec, **plain["train"],
+            sampler=sampler, seed=plain["seed"], device=device, on_eval=record_eval,
+        )
+    record = {
+        "method": method_label(plain),
+        "group_key": config_hash(plain, drop=("out", "device", "seed")),
+        "config": plain,
+        "data": {"name": plain["data"]["name"], "counts": splits.counts(), "info": splits.info},
+        "final": result.final,
+        "selected": result.selected,
+        "selected_epoch": result.selected_epoch,
+        "train_seconds": round(result.seconds, 3),
+        "steps": result.steps,
+        "device": device,
+        "started": started,
+        "environment": environment(),
+        "run_dir": str(out),
+    }
+    atomic_write(out / "run.json", json.dumps(record, indent=2))
+    atomic_write(out / "done", "")
+    return record

@@ -1,0 +1,97 @@
+"""Weighting schemes: per-example losses in, per-example weights out (SPEC §2-4).
+
+The training loop minimizes ``(w * losses).mean()`` over the batch (SPEC §2.2: the plain mean, not
+divided by the batch's sum of weights). A scheme is an ``nn.Module`` so that its state (none for static
+schemes; Group DRO's ``q`` for dynamic ones) moves with ``.to(device)`` and round-trips through
+``state_dict()`` / ``load_state_dict()``. Dynamic schemes change their state only in training mode.
+
+>>> import torch
+>>> from shiftkit import weighting
+>>> iw = weighting.build("iw", group_counts=[4000, 400])
+>>> iw.weights(torch.ones(3), torch.tensor([0, 0, 1]), torch.tensor([0, 0, 1]))
+tensor([0.5500, 0.5500, 5.5000])
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ShiftkitError
+from .registry import Registry
+
+WEIGHTINGS = Registry("weighting")
+register = WEIGHTINGS.register
+names = WEIGHTINGS.names
+
+
+def build(name: str, **kwargs) -> "Weighting":
+    """Build a registered weighting scheme; data statistics it does not use are ignored."""
+    return WEIGHTINGS.build(name, **kwargs)
+
+
+class Weighting(nn.Module):
+    """Base class: ``weights(losses, y, g) -> Tensor[B]`` (>= 0), given detached per-example losses."""
+
+    def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, losses: Tensor, y: Tensor, g: Optional[Tensor] = None) -> Tensor:
+        return self.weights(losses, y, g)
+
+
+@register("erm")
+class ERM(Weighting):
+    """Empirical risk minimization: every weight is 1."""
+
+    def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
+        return torch.ones_like(losses)
+
+
+def normalized_inverse_counts(counts: Sequence[int], exponent: float) -> Tensor:
+    """Per-category weights ``(1/n_k)^e``, scaled to mean 1 over the training set (SPEC §2.1).
+
+    A category with no training example gets weight 0 (it cannot occur in training).
+
+    >>> normalized_inverse_counts([4000, 400], 1.5).round(decimals=3)
+    tensor([0.2640, 8.3570])
+    """
+    n = torch.as_tensor(list(counts), dtype=torch.float64)
+    if n.numel() == 0 or (n < 0).any() or n.sum() <= 0:
+        raise ShiftkitError(f"counts must be non-negative with a positive total, got {list(counts)}")
+    raw = torch.where(n > 0, n.clamp_min(1).pow(-exponent), torch.zeros_like(n))
+    mean_over_examples = (n * raw).sum() / n.sum()
+    return (raw / mean_over_examples).float()
+
+
+@register("iw")
+class ImportanceWeighting(Weighting):
+    """Importance weighting with exponentiated weights ([W], SPEC §2.1-2.2).
+
+    ``w_i ∝ (1/n_{c(i)})^exponent`` where ``c(i)`` is the example's group (``by="group"``, the [W] code;
+    for data without an attribute the group is the class) or its class (``by="class"``), normalized to
+    mean 1 over the training set. ``exponent = 1`` is classical IW; [W] uses 1.5 (CIFAR) and 2 (CelebA)
+    for IW-Exp and up to 3 with the polynomially-tailed loss.
+    """
+
+    def __init__(
+        self,
+        exponent: float = 1.0,
+        by: str = "group",
+        class_counts: Optional[Sequence[int]] = None,
+        group_counts: Optional[Sequence[int]] = None,
+    ):
+        super().__init__()
+        if by not in ("group", "class"):
+            raise ShiftkitError(f"weighting 'iw': by must be 'group' or 'class', got '{by}'")
+        counts = group_counts if by == "group" else class_counts
+        if counts is None:
+            raise ShiftkitError(f"weighting 'iw' needs the training {by} counts ({by}_counts=...)")
+        self.exponent, self.by = float(exponent), by
+        self.register_buffer("table", normalized_inverse_counts(counts, self.exponent))
+
+    def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
+        index = y if self.by == "class" or g is None else g
+        return self.table[index].to(losses.dtype)

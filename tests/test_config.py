@@ -1,0 +1,37 @@
+"""Configs: every registered name composes from its generated schema; types are enforced."""
+
+import pytest
+
+from shiftkit.config import GROUPS, compose, expand_sweep
+from shiftkit.errors import ShiftkitError
+
+CHOICES = [(group, name) for group, registry in GROUPS.items() for name in registry.names()]
+
+
+@pytest.mark.parametrize("group,name", CHOICES, ids=lambda v: str(v))
+def test_every_registered_name_composes_with_its_defaults(group, name):
+    cfg = compose([f"{group}={name}"])
+    assert cfg[group].name == name
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["loss=nope"], "unknown loss 'nope'; choose one of: ce, poly"),
+        (["weighting=iw", "weighting.exponent=abc"], "weighting.exponent: Value 'abc'"),
+        (["data=nope"], "unknown data 'nope'"),
+        (["loss.tau=1"], "loss 'ce' has no option 'tau'"),
+        (["train.epochs=1.5"], "train.epochs"),
+        (["loss=ce,poly"], "needs the -m flag"),
+        (["seed=abc"], "seed: Value 'abc'"),
+    ],
+)
+def test_bad_overrides_give_one_line(overrides, message):
+    with pytest.raises(ShiftkitError) as err:
+        compose(overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_sweep_expansion_is_the_cartesian_product():
+    runs = expand_sweep(["loss=ce,poly", "weighting=erm,iw", "seed=range(3)", "train.epochs=2"])
+    assert len(runs) == 12 and all(r[-1] == "train.epochs=2" for r in runs)

@@ -1,0 +1,107 @@
+"""The training loop on problems with known answers; selection, schedules, failures, determinism."""
+
+import pytest
+import torch
+
+from shiftkit import data, losses, models, optim, weighting
+from shiftkit.data.base import Split, Splits
+from shiftkit.errors import ShiftkitError
+from shiftkit.train import NonFiniteLoss, fit, parse_select
+
+
+def _separable(n=40, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, generator=gen)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    x = x + 0.3 * (2 * y[:, None] - 1) * torch.tensor([1.0, 0.5])  # a margin around the boundary
+    split = Split(x, y, y.clone(), 2, 2)
+    return Splits(split, split, split)
+
+
+def _fit(splits, loss="ce", scheme="erm", seed=0, **kw):
+    torch.manual_seed(seed)
+    net = models.build("linear", input_shape=(2,), num_classes=2)
+    stats = splits.statistics()
+    return net, fit(
+        net, splits, losses.build(loss, **stats), weighting.build(scheme, **stats),
+        kw.pop("spec", optim.build("sgd", lr=0.5, momentum=0.0)), seed=seed, **{"epochs": 60, **kw},
+    )
+
+
+@pytest.mark.parametrize("loss", losses.names())
+@pytest.mark.parametrize("scheme", weighting.names())
+def test_every_loss_and_weighting_separates_a_separable_problem(loss, scheme):
+    _, result = _fit(_separable(), loss, scheme, batch_size=8)
+    assert result.final["train"]["acc"] == 1.0
+
+
+def test_full_batch_gd_equals_closed_form_steps():
+    splits = _separable(8)
+    torch.manual_seed(0)
+    net = models.build("linear", input_shape=(2,), num_classes=2)
+    w0 = [p.detach().clone() for p in net.parameters()]
+    fit(net, splits, losses.build("ce"), weighting.build("erm"), optim.build("sgd", lr=0.1, momentum=0.0),
+        epochs=1, batch_size=0)
+    ref = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        ref.weight.copy_(w0[0]), ref.bias.copy_(w0[1])
+    torch.nn.functional.cross_entropy(ref(splits.train.x), splits.train.y).backward()
+    torch.testing.assert_close(net[1].weight, w0[0] - 0.1 * ref.weight.grad)
+
+
+def test_importance_weights_move_the_boundary_toward_the_majority():  # [W] Fig. 1 before interpolation
+    noisy = data.build("two_gaussians", n_minority=20, n_majority=200)
+    erm_net, _ = _fit(noisy, "ce", "erm", epochs=30, batch_size=0, spec=optim.build("sgd", lr=0.1, momentum=0.0))
+    iw_net, _ = _fit(noisy, "ce", "iw", epochs=30, batch_size=0, spec=optim.build("sgd", lr=0.1, momentum=0.0))
+    minority_test = noisy.test.x[noisy.test.y == 0]
+
+    def minority_score(net):
+        with torch.no_grad():
+            out = net(minority_test)
+        return (out[:, 0] - out[:, 1]).mean().item()
+
+    assert minority_score(iw_net) > minority_score(erm_net)
+
+
+def test_best_selection_returns_the_best_validation_evaluation():
+    splits = _separable()
+    _, result = _fit(splits, epochs=20, eval_every=2, select="best:balanced_acc", batch_size=8)
+    history = result.history
+    best = max(h["val"]["balanced_acc"] for h in history)
+    first_best = next(h for h in history if h["val"]["balanced_acc"] == best)
+    assert result.selected_epoch == first_best["epoch"]
+    assert result.selected["test"] == first_best["test"]
+    assert [h["epoch"] for h in history] == list(range(2, 21, 2))
+
+
+def test_same_seed_same_metrics_different_seed_different_order():
+    splits = data.build("digits_binary")
+    spec = optim.build("sgd", lr=0.05)
+    runs = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        net = models.build("mlp", input_shape=splits.input_shape, num_classes=2, width=32, depth=1)
+        res = fit(net, splits, losses.build("ce"), weighting.build("erm"), spec, epochs=3, batch_size=16, seed=seed)
+        runs.append((res.history[-1]["train_loss"], [p.detach().clone() for p in net.parameters()]))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+    assert runs[0][0] != runs[2][0]
+
+
+def test_non_finite_loss_stops_with_the_step():
+    splits = _separable()
+    with pytest.raises(NonFiniteLoss, match=r"non-finite at step \d+ \(epoch \d+\)"):
+        _fit(splits, epochs=3, batch_size=8, spec=optim.build("sgd", lr=1e38, momentum=0.0))
+
+
+def test_schedules():
+    cosine = optim.build("sgd", schedule="cosine", warmup_epochs=2)
+    assert [round(cosine.factor(e, 6), 3) for e in range(6)] == [0.5, 1.0, 1.0, 0.854, 0.5, 0.146]
+    with pytest.raises(ShiftkitError, match="unknown schedule"):
+        optim.build("sgd", schedule="linear")
+
+
+@pytest.mark.parametrize("bad", ["best", "best:nope", "first", "best:"])
+def test_select_is_validated(bad):
+    with pytest.raises(ShiftkitError):
+        parse_select(bad)
