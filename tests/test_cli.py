@@ -62,6 +62,7 @@ def test_sweep_skips_finished_runs_and_report_tabulates(tmp_path):
         (["train", "seed=-1"], "seed must be a non-negative integer, got -1"),
         (["report", "does-not-exist"], "no such directory"),
         (["train", "-m", "loss=ce,nope"], "unknown loss 'nope'"),
+        (["train", "data.imbalance=0.5"], "digits_binary: imbalance must be >= 1"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):

@@ -24,36 +24,49 @@ class _Parser(argparse.ArgumentParser):
         raise ShiftkitError(message)
 
 
-def _progress():
+def _progress(console):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     )
 
 
 def _describe(record: dict) -> str:
-    val, train = record["val"], record["train"]
     return (
-        f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, train acc {train['acc']:.3f}, "
-        f"val balanced acc {val['balanced_acc']:.3f}"
+        f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, train acc {record['train']['acc']:.3f}, "
+        f"val balanced acc {record['val']['balanced_acc']:.3f}"
+    )
+
+
+def _finished(record: dict) -> str:
+    sel = record["selected"]
+    if record.get("skipped"):
+        return "already done, skipped"
+    return (
+        f"train acc {sel['train']['acc']:.3f}, test balanced acc {sel['test']['balanced_acc']:.3f}, "
+        f"worst class {sel['test']['worst_class_acc']:.3f} ({record['train_seconds']:.1f} s)"
     )
 
 
 def run_many(override_lists: List[List[str]], label: str = "runs") -> List[dict]:
-    """Compose and check every run first (so bad input stops before anything trains), then run them."""
+    """Compose and check every run first (so bad input stops before anything trains), then run them,
+    with a live progress bar on a terminal and one line per finished run everywhere (logs included)."""
     from rich.console import Console
 
     from .config import compose
-    from .runner import run
+    from .runner import check, run
 
     configs = [compose(o) for o in override_lists]
-    console = Console(stderr=True)
+    for cfg in configs:
+        check(cfg)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
     records = []
-    with _progress() as progress:
+    with _progress(console) as progress:
         task = progress.add_task(label, total=len(configs))
-        for cfg in configs:
-            epochs = progress.add_task(f"  {cfg.name or cfg.loss.name} seed {cfg.seed}", total=cfg.train.epochs)
+        for i, cfg in enumerate(configs, 1):
+            title = f"{cfg.name or cfg.loss.name + '+' + cfg.weighting.name} seed {cfg.seed}"
+            epochs = progress.add_task(f"  {title}", total=cfg.train.epochs)
 
             def on_eval(record: dict, epochs=epochs) -> None:
                 progress.update(epochs, completed=record["epoch"], description=f"  {_describe(record)}")
@@ -61,6 +74,7 @@ def run_many(override_lists: List[List[str]], label: str = "runs") -> List[dict]
             record = run(cfg, on_eval=on_eval)
             progress.remove_task(epochs)
             progress.advance(task)
+            progress.console.print(f"[{i}/{len(configs)}] {title}: {_finished(record)}")
             records.append(record)
     skipped = sum(bool(r.get("skipped")) for r in records)
     if skipped:
@@ -69,19 +83,11 @@ def run_many(override_lists: List[List[str]], label: str = "runs") -> List[dict]
 
 
 def _train(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from .config import expand_sweep
-    from .report import DEFAULT_COLUMNS
 
     lists = expand_sweep(args.overrides) if args.multirun else [list(args.overrides)]
-    records = run_many(lists, label="sweep" if args.multirun else "run")
-    console = Console()
-    for r in records:
-        cells = ", ".join(f"{split} {m} {r['selected'][split][m]:.3f}" for split, m in DEFAULT_COLUMNS
-                          if r["selected"][split].get(m) is not None)
-        console.print(f"{r['method']} seed {r['config']['seed']}: {cells} (epoch {r['selected_epoch']})")
-        console.print(f"  -> {r['run_dir']}", style="dim", highlight=False)
+    for record in run_many(lists, label="sweep" if args.multirun else "run"):
+        print(record["run_dir"])
     return 0
 
 
@@ -118,7 +124,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="shiftkit", description="Classifiers that do well on every class and group.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     train = sub.add_parser("train", help="train one run, or a sweep with -m (Hydra override syntax)")
     train.add_argument("-m", "--multirun", action="store_true", help="sweep over comma lists and range()")
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss=poly weighting.exponent=1.5")
@@ -141,7 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return 2
         return args.func(args)
     except ShiftkitError as exc:
         print(f"shiftkit: error: {exc}", file=sys.stderr)

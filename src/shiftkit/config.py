@@ -145,11 +145,17 @@ def _one_line(exc: BaseException) -> str:
 
 def _unknown_option(full_key: str, msg: str) -> Optional[str]:
     """Reword OmegaConf's "Key 'x' not in 'loss_ce'" as a list of the options that exist."""
-    match = re.fullmatch(r"Key '(\w+)' not in '(\w+?)_(\w+)'", msg)
-    group = full_key.split(".")[0]
-    if match is None or group not in GROUPS or match.group(2) != group:
+    match = re.fullmatch(r"Key '(\w+)' not in '(\w+)'", msg)
+    if match is None:
         return None
-    key, name = match.group(1), match.group(3)
+    key, owner = match.groups()
+    fixed = {"Config": ("top-level config", Config), "TrainConf": ("train", TrainConf)}
+    if owner in fixed:
+        where, node = fixed[owner]
+        return f"{where} has no key '{key}'; its keys: {', '.join(f.name for f in dataclasses.fields(node))}"
+    group, _, name = owner.partition("_")
+    if group not in GROUPS or name not in GROUPS[group]:
+        return None
     listed = ", ".join(hyperparameters(GROUPS[group].get(name))) or "none"
     return f"{group} '{name}' has no option '{key}'; its options: {listed}"
 

@@ -16,13 +16,38 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .errors import ShiftkitError
 from .metrics import SCALAR_METRICS
 
-#: Default columns: (split, metric). Training accuracy shows whether the runs interpolate.
+#: Default columns: (split, metric). Training accuracy shows whether the runs interpolate. Group
+#: columns are dropped where every run's groups are its classes, and columns nobody has (DEO without an
+#: attribute) are dropped too.
 DEFAULT_COLUMNS = (
     ("test", "balanced_acc"),
     ("test", "worst_class_acc"),
     ("test", "worst_group_acc"),
+    ("test", "deo"),
     ("train", "acc"),
 )
+_GROUP_METRICS = {"group_balanced_acc", "worst_group_acc", "deo"}
+_SHORT = {
+    "acc": "acc",
+    "balanced_acc": "balanced acc",
+    "worst_class_acc": "worst class",
+    "group_balanced_acc": "group-bal. acc",
+    "worst_group_acc": "worst group",
+    "deo": "DEO",
+    "train_weighted_acc": "train-wtd acc",
+}
+
+
+def _groups_are_classes(run: dict) -> bool:
+    counts = run["data"]["counts"]["train"]
+    return counts["group_counts"] == counts["class_counts"]
+
+
+def informative(columns: Sequence[Tuple[str, str]], runs: List[dict]) -> List[Tuple[str, str]]:
+    """The default columns that say something about these runs."""
+    if all(_groups_are_classes(r) for r in runs):
+        columns = [c for c in columns if c[1] not in _GROUP_METRICS]
+    return [c for c in columns if any(r["selected"][c[0]].get(c[1]) is not None for r in runs)]
 
 
 def mean_sem(values: Sequence[float]) -> Tuple[float, Optional[float]]:
@@ -102,7 +127,7 @@ def render(tables: Dict[str, List[dict]], columns: Sequence[Tuple[str, str]], co
         table.add_column("method")
         table.add_column("seeds", justify="right")
         for split, metric in columns:
-            table.add_column(f"{split} {metric}", justify="right")
+            table.add_column(f"{split}\n{_SHORT[metric]}", justify="right")
         for row in rows:
             table.add_row(row["method"], str(row["n"]), *(_cell(row[f"{s}/{m}"]) for s, m in columns))
         console.print(table)
@@ -124,11 +149,11 @@ def bar_chart(tables: Dict[str, List[dict]], columns: Sequence[Tuple[str, str]],
             means = [c[0] if c else math.nan for c in cells]
             sems = [c[1] or 0.0 if c else 0.0 for c in cells]
             xs = [i + (j - (len(shown) - 1) / 2) * width for i in range(len(rows))]
-            ax.bar(xs, means, width, yerr=sems, capsize=3, label=f"{split} {metric}")
+            ax.bar(xs, means, width, yerr=sems, capsize=3, label=f"{split} {_SHORT[metric]}")
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels([r["method"] for r in rows], rotation=20, ha="right")
         ax.set_ylim(0, 1.05)
-        ax.set_ylabel("accuracy")
+        ax.set_ylabel("accuracy (DEO: lower is better)" if any(m == "deo" for _, m in shown) else "accuracy")
         ax.set_title(f"{dataset} (mean ± s.e.m., n = {', '.join(sorted({str(r['n']) for r in rows}))} seeds)")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
@@ -162,7 +187,10 @@ def report(root: Path, columns=DEFAULT_COLUMNS, which: str = "selected", png: Op
     if which not in ("selected", "final"):
         raise ShiftkitError(f"--which must be 'selected' or 'final', got '{which}'")
     root = Path(root)
-    tables = summarize(load_runs(root), columns, which)
+    runs = load_runs(root)
+    if columns is DEFAULT_COLUMNS:
+        columns = informative(columns, runs)
+    tables = summarize(runs, columns, which)
     render(tables, columns, console)
     atomic_write(root / "report.json", json.dumps({"which": which, "tables": tables}, indent=2))
     bar_chart(tables, columns, Path(png) if png else root / "report.png")

@@ -9,6 +9,7 @@ at the end) and an empty ``done`` marker written last. Its path is
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import __version__, data, losses, models, optim, sampling, weighting
 from .config import GROUPS, options, schema
 from .errors import ShiftkitError
-from .train import FitResult, fit
+from .train import FitResult, fit, parse_select
 
 _DATA_CACHE: Dict[str, data.Splits] = {}
 #: Groups whose non-default options enter the method label, in label order.
@@ -111,6 +112,32 @@ def validate(cfg: Dict[str, Any]) -> None:
     train = cfg["train"]
     if train["epochs"] < 1 or train["eval_every"] < 1 or train["batch_size"] < 0:
         raise ShiftkitError("train.epochs and train.eval_every must be >= 1, train.batch_size >= 0 (0: full batch)")
+    parse_select(train["select"])
+    resolve_device(cfg["device"])
+
+
+def build_parts(cfg: DictConfig, splits: data.Splits, model_device: Optional[str] = None) -> Dict[str, Any]:
+    """The fit() arguments a config names: model (created on ``model_device`` if given), loss,
+    weighting, sampler, optim."""
+    stats = splits.statistics()
+    with torch.device(model_device) if model_device else contextlib.nullcontext():
+        model = models.build(cfg.model.name, **options(cfg.model), **stats)
+    return {
+        "model": model,
+        "loss": losses.build(cfg.loss.name, **options(cfg.loss), **stats),
+        "weighting": weighting.build(cfg.weighting.name, **options(cfg.weighting), **stats),
+        "sampler": sampling.build(cfg.sampler.name, **options(cfg.sampler), **stats),
+        "optim": optim.build(cfg.optim.name, **options(cfg.optim)),
+    }
+
+
+def check(cfg: DictConfig) -> None:
+    """Everything that can be refused before training: values, the device, and every constructor (the
+    model is built on the meta device, so checking costs no memory)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    validate(plain)
+    splits = load_data(plain["data"])
+    build_parts(cfg, splits, model_device="meta")
 
 
 def run(
@@ -126,13 +153,8 @@ def run(
         return record
     device = resolve_device(plain["device"])
     splits = load_data(plain["data"])
-    stats = splits.statistics()
     torch.manual_seed(plain["seed"])
-    model = models.build(cfg.model.name, **options(cfg.model), **stats)
-    loss = losses.build(cfg.loss.name, **options(cfg.loss), **stats)
-    scheme = weighting.build(cfg.weighting.name, **options(cfg.weighting), **stats)
-    sampler = sampling.build(cfg.sampler.name, **options(cfg.sampler), **stats)
-    spec = optim.build(cfg.optim.name, **options(cfg.optim))
+    parts = build_parts(cfg, splits)
     out.mkdir(parents=True, exist_ok=True)
     (out / "done").unlink(missing_ok=True)
     started = time.time()
@@ -145,8 +167,7 @@ def run(
                 on_eval(record)
 
         result: FitResult = fit(
-            model, splits, loss, scheme, spec, **plain["train"],
-            sampler=sampler, seed=plain["seed"], device=device, on_eval=record_eval,
+            splits=splits, **parts, **plain["train"], seed=plain["seed"], device=device, on_eval=record_eval
         )
     record = {
         "method": method_label(plain),
