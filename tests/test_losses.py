@@ -110,3 +110,13 @@ def test_poly_is_decreasing_in_the_margin(v, dv):
 def test_poly_rejects_bad_options(bad):
     with pytest.raises(ShiftkitError):
         losses.build("poly", **bad)
+
+
+@pytest.mark.parametrize("name", losses.names())
+@given(st.integers(0, 10**6))
+def test_contract_losses_are_per_example(name, seed):
+    """Permuting the batch permutes the losses: nothing couples the examples of a batch."""
+    loss = losses.build(name, **COUNTS)
+    logits, y, g = _batch(3, scale=3.0, seed=seed)
+    perm = torch.randperm(16, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(loss(logits, y, g)[perm], loss(logits[perm], y[perm], g[perm]))

@@ -70,3 +70,16 @@ def test_iw_needs_counts_and_a_valid_axis():
         weighting.build("iw")
     with pytest.raises(ShiftkitError, match="by must be"):
         weighting.build("iw", by="cell", group_counts=[1, 1])
+
+
+@pytest.mark.parametrize("name", weighting.names())
+@given(st.integers(0, 10**6))
+def test_contract_weights_follow_a_permutation_of_the_batch(name, seed):
+    gen = torch.Generator().manual_seed(seed)
+    losses = torch.rand(16, generator=gen) * 4
+    y = torch.randint(0, 2, (16,), generator=gen)
+    g = 2 * y + torch.randint(0, 2, (16,), generator=gen)
+    perm = torch.randperm(16, generator=gen)
+    w = weighting.build(name, **COUNTS).weights(losses, y, g)
+    w_perm = weighting.build(name, **COUNTS).weights(losses[perm], y[perm], g[perm])
+    torch.testing.assert_close(w[perm], w_perm)

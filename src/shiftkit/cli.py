@@ -94,7 +94,7 @@ def _train(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .report import parse_columns, report
 
-    report(args.dir, parse_columns(args.metrics), which=args.which, png=args.png)
+    report(args.dir, parse_columns(args.metrics), which=args.which, baseline=args.baseline, show_curves=args.curves)
     return 0
 
 
@@ -109,8 +109,8 @@ def _demo(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ShiftkitError(f"--seeds must be >= 1, got {args.seeds}")
     run_many(demo.runs(args.seeds, args.out, args.overrides), label="demo")
-    report(Path(args.out))
-    Console().print(f"results, report.json and report.png are in {args.out}/")
+    report(Path(args.out), baseline=demo.BASELINE, show_curves=True)
+    Console().print(f"runs, report.json, report.png and curves.png are in {args.out}/")
     return 0
 
 
@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("dir", help="a results directory")
     rep.add_argument("--metrics", nargs="+", help="columns as split/metric, e.g. test/balanced_acc train/acc")
     rep.add_argument("--which", default="selected", help="'selected' (model selection) or 'final' weights")
-    rep.add_argument("--png", help="where to write the bar chart (default DIR/report.png)")
+    rep.add_argument("--baseline", help="a method to test against (one-sided paired t-test over seeds)")
+    rep.add_argument("--curves", action="store_true", help="also print the first metric by epoch")
     rep.set_defaults(func=_report)
     demo = sub.add_parser("demo", help="the default experiment: ERM vs IW vs Poly+IW on imbalanced digits")
     demo.add_argument("--out", default="results/demo", help="results directory (default results/demo)")

@@ -1,0 +1,83 @@
+"""Figures of a report: bars over methods and metrics, curves over epochs (mean ± s.e.m. over seeds)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+#: Short names of the metrics, for table headers and legends.
+SHORT = {
+    "acc": "acc",
+    "balanced_acc": "balanced acc",
+    "worst_class_acc": "worst class",
+    "group_balanced_acc": "group-bal. acc",
+    "worst_group_acc": "worst group",
+    "deo": "DEO",
+    "train_weighted_acc": "train-wtd acc",
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    """Save through a temporary file and a rename, so a reader never sees half a PNG."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=120)
+    _pyplot().close(fig)
+    tmp.replace(path)
+
+
+def bar_chart(tables: Dict[str, List[dict]], columns: Sequence[Tuple[str, str]], path: Path) -> None:
+    """Grouped bars (one group per method, one bar per non-training metric) with s.e.m. error bars."""
+    plt = _pyplot()
+    shown = [c for c in columns if c[0] != "train"] or list(columns)
+    most = max(len(rows) for rows in tables.values())
+    fig, axes = plt.subplots(1, len(tables), figsize=(max(6.0, 1.6 * most) * len(tables), 4.5), squeeze=False)
+    width = 0.8 / len(shown)
+    for ax, (dataset, rows) in zip(axes[0], tables.items()):
+        for j, (split, metric) in enumerate(shown):
+            cells = [row[f"{split}/{metric}"] for row in rows]
+            means = [c[0] if c else math.nan for c in cells]
+            sems = [(c[1] or 0.0) if c else 0.0 for c in cells]
+            xs = [i + (j - (len(shown) - 1) / 2) * width for i in range(len(rows))]
+            ax.bar(xs, means, width, yerr=sems, capsize=3, label=f"{split} {SHORT[metric]}")
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([r["method"] for r in rows], rotation=20, ha="right")
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("accuracy (DEO: lower is better)" if any(m == "deo" for _, m in shown) else "accuracy")
+        seeds = ", ".join(sorted({str(r["n"]) for r in rows}))
+        ax.set_title(f"{dataset}: mean ± s.e.m. over {seeds} seeds")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def curve_plot(curves: Dict[str, Dict[str, list]], split: str, metric: str, path: Path) -> None:
+    """One line per method over evaluation epochs, with a shaded ± s.e.m. band."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(curves), figsize=(7.0 * len(curves), 4.5), squeeze=False)
+    for ax, (dataset, methods) in zip(axes[0], curves.items()):
+        for method, points in methods.items():
+            epochs = [p[0] for p in points]
+            means = [p[1] for p in points]
+            sems = [p[2] or 0.0 for p in points]
+            (line,) = ax.plot(epochs, means, marker="o", markersize=3, label=method)
+            ax.fill_between(epochs, [m - s for m, s in zip(means, sems)], [m + s for m, s in zip(means, sems)],
+                            color=line.get_color(), alpha=0.2)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{split} {SHORT[metric]}")
+        ax.set_title(f"{dataset}: {split} {SHORT[metric]} during training (mean ± s.e.m.)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
