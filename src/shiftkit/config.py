@@ -18,6 +18,7 @@ shiftkit.errors.ShiftkitError: unknown loss 'nope'; choose one of: ce, poly
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import inspect
 import itertools
@@ -83,6 +84,8 @@ def _supported(tp: Any) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (list, typing.List) and args and args[0] in _SCALARS:
         return List[args[0]]
+    if origin in (dict, typing.Dict, collections.abc.Mapping):
+        return Dict[str, Any]
     if origin is typing.Union and len(args) == 2 and type(None) in args:
         inner = _supported(next(a for a in args if a is not type(None)))
         return Optional[inner] if inner is not Any else Any
@@ -114,6 +117,8 @@ def schema(group: str, name: str, fn: Any) -> type:
             spec = field(default=MISSING)
         elif isinstance(default, (list, tuple)):
             spec = field(default_factory=lambda d=default: list(d))
+        elif isinstance(default, collections.abc.Mapping):
+            spec = field(default_factory=lambda d=default: dict(d))
         else:
             spec = field(default=default)
         fields.append((key, _supported(hints.get(key, Any)), spec))
@@ -145,6 +150,8 @@ def _one_line(exc: BaseException) -> str:
 
 def _unknown_option(full_key: str, msg: str) -> Optional[str]:
     """Reword OmegaConf's "Key 'x' not in 'loss_ce'" as a list of the options that exist."""
+    if re.fullmatch(r"Key '\w+' is not in struct", msg):
+        return f"{full_key} is a new key: add it with a leading '+', as in +{full_key}=..."
     match = re.fullmatch(r"Key '(\w+)' not in '(\w+)'", msg)
     if match is None:
         return None

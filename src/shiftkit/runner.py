@@ -60,7 +60,14 @@ def _non_default(group: str, node: Dict[str, Any]) -> str:
 
 
 def _short(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value).replace(" ", "")
+    """Compact, quote-free rendering for labels: 2.0 -> 2, [a, b] -> [a,b], {a: {b: 1}} -> a.b=1."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_short(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return ",".join(f"{k}.{_short(v)}" if isinstance(v, dict) else f"{k}={_short(v)}" for k, v in value.items())
+    return str(value).replace(" ", "")
 
 
 def method_label(cfg: Dict[str, Any]) -> str:
@@ -73,7 +80,7 @@ def method_label(cfg: Dict[str, Any]) -> str:
 
 
 def run_dir(cfg: Dict[str, Any]) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9_.,=+()-]+", "_", method_label(cfg))
+    slug = re.sub(r"[^A-Za-z0-9_.,=+()\[\]-]+", "_", method_label(cfg))
     return Path(cfg["out"]) / cfg["data"]["name"] / slug / f"seed{cfg['seed']}-{config_hash(cfg)}"
 
 

@@ -127,6 +127,7 @@ def fit(
     for epoch in range(epochs):
         model.train()
         weighting.train()
+        weighting.start_epoch(epoch)
         order = sampler.epoch(splits.train.y, splits.train.g, gen).to(device)
         total = torch.zeros((), device=device)
         first_bad = torch.full((), -1, dtype=torch.long, device=device)

@@ -19,8 +19,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .errors import ShiftkitError
-from .registry import Registry
+from ..errors import ShiftkitError
+from ..registry import Registry
 
 WEIGHTINGS = Registry("weighting")
 register = WEIGHTINGS.register
@@ -33,21 +33,21 @@ def build(name: str, **kwargs) -> "Weighting":
 
 
 class Weighting(nn.Module):
-    """Base class: ``weights(losses, y, g) -> Tensor[B]`` (>= 0), given detached per-example losses."""
+    """Base class: ``weights(losses, y, g) -> Tensor[B]`` (>= 0), given detached per-example losses.
+
+    ``start_epoch(epoch)`` is called by the loop before each training epoch (0-based), for schedules
+    such as deferred re-weighting; state that changes must live in buffers so that ``state_dict()``
+    carries it.
+    """
+
+    def start_epoch(self, epoch: int) -> None:
+        """Hook before each training epoch; static schemes ignore it."""
 
     def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
         raise NotImplementedError
 
     def forward(self, losses: Tensor, y: Tensor, g: Optional[Tensor] = None) -> Tensor:
         return self.weights(losses, y, g)
-
-
-@register("erm")
-class ERM(Weighting):
-    """Empirical risk minimization: every weight is 1."""
-
-    def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
-        return torch.ones_like(losses)
 
 
 def normalized_inverse_counts(counts: Sequence[int], exponent: float) -> Tensor:
@@ -66,32 +66,5 @@ def normalized_inverse_counts(counts: Sequence[int], exponent: float) -> Tensor:
     return (raw / mean_over_examples).float()
 
 
-@register("iw")
-class ImportanceWeighting(Weighting):
-    """Importance weighting with exponentiated weights ([W], SPEC §2.1-2.2).
-
-    ``w_i ∝ (1/n_{c(i)})^exponent`` where ``c(i)`` is the example's group (``by="group"``, the [W] code;
-    for data without an attribute the group is the class) or its class (``by="class"``), normalized to
-    mean 1 over the training set. ``exponent = 1`` is classical IW; [W] uses 1.5 (CIFAR) and 2 (CelebA)
-    for IW-Exp and up to 3 with the polynomially-tailed loss.
-    """
-
-    def __init__(
-        self,
-        exponent: float = 1.0,
-        by: str = "group",
-        class_counts: Optional[Sequence[int]] = None,
-        group_counts: Optional[Sequence[int]] = None,
-    ):
-        super().__init__()
-        if by not in ("group", "class"):
-            raise ShiftkitError(f"weighting 'iw': by must be 'group' or 'class', got '{by}'")
-        counts = group_counts if by == "group" else class_counts
-        if counts is None:
-            raise ShiftkitError(f"weighting 'iw' needs the training {by} counts ({by}_counts=...)")
-        self.exponent, self.by = float(exponent), by
-        self.register_buffer("table", normalized_inverse_counts(counts, self.exponent))
-
-    def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
-        index = y if self.by == "class" or g is None else g
-        return self.table[index].to(losses.dtype)
+from . import static  # noqa: E402,F401  (registration; one file per family)
+from .chain import Chain, chain  # noqa: E402,F401

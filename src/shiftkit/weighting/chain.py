@@ -1,0 +1,67 @@
+"""Products of weighting schemes: ``chain(a, b)`` weighs each example by ``a``'s weight times ``b``'s.
+
+Each member keeps its own state (``state_dict`` nests them as ``parts.0``, ``parts.1``, ...), sees the
+same detached losses, and receives the loop's epoch hook.
+
+>>> import torch
+>>> from shiftkit import weighting
+>>> both = weighting.chain(weighting.build("iw", group_counts=[3, 1]), weighting.build("erm"))
+>>> both.weights(torch.ones(2), torch.tensor([0, 1]), torch.tensor([0, 1]))
+tensor([0.6667, 2.0000])
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, List, Mapping, Optional, Sequence
+
+from torch import Tensor, nn
+
+from ..errors import ShiftkitError
+from . import WEIGHTINGS, Weighting, register
+
+
+class Chain(Weighting):
+    """The product of the weights of ``parts``."""
+
+    def __init__(self, *parts: Weighting):
+        super().__init__()
+        if not parts:
+            raise ShiftkitError("a chain of weightings needs at least one scheme")
+        self.parts = nn.ModuleList(parts)
+
+    def start_epoch(self, epoch: int) -> None:
+        for part in self.parts:
+            part.start_epoch(epoch)
+
+    def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
+        w = self.parts[0].weights(losses, y, g)
+        for part in self.parts[1:]:
+            w = w * part.weights(losses, y, g)
+        return w
+
+
+def chain(*schemes: Weighting) -> Chain:
+    """Multiply the weights of several schemes, e.g. ``chain(build("iw"), build("group_dro"))``."""
+    return Chain(*schemes)
+
+
+@register("chain")
+def chained(
+    schemes: List[str] = ("iw", "erm"),
+    options: Mapping[str, Any] = MappingProxyType({}),
+    class_counts: Optional[Sequence[int]] = None,
+    group_counts: Optional[Sequence[int]] = None,
+) -> Chain:
+    """Build a chain by names; ``options`` maps a member's name to its hyperparameters. From the
+    command line: ``weighting=chain weighting.schemes=[iw,group_dro] +weighting.options.iw.exponent=2``."""
+    options = dict(options)
+    unknown = set(options) - set(schemes)
+    if unknown:
+        raise ShiftkitError(f"weighting 'chain': options given for {sorted(unknown)}, which are not in {list(schemes)}")
+    if "chain" in schemes:
+        raise ShiftkitError("weighting 'chain' cannot contain another chain")
+    return Chain(
+        *(WEIGHTINGS.build(name, class_counts=class_counts, group_counts=group_counts, **dict(options.get(name) or {}))
+          for name in schemes)
+    )

@@ -1,0 +1,50 @@
+"""Static weightings: ERM and importance weighting (SPEC §2.1-2.2)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..errors import ShiftkitError
+from . import Weighting, normalized_inverse_counts, register
+
+
+@register("erm")
+class ERM(Weighting):
+    """Empirical risk minimization: every weight is 1."""
+
+    def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
+        return torch.ones_like(losses)
+
+
+@register("iw")
+class ImportanceWeighting(Weighting):
+    """Importance weighting with exponentiated weights ([W], SPEC §2.1-2.2).
+
+    ``w_i ∝ (1/n_{c(i)})^exponent`` where ``c(i)`` is the example's group (``by="group"``, the [W] code;
+    for data without an attribute the group is the class) or its class (``by="class"``), normalized to
+    mean 1 over the training set. ``exponent = 1`` is classical IW; [W] uses 1.5 (CIFAR) and 2 (CelebA)
+    for IW-Exp and up to 3 with the polynomially-tailed loss.
+    """
+
+    def __init__(
+        self,
+        exponent: float = 1.0,
+        by: str = "group",
+        class_counts: Optional[Sequence[int]] = None,
+        group_counts: Optional[Sequence[int]] = None,
+    ):
+        super().__init__()
+        if by not in ("group", "class"):
+            raise ShiftkitError(f"weighting 'iw': by must be 'group' or 'class', got '{by}'")
+        counts = group_counts if by == "group" else class_counts
+        if counts is None:
+            raise ShiftkitError(f"weighting 'iw' needs the training {by} counts ({by}_counts=...)")
+        self.exponent, self.by = float(exponent), by
+        self.register_buffer("table", normalized_inverse_counts(counts, self.exponent))
+
+    def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
+        index = y if self.by == "class" or g is None else g
+        return self.table[index].to(losses.dtype)
