@@ -10,10 +10,10 @@ optional run label ``name``.
 >>> cfg = compose(["loss=poly", "weighting=iw", "weighting.exponent=1.5", "seed=3"])
 >>> cfg.loss.name, cfg.loss.alpha, cfg.weighting.exponent, cfg.seed
 ('poly', 1.0, 1.5, 3)
->>> compose(["loss=nope"])
+>>> compose(["loss=nope"])  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-shiftkit.errors.ShiftkitError: unknown loss 'nope'; choose one of: ce, poly
+shiftkit.errors.ShiftkitError: unknown loss 'nope'; choose one of: ce, ...
 """
 
 from __future__ import annotations
