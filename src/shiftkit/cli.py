@@ -115,10 +115,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from .config import GROUPS
+    from .config import GROUPS, experiments
 
     for group, registry in GROUPS.items():
         print(f"{group}: {', '.join(registry.names())}")
+    print(f"experiment: {', '.join(experiments())}")
     return 0
 
 
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seeds", type=int, default=5, help="seeds per method (default 5)")
     demo.add_argument("overrides", nargs="*", help="extra overrides applied to every run")
     demo.set_defaults(func=_demo)
-    lst = sub.add_parser("list", help="the registered names of every config group")
+    lst = sub.add_parser("list", help="the registered names of every config group, and the experiment presets")
     lst.set_defaults(func=_list)
     return parser
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import importlib.resources
 import inspect
 import itertools
 import re
@@ -174,13 +175,23 @@ def _parse(overrides: List[str]) -> list:
         raise ShiftkitError(f"cannot parse overrides: {_one_line(exc)}") from None
 
 
+def experiments() -> List[str]:
+    """Names of the presets in ``conf/experiment/`` (``experiment=NAME``)."""
+    folder = importlib.resources.files("shiftkit.conf") / "experiment"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
 def _check_group_choices(parsed: list) -> None:
     for o in parsed:
         key = o.get_key_element()
-        if key in GROUPS and not o.is_delete():
-            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
-            for value in values:
+        if o.is_delete() or (key not in GROUPS and key != "experiment"):
+            continue
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
+        for value in values:
+            if key in GROUPS:
                 GROUPS[key].get(str(value))
+            elif str(value) not in experiments():
+                raise ShiftkitError(f"unknown experiment '{value}'; choose one of: {', '.join(experiments())}")
 
 
 def compose(overrides: List[str] = ()) -> DictConfig:
