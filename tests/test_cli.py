@@ -56,7 +56,7 @@ def test_sweep_skips_finished_runs_and_report_tabulates(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["train", "loss=nope"], "unknown loss 'nope'; choose one of: ce, "),
+        (["train", "loss=nope"], "unknown loss 'nope'; choose one of: "),
         (["train", "weighting=iw", "weighting.exponent=abc"], "weighting.exponent"),
         (["train", "data=nonexistent"], "unknown data 'nonexistent'; choose one of:"),
         (["train", "seed=-1"], "seed must be a non-negative integer, got -1"),

@@ -17,7 +17,7 @@ def test_every_registered_name_composes_with_its_defaults(group, name):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["loss=nope"], "unknown loss 'nope'; choose one of: ce, "),
+        (["loss=nope"], "unknown loss 'nope'; choose one of: "),
         (["weighting=iw", "weighting.exponent=abc"], "weighting.exponent: Value 'abc'"),
         (["data=nope"], "unknown data 'nope'"),
         (["loss.tau=1"], "loss 'ce' has no option 'tau'"),

@@ -50,4 +50,4 @@ class Loss(nn.Module):
         raise NotImplementedError
 
 
-from . import basic  # noqa: E402,F401  (registration; one file per family)
+from . import autobalance, basic, logit_adjusted  # noqa: E402,F401  (registration; one file per family)

@@ -66,5 +66,5 @@ def normalized_inverse_counts(counts: Sequence[int], exponent: float) -> Tensor:
     return (raw / mean_over_examples).float()
 
 
-from . import static  # noqa: E402,F401  (registration; one file per family)
+from . import drw, dro, static  # noqa: E402,F401  (registration; one file per family)
 from .chain import Chain, chain  # noqa: E402,F401

@@ -48,7 +48,7 @@ def chain(*schemes: Weighting) -> Chain:
 
 @register("chain")
 def chained(
-    schemes: List[str] = ("iw", "erm"),
+    schemes: List[str] = ("iw", "group_dro"),
     options: Mapping[str, Any] = MappingProxyType({}),
     class_counts: Optional[Sequence[int]] = None,
     group_counts: Optional[Sequence[int]] = None,

@@ -1,0 +1,213 @@
+"""Logit-adjusted cross-entropies: LDAM, LA, CDT, VS and group VS (SPEC §1.3-§1.7, §11.1).
+
+Each loss rewrites the logits with constants computed once from the training counts (``n_k`` per class or
+``n_g`` per group) and returns the per-example cross-entropy of the rewritten logits. The constants are
+float64 buffers, so ``.to(device)`` moves them and the closed forms keep full precision; they are cast
+to the logits' dtype in ``forward``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import ShiftkitError
+from . import Loss, register
+
+
+def positive_counts(loss: str, option: str, counts: Optional[Sequence[int]]) -> Tensor:
+    """Training counts as a float64 tensor; a missing or non-positive entry is a one-line error.
+
+    Every entry must be positive: log π, n^(-1/4) and (n/n_max)^-gamma are infinite at 0.
+    """
+    if counts is None:
+        raise ShiftkitError(f"loss '{loss}' needs {option} (computed from the training data)")
+    n = torch.as_tensor(list(counts), dtype=torch.float64)
+    if n.ndim != 1 or n.numel() == 0 or not bool((n > 0).all()):
+        raise ShiftkitError(f"loss '{loss}': every entry of {option} must be > 0, got {list(counts)}")
+    return n
+
+
+def check_classes(loss: str, logits: Tensor, k: int) -> None:
+    """A one-line error when the logits' class count differs from the counts the loss was built with."""
+    if logits.shape[1] != k:
+        raise ShiftkitError(f"loss '{loss}' was built for {k} classes but got logits with {logits.shape[1]}")
+
+
+@register("ldam")
+class LDAM(Loss):
+    """LDAM of Cao et al. 2019 (SPEC §1.3): ``CE(s·(f - m_y e_y), y)`` with ``m_j = C·n_j^(-1/4)``.
+
+    ``C`` makes the largest margin (the rarest class's) equal ``max_margin``; the margin is subtracted
+    from the true-class logit only. Defaults are the [W] code's (``max_margin = 0.5``, ``s = 1``, SPEC
+    §11.7); the original and the VS-Loss repo use ``s = 30``. DRW is a weighting schedule, not part of
+    this loss (the [W] code has none).
+
+    >>> loss = LDAM(class_counts=[4000, 400], max_margin=1.0)      # [W] Figure 5 run
+    >>> [round(m, 4) for m in loss.margins.tolist()]
+    [0.5623, 1.0]
+    >>> loss(torch.zeros(1, 2), torch.tensor([1])).round(decimals=4)   # log(1 + e^1)
+    tensor([1.3133])
+    """
+
+    def __init__(self, class_counts: Optional[Sequence[int]] = None, max_margin: float = 0.5, s: float = 1.0):
+        super().__init__()
+        if not max_margin >= 0:
+            raise ShiftkitError(f"loss 'ldam': max_margin must be >= 0, got {max_margin}")
+        if not s > 0:
+            raise ShiftkitError(f"loss 'ldam': s must be > 0, got {s}")
+        raw = positive_counts("ldam", "class_counts", class_counts).pow(-0.25)
+        self.register_buffer("margins", raw * (max_margin / raw.max()))
+        self.s = float(s)
+
+    def forward(self, logits: Tensor, y: Tensor, g: Optional[Tensor] = None) -> Tensor:
+        check_classes("ldam", logits, self.margins.numel())
+        is_true = F.one_hot(y, logits.shape[1]).bool()
+        shifted = torch.where(is_true, logits - self.margins.to(logits.dtype)[y][:, None], logits)
+        return F.cross_entropy(self.s * shifted, y, reduction="none")
+
+
+class _ClassAdjusted(Loss):
+    """``CE(Δ ⊙ f + ι, y)`` with per-class buffers ``delta`` (Δ) and ``iota`` (ι); the VS form (§1.6).
+
+    LA (Δ = 1) and CDT (ι = 0) are the two halves, so ``vs`` with ``gamma = 0`` computes exactly what
+    ``la`` computes and ``vs`` with ``tau = 0`` exactly what ``cdt`` computes.
+    """
+
+    name = "vs"
+
+    def __init__(self, class_counts: Optional[Sequence[int]], tau: float, gamma: float):
+        super().__init__()
+        n = positive_counts(self.name, "class_counts", class_counts)
+        self.register_buffer("delta", (n / n.max()).pow(gamma))
+        self.register_buffer("iota", tau * torch.log(n / n.sum()))
+
+    def forward(self, logits: Tensor, y: Tensor, g: Optional[Tensor] = None) -> Tensor:
+        check_classes(self.name, logits, self.delta.numel())
+        adjusted = logits * self.delta.to(logits.dtype) + self.iota.to(logits.dtype)
+        return F.cross_entropy(adjusted, y, reduction="none")
+
+
+@register("la")
+class LogitAdjusted(_ClassAdjusted):
+    """Logit-adjusted loss of Menon et al. (SPEC §1.4): ``CE(f + tau·log π, y)``, ``π = n / Σn``.
+
+    ``tau = 1`` is the [W] code's ``LogitAdjustedLoss`` default and [AB]'s Table 1 baseline; [W]'s
+    Figure 5 LA run is ``vs`` with ``tau = 3, gamma = 0``, i.e. this loss with ``tau = 3``.
+
+    >>> loss = LogitAdjusted(class_counts=[3, 1])
+    >>> [round(v, 4) for v in loss.iota.tolist()]                      # log(3/4), log(1/4)
+    [-0.2877, -1.3863]
+    >>> loss(torch.zeros(1, 2), torch.tensor([0])).round(decimals=4)   # log(1 + 1/3)
+    tensor([0.2877])
+    """
+
+    name = "la"
+
+    def __init__(self, class_counts: Optional[Sequence[int]] = None, tau: float = 1.0):
+        super().__init__(class_counts, tau=tau, gamma=0.0)
+
+
+@register("cdt")
+class ClassDependentTemperature(_ClassAdjusted):
+    """Class-dependent temperatures of Ye et al. (SPEC §1.5): ``CE(Δ ⊙ f, y)``, ``Δ_j = (n_j/n_max)^gamma``.
+
+    Equivalently, logit j is divided by ``(n_max/n_j)^gamma``.
+
+    Default ``gamma = 0.5``: the value of [W]'s CDT run (``VSLoss(tau=0, gamma=0.5)``, README Fig. 5),
+    the setting this library reproduces; the VS-Loss repo's command-line default is ``gamma = 0.3``.
+
+    >>> loss = ClassDependentTemperature(class_counts=[400, 100])
+    >>> loss.delta.tolist()
+    [1.0, 0.5]
+    >>> loss(torch.tensor([[0.0, 2.0]]), torch.tensor([1])).round(decimals=4)   # log(1 + e^-1)
+    tensor([0.3133])
+    """
+
+    name = "cdt"
+
+    def __init__(self, class_counts: Optional[Sequence[int]] = None, gamma: float = 0.5):
+        super().__init__(class_counts, tau=0.0, gamma=gamma)
+
+
+@register("vs")
+class VectorScaling(_ClassAdjusted):
+    """VS loss of Kini et al. (SPEC §1.6): ``CE(Δ ⊙ f + ι, y)``.
+
+    ``Δ_j = (n_j/n_max)^gamma`` (CDT's temperatures) and ``ι_j = tau·log π_j`` (LA's offsets).
+
+    Defaults ``tau = 1.5``, ``gamma = 0.2`` are the [W] code's ``vs_loss.yaml``; [W]'s Figure 5 run uses
+    ``tau = 3, gamma = 0.3``; the VS-Loss repo's command-line defaults are ``tau = 1, gamma = 0.3``.
+
+    >>> loss = VectorScaling(class_counts=[4000, 400], tau=3.0, gamma=0.3)   # [W] Figure 5
+    >>> [round(v, 4) for v in loss.delta.tolist()], [round(v, 3) for v in loss.iota.tolist()]
+    ([1.0, 0.5012], [-0.286, -7.194])
+    """
+
+    name = "vs"
+
+    def __init__(self, class_counts: Optional[Sequence[int]] = None, tau: float = 1.5, gamma: float = 0.2):
+        super().__init__(class_counts, tau=tau, gamma=gamma)
+
+
+def _group_terms(n: Tensor, gamma: float) -> tuple:
+    """Group VS constants (SPEC §1.7): ``Δ = (n/n_max)^gamma`` and ``ι = -(n/n_max)^-gamma``."""
+    ratio = n / n.max()
+    return ratio.pow(gamma), -ratio.pow(-gamma)
+
+
+@register("vs_group")
+class VSGroup(Loss):
+    """Group VS loss of the [W] code (SPEC §1.7, §11.1): per example of group g, ``Δ_g·f + ι_g``.
+
+    ``Δ_g = (n_g/n_max)^gamma`` and ``ι_g = -(n_g/n_max)^-gamma``. With ``additive="all"`` (default,
+    faithful to the [W] code and the VS-Loss repo) the same ``ι_g`` is added to every class logit, where
+    it cancels inside the softmax: the loss equals ``CE(Δ_g·f, y)``, a per-group temperature.
+    ``additive="true_class"`` adds ``ι_g`` to the true-class logit only, so that it acts as a group margin
+    (SPEC §11.1's opt-in variant). ``gamma = 0.3`` is the [W] config default; its README runs use 0.4.
+
+    Groups come from ``group_counts``; called with ``g=None`` the classes serve as groups
+    (``class_counts`` and ``y``).
+
+    >>> loss = VSGroup(group_counts=[1446, 1308, 468, 33], gamma=0.4)   # [W] README CelebA runs
+    >>> [round(v, 4) for v in loss.group_delta.tolist()]   # SPEC §1.7 quotes 1.0, 0.961, 0.637, 0.221
+    [1.0, 0.9607, 0.6368, 0.2205]
+    """
+
+    def __init__(
+        self,
+        group_counts: Optional[Sequence[int]] = None,
+        class_counts: Optional[Sequence[int]] = None,
+        gamma: float = 0.3,
+        additive: str = "all",
+    ):
+        super().__init__()
+        if additive not in ("all", "true_class"):
+            raise ShiftkitError(f"loss 'vs_group': additive must be 'all' or 'true_class', got '{additive}'")
+        if group_counts is None and class_counts is None:
+            raise ShiftkitError("loss 'vs_group' needs group_counts (or class_counts, used when g is None)")
+        self.additive = additive
+        # Class terms serve calls with g=None (classes as groups); a missing table stays a None buffer.
+        for prefix, counts in (("group", group_counts), ("class", class_counts)):
+            terms = (None, None)
+            if counts is not None:
+                terms = _group_terms(positive_counts("vs_group", f"{prefix}_counts", counts), gamma)
+            self.register_buffer(f"{prefix}_delta", terms[0])
+            self.register_buffer(f"{prefix}_iota", terms[1])
+
+    def forward(self, logits: Tensor, y: Tensor, g: Optional[Tensor] = None) -> Tensor:
+        if g is None:
+            index, delta, iota = y, self.class_delta, self.class_iota
+        else:
+            index, delta, iota = g, self.group_delta, self.group_iota
+        if delta is None:
+            missing = "class_counts (g is None)" if g is None else "group_counts"
+            raise ShiftkitError(f"loss 'vs_group' was built without {missing}")
+        scale = delta.to(logits.dtype)[index][:, None]
+        shift = iota.to(logits.dtype)[index][:, None]
+        if self.additive == "true_class":
+            shift = shift * F.one_hot(y, logits.shape[1]).to(logits.dtype)
+        return F.cross_entropy(scale * logits + shift, y, reduction="none")

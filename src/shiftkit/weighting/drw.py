@@ -1,0 +1,78 @@
+"""Deferred re-weighting (DRW) of LDAM-DRW (Cao et al. 2019; SPEC §1.3)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..errors import ShiftkitError
+from . import Weighting, register
+from .dro import category_counts, category_index
+
+
+def class_balanced(counts: Tensor, beta: float) -> Tensor:
+    """Class-balanced weights ``(1 - beta) / (1 - beta^n_j)`` scaled to sum to K (SPEC §1.3).
+
+    A category with no training example gets 0; the others then sum to K.
+
+    >>> class_balanced(torch.tensor([4000.0, 400.0], dtype=torch.float64), 0.9999).round(decimals=4)
+    tensor([0.2126, 1.7874], dtype=torch.float64)
+    """
+    present = counts > 0
+    raw = torch.where(present, (1 - beta) / (1 - beta ** counts.clamp_min(1)), torch.zeros_like(counts))
+    return raw / raw.sum() * counts.numel()
+
+
+@register("drw")
+class DRW(Weighting):
+    """Deferred re-weighting: weight 1 until epoch ``start_epoch``, class-balanced weights from then on.
+
+    From epoch ``start_epoch`` (0-based, as the loop's ``start_epoch(epoch)`` hook counts) each example
+    of class ``j`` weighs ``(1 - beta) / (1 - beta^n_j)``, normalized to sum to K over the classes. This
+    is the VS-Loss / LDAM-DRW code's ``--train_rule DRW`` (SPEC §1.3): ``beta = [0, 0.9999][epoch // 160]``
+    (``beta = 0`` gives all ones) with 200 epochs, hence the defaults ``beta = 0.9999``,
+    ``start_epoch = 160``. ``by="group"`` uses the group counts instead (an extension; SPEC has classes).
+
+    That code passes the weights to ``F.cross_entropy(weight=...)``, whose mean divides by the batch's
+    sum of weights; shiftkit's objective is the plain mean (SPEC §2.2), so the two differ by a per-batch
+    factor (an effective learning-rate scale).
+
+    The current epoch is a buffer, so a checkpoint resumes with the right phase.
+
+    >>> drw = DRW(start_epoch=2, class_counts=[4000, 400])
+    >>> y = torch.tensor([0, 1])
+    >>> drw.start_epoch(1); drw.weights(torch.ones(2), y, None)
+    tensor([1., 1.])
+    >>> drw.start_epoch(2); drw.weights(torch.ones(2), y, None).round(decimals=4)
+    tensor([0.2126, 1.7874])
+    """
+
+    def __init__(
+        self,
+        beta: float = 0.9999,
+        start_epoch: int = 160,
+        by: str = "class",
+        class_counts: Optional[Sequence[int]] = None,
+        group_counts: Optional[Sequence[int]] = None,
+    ):
+        super().__init__()
+        if not 0 <= beta < 1:
+            raise ShiftkitError(f"weighting 'drw': beta must be in [0, 1), got {beta}")
+        if start_epoch < 0:
+            raise ShiftkitError(f"weighting 'drw': start_epoch must be >= 0, got {start_epoch}")
+        n = category_counts("drw", by, class_counts, group_counts)
+        if not n.sum() > 0:
+            raise ShiftkitError(f"weighting 'drw': {by}_counts must have a positive total, got {n.long().tolist()}")
+        # Named so as not to shadow the start_epoch() hook.
+        self.beta, self.switch_epoch, self.by = float(beta), int(start_epoch), by
+        self.register_buffer("table", class_balanced(n, self.beta).float(), persistent=False)
+        self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch.fill_(epoch)
+
+    def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
+        balanced = self.table[category_index(self.by, y, g)].to(losses.dtype)
+        return torch.where(self.epoch >= self.switch_epoch, balanced, torch.ones_like(balanced))
