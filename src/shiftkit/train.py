@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .data.base import Split, Splits
 from .errors import ShiftkitError

@@ -14,27 +14,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ShiftkitError
-from . import Weighting, register
-
-
-def category_counts(
-    scheme: str, by: str, class_counts: Optional[Sequence[int]], group_counts: Optional[Sequence[int]]
-) -> Tensor:
-    """The training counts of the categories a scheme weighs by (``by="group"`` or ``"class"``), float64."""
-    if by not in ("group", "class"):
-        raise ShiftkitError(f"weighting '{scheme}': by must be 'group' or 'class', got '{by}'")
-    counts = group_counts if by == "group" else class_counts
-    if counts is None:
-        raise ShiftkitError(f"weighting '{scheme}' needs the training {by} counts ({by}_counts=...)")
-    n = torch.as_tensor(list(counts), dtype=torch.float64)
-    if n.numel() == 0 or (n < 0).any():
-        raise ShiftkitError(f"weighting '{scheme}': {by}_counts must be non-negative and non-empty, got {list(counts)}")
-    return n
-
-
-def category_index(by: str, y: Tensor, g: Optional[Tensor]) -> Tensor:
-    """Each example's category: its group, or its class (also when the data has no groups, g = y)."""
-    return y if by == "class" or g is None else g
+from . import Weighting, category_counts, category_index, register
 
 
 @register("group_dro")

@@ -8,8 +8,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ShiftkitError
-from . import Weighting, register
-from .dro import category_counts, category_index
+from . import Weighting, category_counts, category_index, register
 
 
 def class_balanced(counts: Tensor, beta: float) -> Tensor:

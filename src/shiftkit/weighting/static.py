@@ -7,8 +7,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..errors import ShiftkitError
-from . import Weighting, normalized_inverse_counts, register
+from . import Weighting, category_counts, category_index, normalized_inverse_counts, register
 
 
 @register("erm")
@@ -37,14 +36,9 @@ class ImportanceWeighting(Weighting):
         group_counts: Optional[Sequence[int]] = None,
     ):
         super().__init__()
-        if by not in ("group", "class"):
-            raise ShiftkitError(f"weighting 'iw': by must be 'group' or 'class', got '{by}'")
-        counts = group_counts if by == "group" else class_counts
-        if counts is None:
-            raise ShiftkitError(f"weighting 'iw' needs the training {by} counts ({by}_counts=...)")
+        counts = category_counts("iw", by, class_counts, group_counts)
         self.exponent, self.by = float(exponent), by
-        self.register_buffer("table", normalized_inverse_counts(counts, self.exponent))
+        self.register_buffer("table", normalized_inverse_counts(counts.tolist(), self.exponent))
 
     def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
-        index = y if self.by == "class" or g is None else g
-        return self.table[index].to(losses.dtype)
+        return self.table[category_index(self.by, y, g)].to(losses.dtype)
