@@ -10,6 +10,7 @@ at the end) and an empty ``done`` marker written last. Its path is
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -180,7 +181,12 @@ def run(
         "method": method_label(plain),
         "group_key": config_hash(plain, drop=("out", "device", "seed")),
         "config": plain,
-        "data": {"name": plain["data"]["name"], "counts": splits.counts(), "info": splits.info},
+        "data": {
+            "name": plain["data"]["name"],
+            "counts": splits.counts(),
+            "info": splits.info,
+            "pipeline": dataclasses.asdict(splits.pipeline),
+        },
         "final": result.final,
         "selected": result.selected,
         "selected_epoch": result.selected_epoch,

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .data.base import Split, Splits
+from .data.pipeline import Pipeline
 from .errors import ShiftkitError
 from .metrics import LOWER_IS_BETTER, SCALAR_METRICS, Accumulator
 from .optim import OptimSpec
@@ -56,14 +57,20 @@ def parse_select(select: str) -> Optional[str]:
 
 @torch.no_grad()
 def evaluate_model(
-    model: nn.Module, split: Split, batch_size: int = 4096, train_group_counts: Optional[list] = None
+    model: nn.Module,
+    split: Split,
+    batch_size: int = 4096,
+    train_group_counts: Optional[list] = None,
+    pipeline: Optional[Pipeline] = None,
 ) -> Dict[str, object]:
-    """Metrics of ``model`` on ``split`` (SPEC §10), accumulated over batches."""
+    """Metrics of ``model`` on ``split`` (SPEC §10), accumulated over batches; inputs go through
+    ``pipeline`` (without augmentation) when given."""
+    pipeline = pipeline or Pipeline()
     was_training = model.training
     model.eval()
     acc = Accumulator(split.num_classes, split.num_groups, device=split.y.device)
     for idx in torch.arange(len(split), device=split.y.device).split(batch_size):
-        acc.update(model(split.x[idx]), split.y[idx], split.g[idx])
+        acc.update(model(pipeline(split.x[idx])), split.y[idx], split.g[idx])
     model.train(was_training)
     return acc.compute(train_group_counts)
 
@@ -119,6 +126,9 @@ def fit(
     train_counts = splits.train.group_counts
     opt, schedule = optim.make(model.parameters(), epochs)
     gen = torch.Generator().manual_seed(seed)
+    pipeline = splits.pipeline
+    # Augmentation draws on the training device, from its own generator: reproducible per seed.
+    aug_gen = torch.Generator(device=device).manual_seed(seed) if pipeline.augments else None
     bs = batch_size or len(train)
     history: List[dict] = []
     best_value, best_record = None, None
@@ -132,7 +142,7 @@ def fit(
         total = torch.zeros((), device=device)
         first_bad = torch.full((), -1, dtype=torch.long, device=device)
         for idx in order.split(bs):
-            per_example = loss(model(train.x[idx]), train.y[idx], train.g[idx])
+            per_example = loss(model(pipeline(train.x[idx], train=True, generator=aug_gen)), train.y[idx], train.g[idx])
             w = weighting.weights(per_example.detach(), train.y[idx], train.g[idx])
             objective = (w * per_example).mean()
             opt.zero_grad(set_to_none=True)
@@ -152,9 +162,9 @@ def fit(
             "step": step,
             "lr": opt.param_groups[0]["lr"],
             "train_loss": float(total) / max(order.numel(), 1),
-            "train": evaluate_model(model, train, train_group_counts=train_counts),
-            "val": evaluate_model(model, val, train_group_counts=train_counts),
-            "test": evaluate_model(model, test, train_group_counts=train_counts),
+            "train": evaluate_model(model, train, train_group_counts=train_counts, pipeline=pipeline),
+            "val": evaluate_model(model, val, train_group_counts=train_counts, pipeline=pipeline),
+            "test": evaluate_model(model, test, train_group_counts=train_counts, pipeline=pipeline),
         }
         history.append(record)
         if metric is not None and _better(record["val"][metric], best_value, metric):

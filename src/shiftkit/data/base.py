@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ShiftkitError
+from .pipeline import Pipeline
 
 
 @dataclass
@@ -62,12 +63,14 @@ class Split:
 
 @dataclass
 class Splits:
-    """Train, validation and test splits of one dataset, plus a description of the protocol."""
+    """Train, validation and test splits of one dataset, a description of the protocol, and the
+    :class:`~shiftkit.data.pipeline.Pipeline` that prepares its inputs on the training device."""
 
     train: Split
     val: Split
     test: Split
     info: Dict[str, object] = field(default_factory=dict)
+    pipeline: Pipeline = field(default_factory=Pipeline)
 
     def __post_init__(self) -> None:
         empty = [k for k, n in enumerate(self.train.class_counts) if n == 0]
