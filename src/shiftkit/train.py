@@ -154,7 +154,10 @@ def fit(
             step += 1
         schedule.step()
         if int(first_bad) >= 0:
-            raise NonFiniteLoss(f"the training loss became non-finite at step {int(first_bad)} (epoch {epoch + 1})")
+            raise NonFiniteLoss(
+                f"the training loss became non-finite at step {int(first_bad)} (epoch {epoch + 1});"
+                " the model diverged: try a lower optim.lr"
+            )
         if (epoch + 1) % eval_every and epoch + 1 != epochs:
             continue
         record = {

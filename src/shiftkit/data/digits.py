@@ -10,7 +10,7 @@ import torch
 from ..errors import ShiftkitError
 from . import register
 from .base import Split, Splits
-from .shifts import per_class_permutations, step_imbalance, train_val_split
+from .shifts import long_tail_counts, per_class_permutations, step_imbalance, take, train_val_split
 
 
 def _load_digits():
@@ -70,4 +70,42 @@ def digits_binary(
         _split(x, y, pool[val_idx]),
         _split(x, y, np.concatenate(tests)),
         info={"classes": classes, "minority": classes[1], "imbalance": imbalance},
+    )
+
+
+@register("digits_lt")
+def digits_lt(
+    rho: float = 10.0,
+    test_per_class: int = 30,
+    val_fraction: float = 0.2,
+    rounding: str = "int",
+    split_seed: int = 0,
+) -> Splits:
+    """A 10-class long tail on the digits (SPEC §7.4's profile): after a balanced test set of
+    ``test_per_class`` images per class is set aside, class ``i`` keeps ``n_max · rho^(-i/9)`` images,
+    with ``n_max`` the smallest remaining pool (144 with the defaults, so every class can fill its
+    quota); ``val_fraction`` of each class (at least one image, leaving at least one) is validation.
+    The default rho = 10 keeps the tail class at 14 images; images as in ``digits_binary``."""
+    if not 0 < val_fraction < 1:
+        raise ShiftkitError(f"digits_lt: val_fraction must lie in (0, 1), got {val_fraction}")
+    x, y = _load_digits()
+    perms = per_class_permutations(y, range(10), split_seed)
+    if test_per_class < 1 or test_per_class >= min(len(p) for p in perms) - 2:
+        raise ShiftkitError(f"digits_lt: test_per_class={test_per_class} leaves no training data")
+    counts = long_tail_counts(min(len(p) for p in perms) - test_per_class, 10, rho, rounding)
+    if min(counts) < 2:
+        raise ShiftkitError(f"digits_lt: rho={rho} leaves fewer than 2 images in a class: {counts}")
+    val_counts = [min(max(1, int(round(val_fraction * c))), c - 1) for c in counts]
+    train_counts = [c - v for c, v in zip(counts, val_counts)]
+    offset = [test_per_class] * 10
+
+    def split(index: np.ndarray) -> Split:
+        ys = torch.from_numpy(y[index])
+        return Split(torch.from_numpy(x[index]).unsqueeze(1), ys, ys.clone(), 10, 10)
+
+    return Splits(
+        split(take(perms, train_counts, offset)),
+        split(take(perms, val_counts, [o + t for o, t in zip(offset, train_counts)])),
+        split(take(perms, [test_per_class] * 10)),
+        info={"rho": rho, "counts": counts},
     )

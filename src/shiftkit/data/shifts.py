@@ -35,15 +35,21 @@ def train_val_split(n: int, val_fraction: float, seed: int) -> Tuple[np.ndarray,
     return perm[:n_train], perm[n_train:]
 
 
-#: How long-tail counts are rounded: the LDAM / [W] code truncates, AutoBalance's code rounds up (SPEC §7.4).
+#: How long-tail counts are rounded: the LDAM / [W] code truncates, AutoBalance's code rounds (SPEC §7.4).
 _ROUNDING = {"int": math.floor, "ceil": math.ceil, "round": round}
 
 
 def long_tail_counts(n_max: int, num_classes: int, rho: float, rounding: str = "int") -> list:
     """Exponential profile ``n_i = n_max · rho^(-i/(K-1))`` (SPEC §7.4), so ``n_0 / n_{K-1} = rho``.
 
+    ``"int"`` evaluates ``n_max · (1/rho)^(i/(K-1))`` and truncates, exactly as the LDAM and [W] code;
+    ``"ceil"`` and ``"round"`` evaluate ``n_max · μ^i`` with ``μ = (1/rho)^(1/(K-1))`` as AutoBalance's code
+    does (the two expressions differ in the last bit, which rounding can see).
+
     >>> long_tail_counts(5000, 10, 100)
     [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    >>> long_tail_counts(5000, 10, 50)[-1], long_tail_counts(500, 100, 10)[-1]   # LDAM's 100 and 50
+    (100, 50)
     >>> sum(long_tail_counts(5000, 10, 100, rounding="ceil"))    # AutoBalance's train+val (SPEC §5.6)
     12415
     """
@@ -51,9 +57,46 @@ def long_tail_counts(n_max: int, num_classes: int, rho: float, rounding: str = "
         raise ShiftkitError(f"rounding must be one of {', '.join(_ROUNDING)}, got '{rounding}'")
     if rho < 1 or num_classes < 2:
         raise ShiftkitError(f"a long tail needs rho >= 1 and at least 2 classes, got rho={rho}")
-    mu = rho ** (-1.0 / (num_classes - 1))
-    # The product is taken in floating point and rounded as the reference code does (e.g. int(x)).
+    if rounding == "int":
+        return [int(n_max * (1.0 / rho) ** (i / (num_classes - 1.0))) for i in range(num_classes)]
+    mu = (1.0 / rho) ** (1.0 / (num_classes - 1))
     return [int(_ROUNDING[rounding](n_max * mu**i)) for i in range(num_classes)]
+
+
+def holdout_counts(counts: Sequence[int], val_fraction: float) -> Tuple[list, list]:
+    """Per class, ``int((1 - f) n)`` train and the rest (at least 1) validation: [W]'s 80/20 rule per class.
+
+    >>> holdout_counts([5000, 2997, 50, 5], 0.2)
+    ([4000, 2397, 40, 4], [1000, 600, 10, 1])
+    """
+    val = [max(1, n - int((1.0 - val_fraction) * n)) for n in counts]
+    return [n - v for n, v in zip(counts, val)], val
+
+
+def autobalance_counts(n_max: int, num_classes: int, rho: float, style: str) -> Tuple[list, list]:
+    """AutoBalance's per-class train and validation counts (SPEC §5.6), with ``μ = (1/ρ)^(1/(K-1))``.
+
+    ``"ceil"`` (CIFAR-10): train ``⌈0.8 n_max μ^i⌉``, val ``⌈0.2 n_max μ^i⌉``. ``"round"`` (CIFAR-100):
+    total ``round(n_max μ^i)``, val ``max(1, round(0.2 n_max μ^i))``, train the rest. The code's constants
+    4000/1000 and 500/100 are these fractions of ``n_max`` = 5000 and 500.
+
+    >>> train, val = autobalance_counts(5000, 10, 100, "ceil")
+    >>> train, sum(train), sum(val)
+    ([4000, 2398, 1438, 862, 517, 310, 186, 112, 67, 41], 9931, 2487)
+    >>> [sum(c) for c in autobalance_counts(500, 100, 100, "round")]
+    [8719, 2180]
+    """
+    if rho < 1 or num_classes < 2:
+        raise ShiftkitError(f"a long tail needs rho >= 1 and at least 2 classes, got rho={rho}")
+    # The same float expression as the reference code: ceil sees its last bit (1000 μ^9 = 10.000000000000004 -> 11).
+    mu = (1.0 / rho) ** (1.0 / (num_classes - 1))
+    def scaled(size: int, rounded) -> list:
+        return [rounded(size * mu**i) for i in range(num_classes)]
+
+    if style == "ceil":
+        return scaled(4 * n_max // 5, math.ceil), scaled(n_max // 5, math.ceil)
+    val = [max(1, v) for v in scaled(n_max // 5, round)]
+    return [t - v for t, v in zip(scaled(n_max, round), val)], val
 
 
 def take(perms: Sequence[np.ndarray], counts: Sequence[int], offset: Sequence[int] = None) -> np.ndarray:

@@ -1,0 +1,215 @@
+"""Fashion-MNIST protocols: the papers' constructions on real images we have offline (DESIGN.md, "Data").
+
+- ``fmnist_binary``: [W]'s imbalanced binary protocol (SPEC §7.1) on T-shirt/top vs shirt.
+- ``fmnist_lt``: a 10-class long tail with imbalance factor rho (SPEC §7.4), or AutoBalance's search
+  split (SPEC §5.6).
+- ``fmnist_spurious``: a Waterbirds-like group shift (SPEC §7.3) with an attribute rendered into the
+  background of every image.
+
+Images are uint8 ``[N, 1, 28, 28]``; the pipeline normalizes with the Fashion-MNIST training statistics.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from ..errors import ShiftkitError
+from . import register
+from .base import Split, Splits
+from .idx import load_idx
+from .pipeline import Pipeline
+from .shifts import autobalance_counts, long_tail_counts, per_class_permutations, step_imbalance, take, train_val_split
+
+HOW = (
+    "Install Debian's dataset-fashion-mnist (`make data`, or `apt-get install dataset-fashion-mnist`), or pass "
+    "root=DIR (or set $SHIFTKIT_DATA) with the four IDX files of Fashion-MNIST."
+)
+SYSTEM = ("/usr/share/datasets/fashion-mnist",)
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+MEAN, STD = [0.2860], [0.3530]
+
+
+def _load(root: Optional[str]):
+    return load_idx("fashion-mnist", root, HOW, SYSTEM)
+
+
+def _pipeline(augment: bool) -> Pipeline:
+    # A 2-pixel padded crop on 28 px is the CIFAR recipe's 4 on 32, scaled; clothes survive a flip.
+    return Pipeline(MEAN, STD, crop_padding=2 if augment else 0, flip=augment)
+
+
+def _split(x: np.ndarray, y: np.ndarray, index: np.ndarray, num_classes: int, g: Optional[np.ndarray] = None) -> Split:
+    ys = torch.from_numpy(y[index])
+    gs = ys.clone() if g is None else torch.from_numpy(g)
+    return Split(torch.from_numpy(x[index]), ys, gs, num_classes, num_classes if g is None else 4)
+
+
+def _check_pair(name: str, classes: List[int]) -> List[int]:
+    classes = list(classes)
+    if len(classes) != 2 or classes[0] == classes[1] or not all(0 <= c <= 9 for c in classes):
+        raise ShiftkitError(f"{name}: classes must be two different class ids 0-9, got {classes}")
+    return classes
+
+
+@register("fmnist_binary")
+def fmnist_binary(
+    root: Optional[str] = None,
+    classes: List[int] = (0, 6),
+    n_majority: int = 5000,
+    imbalance: float = 10.0,
+    val_fraction: float = 0.2,
+    split_seed: int = 0,
+    augment: bool = False,
+) -> Splits:
+    """[W]'s imbalanced binary protocol (SPEC §7.1) on Fashion-MNIST.
+
+    ``classes = [a, b]`` become labels 0 (majority) and 1 (minority). Per class, a permutation fixed by
+    ``split_seed`` keeps ``n_majority`` images of ``a`` and ``int(n_majority / imbalance)`` of ``b`` (the
+    step imbalance: 5000 and 500, as CIFAR's 5000 cats and 500 dogs); one fixed permutation splits them
+    80/20 into train (about 4000/400) and validation; the test set is every test image of the two
+    classes (1000/1000, balanced). The default pair, T-shirt/top vs shirt, is the pair a balanced
+    logistic regression confuses most (16.8% test error, against 15.1% for pullover vs coat and 14.5%
+    for coat vs shirt), and SPEC §12's pair. No augmentation, as in [W].
+    """
+    classes = _check_pair("fmnist_binary", classes)
+    if imbalance < 1 or not 0 < val_fraction < 1 or n_majority < 2:
+        raise ShiftkitError("fmnist_binary: needs imbalance >= 1, 0 < val_fraction < 1 and n_majority >= 2")
+    data = _load(root)
+    (x, y), (xt, yt) = data["train"], data["test"]
+    kept = step_imbalance([n_majority, n_majority], [False, True], imbalance)
+    if kept[1] < 1:
+        raise ShiftkitError(f"fmnist_binary: imbalance={imbalance} leaves no minority example")
+    pool = take(per_class_permutations(y, classes, split_seed), kept)
+    relabel = np.zeros(10, dtype=np.int64)
+    relabel[classes[1]] = 1
+    train_idx, val_idx = train_val_split(len(pool), val_fraction, split_seed)
+    test_idx = np.flatnonzero(np.isin(yt, classes))
+    return Splits(
+        _split(x, relabel[y], pool[train_idx], 2),
+        _split(x, relabel[y], pool[val_idx], 2),
+        _split(xt, relabel[yt], test_idx, 2),
+        info={"classes": classes, "names": [CLASSES[c] for c in classes], "kept": kept},
+        pipeline=_pipeline(augment),
+    )
+
+
+@register("fmnist_lt")
+def fmnist_lt(
+    root: Optional[str] = None,
+    rho: float = 100.0,
+    n_max: int = 5000,
+    rounding: str = "int",
+    split: str = "standard",
+    val_per_class: int = 100,
+    split_seed: int = 0,
+    augment: bool = False,
+) -> Splits:
+    """Long-tailed Fashion-MNIST (SPEC §7.4): class ``i`` keeps ``n_max · rho^(-i/9)`` training images.
+
+    ``split="standard"``: the LDAM / [W] counts (``rounding="int"``: 5000, 2997, ..., 50 for rho = 100,
+    12406 in all) for training and a balanced validation set of ``val_per_class`` images per class from
+    the images training does not use (Fashion-MNIST has 6000 per class). ``split="autobalance"``: SPEC
+    §5.6's search split, train ``ceil(4000 μ^i)`` and validation ``ceil(1000 μ^i)`` per class (9931 and
+    2487 for rho = 100; the validation set is imbalanced like the training set). The test set is the
+    balanced original (1000 per class). ``augment`` adds a padded random crop and flips.
+    """
+    if split not in ("standard", "autobalance"):
+        raise ShiftkitError(f"fmnist_lt: split must be 'standard' or 'autobalance', got '{split}'")
+    data = _load(root)
+    (x, y), (xt, yt) = data["train"], data["test"]
+    if split == "standard":
+        train_counts = long_tail_counts(n_max, 10, rho, rounding)
+        val_counts = [val_per_class] * 10
+    else:
+        train_counts, val_counts = autobalance_counts(5000, 10, rho, "ceil")
+    if min(train_counts) < 1 or min(val_counts) < 1:
+        raise ShiftkitError(f"fmnist_lt: rho={rho} leaves a class without training or validation images")
+    perms = per_class_permutations(y, range(10), split_seed)
+    return Splits(
+        _split(x, y, take(perms, train_counts), 10),
+        _split(x, y, take(perms, val_counts, offset=train_counts), 10),
+        _split(xt, yt, np.arange(len(yt)), 10),
+        info={"rho": rho, "split": split, "train_counts": train_counts, "val_counts": val_counts},
+        pipeline=_pipeline(augment),
+    )
+
+
+def render_attribute(images: np.ndarray, attribute: np.ndarray, strength: float) -> np.ndarray:
+    """Stripes behind each garment: vertical for ``a = 0`` ("land"), horizontal for ``a = 1``
+    ("water"), of brightness ``strength · 255``, drawn where the image is darker: ``max(x, pattern)``.
+
+    >>> img = np.zeros((2, 1, 4, 4), dtype=np.uint8)
+    >>> render_attribute(img, np.array([0, 1]), 0.5)[:, 0, 0].tolist()
+    [[128, 128, 0, 0], [128, 128, 128, 128]]
+    """
+    h, w = images.shape[-2:]
+    level = np.uint8(round(strength * 255))
+    vertical = np.where((np.arange(w) % 4) < 2, level, 0).astype(np.uint8)[None, :].repeat(h, 0)
+    horizontal = np.where((np.arange(h) % 4) < 2, level, 0).astype(np.uint8)[:, None].repeat(w, 1)
+    patterns = np.stack([vertical, horizontal])[attribute][:, None]
+    return np.maximum(images, patterns)
+
+
+def _grouped(x, index_by_class, counts_by_group, strength):
+    """Images of groups ``g = 2y + a`` with ``counts_by_group[g]`` members, attributes rendered."""
+    index, groups = [], []
+    for label, idx in enumerate(index_by_class):
+        n0, n1 = counts_by_group[2 * label], counts_by_group[2 * label + 1]
+        index.append(idx[: n0 + n1])
+        groups.append(np.repeat([2 * label, 2 * label + 1], [n0, n1]))
+    index, g = np.concatenate(index), np.concatenate(groups)
+    images = render_attribute(x[index], g % 2, strength)
+    return Split(torch.from_numpy(images), torch.from_numpy(g // 2), torch.from_numpy(g), 2, 4)
+
+
+@register("fmnist_spurious")
+def fmnist_spurious(
+    root: Optional[str] = None,
+    classes: List[int] = (2, 4),
+    fractions: List[float] = (0.73, 0.038, 0.012, 0.22),
+    n_train: int = 4795,
+    val_per_group: int = 250,
+    test_per_group: int = 500,
+    strength: float = 0.5,
+    split_seed: int = 0,
+    augment: bool = False,
+) -> Splits:
+    """A Waterbirds-like spurious correlation on real images (SPEC §7.3).
+
+    The label is the class (``classes = [a, b]`` → 0, 1: pullover vs coat by default, a hard pair, so
+    the background is the easier cue). The attribute ``a`` is a background texture rendered into the
+    image (:func:`render_attribute`); groups are ``g = 2y + a``. Training groups follow Waterbirds'
+    fractions, ``fractions[g]`` of ``n_train`` (0.73 / 0.038 / 0.012 / 0.22 for landbird-land,
+    landbird-water, waterbird-land, waterbird-water: 3500 / 182 / 58 / 1055 of 4795), so the attribute
+    agrees with the label in 95% of training images. Validation (from unused training images) and test
+    (from the test set) have ``val_per_group`` / ``test_per_group`` images in every group, as in
+    Waterbirds. ``strength`` is the texture's brightness in [0, 1].
+    """
+    classes = _check_pair("fmnist_spurious", classes)
+    fractions = list(fractions)
+    if len(fractions) != 4 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise ShiftkitError(f"fmnist_spurious: fractions must be 4 non-negative numbers summing to 1, got {fractions}")
+    if not 0 < strength <= 1:
+        raise ShiftkitError(f"fmnist_spurious: strength must lie in (0, 1], got {strength}")
+    train_counts = [int(round(f * n_train)) for f in fractions]
+    if min(train_counts) < 1:
+        raise ShiftkitError(f"fmnist_spurious: a training group is empty: {train_counts}")
+    data = _load(root)
+    (x, y), (xt, yt) = data["train"], data["test"]
+    perms = per_class_permutations(y, classes, split_seed)
+    test_perms = per_class_permutations(yt, classes, split_seed)
+    for label in (0, 1):
+        need = train_counts[2 * label] + train_counts[2 * label + 1] + 2 * val_per_group
+        if need > len(perms[label]) or 2 * test_per_group > len(test_perms[label]):
+            raise ShiftkitError(f"fmnist_spurious: class {classes[label]} has too few images for these counts")
+    used = [train_counts[0] + train_counts[1], train_counts[2] + train_counts[3]]
+    return Splits(
+        _grouped(x, perms, train_counts, strength),
+        _grouped(x, [p[u:] for p, u in zip(perms, used)], [val_per_group] * 4, strength),
+        _grouped(xt, test_perms, [test_per_group] * 4, strength),
+        info={"classes": classes, "names": [CLASSES[c] for c in classes], "train_group_counts": train_counts},
+        pipeline=_pipeline(augment),
+    )

@@ -1,0 +1,217 @@
+"""Tabular data from a CSV or Parquet file, with groups (DESIGN.md "Data", "Groups"; SPEC §10).
+
+One row per example. ``label`` names the class column; string (or other non-id) labels become ids in
+sorted order, recorded in ``info["classes"]``. Groups come from a ``group`` column, or from a binary
+``attribute`` column with a binary label as ``g = 2·y + a`` (the cells of SPEC §7.2-7.3), or are the
+classes. A ``split`` column (0/1/2 or train/val/test) gives the splits; without one, every (class, group)
+cell is split at random with ``val_fraction`` / ``test_fraction`` (``stratified_split``).
+
+Features are every other column (or those listed in ``features``, minus ``ignore``): numeric and
+boolean columns are standardized with the TRAINING split's mean and (population) std, categorical
+(string) columns are one-hot encoded over the training split's categories, and a category unseen in
+training encodes as all zeros. ``info`` records the statistics, the categories and the output feature
+names, so a model's inputs can be traced back. Inputs are ``float32 [N, D]``, used as they are.
+
+>>> cells = np.array([0] * 10 + [1] * 5)
+>>> split = stratified_split(cells, val_fraction=0.2, test_fraction=0.2, seed=0)
+>>> [np.bincount(split[cells == c], minlength=3).tolist() for c in (0, 1)]   # [train, val, test] per cell
+[[6, 2, 2], [3, 1, 1]]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from ..errors import ShiftkitError
+from . import register
+from .base import Split, Splits
+
+_SPLIT_NAMES = {"train": 0, "val": 1, "valid": 1, "validation": 1, "test": 2, 0: 0, 1: 1, 2: 2}
+_NAN = ("error", "drop")
+
+
+def stratified_split(cells: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+    """The split (0 train, 1 val, 2 test) of each row: within each cell, in increasing cell order, one
+    permutation by ``default_rng(seed)``; the first ``round(test_fraction · n)`` rows go to test, the next
+    ``round(val_fraction · n)`` to validation, the rest (always at least one row) to training."""
+    rng = np.random.default_rng(seed)
+    split = np.zeros(len(cells), dtype=np.int64)
+    for cell in np.unique(cells):
+        members = rng.permutation(np.flatnonzero(cells == cell))
+        n = len(members)
+        n_test = min(int(np.floor(test_fraction * n + 0.5)), n - 1)
+        n_val = min(int(np.floor(val_fraction * n + 0.5)), n - 1 - n_test)
+        split[members[:n_test]] = 2
+        split[members[n_test : n_test + n_val]] = 1
+    return split
+
+
+def _python(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+def _ids(column):
+    """``(ids [N], names)``: non-negative integer values are ids already; anything else (strings,
+    booleans, -1/+1 labels) is mapped to ``0..K-1`` in sorted order."""
+    import pandas as pd
+
+    if pd.api.types.is_bool_dtype(column):
+        values = column.to_numpy(dtype=bool)
+    elif pd.api.types.is_numeric_dtype(column):
+        values = column.to_numpy(dtype=np.float64)
+        if len(values) and (values == np.round(values)).all():
+            values = values.astype(np.int64)
+            if (values >= 0).all():
+                return values, list(range(int(values.max()) + 1))
+    else:
+        values = column.astype(str).to_numpy()
+    names, ids = np.unique(values, return_inverse=True)
+    return ids.astype(np.int64).reshape(-1), [_python(v) for v in names]
+
+
+def _read(path: Optional[str]):
+    import pandas as pd
+
+    if not path:
+        raise ShiftkitError("tabular: set path=<a .csv or .parquet file>")
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ShiftkitError(f"tabular: no file {file}")
+    try:
+        if file.suffix in (".parquet", ".pq"):
+            try:
+                return file, pd.read_parquet(file)
+            except ImportError:
+                raise ShiftkitError("tabular: reading Parquet needs pyarrow: pip install pyarrow") from None
+        return file, pd.read_csv(file, sep="\t" if ".tsv" in file.suffixes else ",")
+    except (ValueError, OSError) as exc:
+        raise ShiftkitError(f"tabular: cannot read {file}: {' '.join(str(exc).split())}") from None
+
+
+def _split_ids(column, file: Path) -> np.ndarray:
+    keys = [v.strip().lower() if isinstance(v, str) else _python(v) for v in column.to_numpy()]
+    unknown = sorted({str(k) for k in keys if k not in _SPLIT_NAMES})
+    if unknown:
+        raise ShiftkitError(
+            f"tabular: split column '{column.name}' of {file} holds {', '.join(unknown)}; use 0/1/2 or train/val/test"
+        )
+    return np.array([_SPLIT_NAMES[k] for k in keys], dtype=np.int64)
+
+
+def _encode(table, features: List[str], train: np.ndarray, info: dict) -> np.ndarray:
+    """``float32 [N, D]``: standardized numeric columns and one-hot categorical ones (training stats)."""
+    import pandas as pd
+
+    blocks, names = [], []
+    info.update(mean={}, std={}, categories={})
+    for col in features:
+        column = table[col]
+        if pd.api.types.is_datetime64_any_dtype(column) or pd.api.types.is_timedelta64_dtype(column):
+            raise ShiftkitError(f"tabular: column '{col}' has type {column.dtype}; list it in ignore=[...]")
+        if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+            values = column.to_numpy(dtype=np.float64)
+            if not np.isfinite(values).all():
+                raise ShiftkitError(f"tabular: column '{col}' holds infinite values")
+            mean, std = float(values[train].mean()), float(values[train].std())
+            std = std if std > 0 else 1.0  # a constant training column stays finite (all zeros)
+            blocks.append(((values - mean) / std)[:, None])
+            names.append(col)
+            info["mean"][col], info["std"][col] = mean, std
+        else:
+            values = column.astype(str).to_numpy()
+            categories = np.unique(values[train])
+            codes = pd.Index(categories).get_indexer(values)  # -1: unseen in training
+            onehot = np.zeros((len(values), len(categories)))
+            seen = codes >= 0
+            onehot[np.flatnonzero(seen), codes[seen]] = 1.0
+            blocks.append(onehot)
+            names.extend(f"{col}={c}" for c in categories)
+            info["categories"][col] = categories.tolist()
+    info["features"] = names
+    return np.concatenate(blocks, axis=1).astype(np.float32)
+
+
+@register("tabular")
+def tabular(
+    path: Optional[str] = None,
+    label: str = "label",
+    group: Optional[str] = None,
+    attribute: Optional[str] = None,
+    split: Optional[str] = None,
+    features: List[str] = (),
+    ignore: List[str] = (),
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+    nan: str = "error",
+) -> Splits:
+    """Load ``path`` (``.csv``, ``.tsv``, ``.parquet``; see the module docstring for the protocol).
+
+    ``nan="error"`` refuses a missing value in any used column, naming the column; ``nan="drop"`` drops
+    those rows (counted in ``info["dropped"]``). ``val_fraction`` / ``test_fraction`` / ``split_seed``
+    apply only without a ``split`` column.
+    """
+    if nan not in _NAN:
+        raise ShiftkitError(f"tabular: nan must be one of {', '.join(_NAN)}, got '{nan}'")
+    if group and attribute:
+        raise ShiftkitError("tabular: give either a group column or an attribute column, not both")
+    if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+        raise ShiftkitError(
+            f"tabular: need val_fraction, test_fraction >= 0 with a sum < 1, got {val_fraction}, {test_fraction}"
+        )
+    file, table = _read(path)
+    table.columns = [str(c) for c in table.columns]
+    roles = [c for c in (label, group, attribute, split) if c]
+    for col in roles + list(features) + list(ignore):
+        if col not in table.columns:
+            raise ShiftkitError(f"tabular: no column '{col}' in {file}; columns: {', '.join(table.columns)}")
+    features = [c for c in (features or table.columns) if c not in set(roles) | set(ignore)]
+    if not features:
+        raise ShiftkitError(f"tabular: {file} has no feature column besides {', '.join(roles)}")
+    used = roles + features
+    missing = table[used].isna()
+    dropped = int(missing.any(axis=1).sum())
+    if dropped and nan == "error":
+        col = used[int(np.argmax(missing.any(axis=0).to_numpy()))]
+        raise ShiftkitError(
+            f"tabular: column '{col}' of {file} has {int(missing[col].sum())} missing value(s) (NaN); "
+            "clean the file or set nan=drop"
+        )
+    table = table[~missing.any(axis=1)].reset_index(drop=True)
+
+    y, classes = _ids(table[label])
+    info = {"path": str(file), "label": label, "classes": classes, "dropped": dropped}
+    if attribute:
+        a, values = _ids(table[attribute])
+        if len(classes) != 2 or len(values) > 2:
+            raise ShiftkitError(
+                f"tabular: g = 2·y + a needs a binary label and attribute, "
+                f"got {len(classes)} classes and {len(values)} attribute values"
+            )
+        g, num_groups = 2 * y + a, 4
+        info.update(attribute=attribute, attribute_values=values)
+    elif group:
+        g, names = _ids(table[group])
+        num_groups = len(names)
+        info.update(group=group, group_values=names)
+    else:
+        g, num_groups = y.copy(), len(classes)
+    if split:
+        parts = _split_ids(table[split], file)
+    else:
+        parts = stratified_split(y * num_groups + g, val_fraction, test_fraction, split_seed)
+    if not (parts == 0).any():
+        raise ShiftkitError(f"tabular: {file} leaves no training row")
+    info["split"] = split or f"stratified by (class, group), seed {split_seed}"
+    x = torch.from_numpy(_encode(table, features, parts == 0, info))
+    y, g = torch.from_numpy(y), torch.from_numpy(g)
+
+    def subset(k: int) -> Split:
+        index = torch.from_numpy(np.flatnonzero(parts == k))
+        return Split(x[index], y[index], g[index], len(classes), num_groups)
+
+    return Splits(subset(0), subset(1), subset(2), info=info)
