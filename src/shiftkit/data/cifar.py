@@ -27,6 +27,7 @@ from .pipeline import Pipeline
 from .roots import find_root, open_maybe_gz
 from .shifts import (
     autobalance_counts,
+    check_binary_protocol,
     holdout_counts,
     long_tail_counts,
     per_class_permutations,
@@ -211,13 +212,7 @@ def cifar10_binary(
     Inputs are normalized with [W]'s statistics; no augmentation. Which class is the minority follows
     the class index (5-9), as in [W]; two classes from the same half are balanced.
     """
-    classes = list(classes)
-    if len(classes) != 2 or classes[0] == classes[1] or not all(0 <= c <= 9 for c in classes):
-        raise ShiftkitError(f"cifar10_binary: classes must be two different CIFAR-10 classes 0-9, got {classes}")
-    if imbalance < 1:
-        raise ShiftkitError(f"cifar10_binary: imbalance must be >= 1, got {imbalance}")
-    if not 0 < val_fraction < 1:
-        raise ShiftkitError(f"cifar10_binary: val_fraction must lie in (0, 1), got {val_fraction}")
+    classes = check_binary_protocol("cifar10_binary", classes, imbalance, val_fraction)
     data = load(CIFAR10, root)
     index, kept = w_step_undersample(data.train_y, 10, imbalance, split_seed)
     if min(kept[c] for c in classes) < 1:

@@ -10,7 +10,7 @@ import torch
 from ..errors import ShiftkitError
 from . import register
 from .base import Split, Splits
-from .shifts import long_tail_counts, per_class_permutations, step_imbalance, take, train_val_split
+from .shifts import check_binary_protocol, long_tail_counts, per_class_permutations, step_imbalance, take, train_val_split
 
 
 def _load_digits():
@@ -44,13 +44,7 @@ def digits_binary(
     45 digit pairs (5.3% five-fold error; 3 vs 8 and 7 vs 9 follow).
     Images are ``[N, 1, 8, 8]`` floats in ``[0, 1]``; groups are the classes.
     """
-    classes = list(classes)
-    if len(classes) != 2 or classes[0] == classes[1] or not all(0 <= c <= 9 for c in classes):
-        raise ShiftkitError(f"digits_binary: classes must be two different digits 0-9, got {classes}")
-    if imbalance < 1:
-        raise ShiftkitError(f"digits_binary: imbalance must be >= 1, got {imbalance}")
-    if not 0 < val_fraction < 1:
-        raise ShiftkitError(f"digits_binary: val_fraction must lie in (0, 1), got {val_fraction}")
+    classes = check_binary_protocol("digits_binary", classes, imbalance, val_fraction)
     x, y = _load_digits()
     perms = per_class_permutations(y, classes, split_seed)
     if test_per_class < 1 or test_per_class >= min(len(p) for p in perms) - 1:

@@ -21,7 +21,15 @@ from . import register
 from .base import Split, Splits
 from .idx import load_idx
 from .pipeline import Pipeline
-from .shifts import autobalance_counts, long_tail_counts, per_class_permutations, step_imbalance, take, train_val_split
+from .shifts import (
+    autobalance_counts,
+    check_binary_protocol,
+    long_tail_counts,
+    per_class_permutations,
+    step_imbalance,
+    take,
+    train_val_split,
+)
 
 HOW = (
     "Install Debian's dataset-fashion-mnist (`make data`, or `apt-get install dataset-fashion-mnist`), or pass "
@@ -47,13 +55,6 @@ def _split(x: np.ndarray, y: np.ndarray, index: np.ndarray, num_classes: int, g:
     return Split(torch.from_numpy(x[index]), ys, gs, num_classes, num_classes if g is None else 4)
 
 
-def _check_pair(name: str, classes: List[int]) -> List[int]:
-    classes = list(classes)
-    if len(classes) != 2 or classes[0] == classes[1] or not all(0 <= c <= 9 for c in classes):
-        raise ShiftkitError(f"{name}: classes must be two different class ids 0-9, got {classes}")
-    return classes
-
-
 @register("fmnist_binary")
 def fmnist_binary(
     root: Optional[str] = None,
@@ -74,9 +75,9 @@ def fmnist_binary(
     logistic regression confuses most (16.8% test error, against 15.1% for pullover vs coat and 14.5%
     for coat vs shirt), and SPEC §12's pair. No augmentation, as in [W].
     """
-    classes = _check_pair("fmnist_binary", classes)
-    if imbalance < 1 or not 0 < val_fraction < 1 or n_majority < 2:
-        raise ShiftkitError("fmnist_binary: needs imbalance >= 1, 0 < val_fraction < 1 and n_majority >= 2")
+    classes = check_binary_protocol("fmnist_binary", classes, imbalance, val_fraction)
+    if n_majority < 2:
+        raise ShiftkitError(f"fmnist_binary: n_majority must be >= 2, got {n_majority}")
     data = _load(root)
     (x, y), (xt, yt) = data["train"], data["test"]
     kept = step_imbalance([n_majority, n_majority], [False, True], imbalance)
@@ -188,7 +189,7 @@ def fmnist_spurious(
     (from the test set) have ``val_per_group`` / ``test_per_group`` images in every group, as in
     Waterbirds. ``strength`` is the texture's brightness in [0, 1].
     """
-    classes = _check_pair("fmnist_spurious", classes)
+    classes = check_binary_protocol("fmnist_spurious", classes, 1.0, 0.5)
     fractions = list(fractions)
     if len(fractions) != 4 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
         raise ShiftkitError(f"fmnist_spurious: fractions must be 4 non-negative numbers summing to 1, got {fractions}")

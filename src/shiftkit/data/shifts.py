@@ -10,6 +10,18 @@ import numpy as np
 from ..errors import ShiftkitError
 
 
+def check_binary_protocol(name: str, classes: Sequence[int], imbalance: float, val_fraction: float) -> list:
+    """The options every imbalanced binary protocol shares (SPEC §7.1), as one-line errors."""
+    classes = list(classes)
+    if len(classes) != 2 or classes[0] == classes[1] or not all(0 <= c <= 9 for c in classes):
+        raise ShiftkitError(f"{name}: classes must be two different class ids 0-9, got {classes}")
+    if imbalance < 1:
+        raise ShiftkitError(f"{name}: imbalance must be >= 1, got {imbalance}")
+    if not 0 < val_fraction < 1:
+        raise ShiftkitError(f"{name}: val_fraction must lie in (0, 1), got {val_fraction}")
+    return classes
+
+
 def per_class_permutations(y: np.ndarray, classes: Sequence[int], seed: int) -> list:
     """For each class in ``classes``, its indices in ``y`` in a random order fixed by ``seed``."""
     rng = np.random.default_rng(seed)
