@@ -49,13 +49,29 @@ def _finished(record: dict) -> str:
     )
 
 
+def _batches(configs: list) -> List[list]:
+    """Runs to train together: with ``ensemble=true``, those that differ only in their seed."""
+    from omegaconf import OmegaConf
+
+    from .runner import EXECUTION_KEYS, config_hash
+
+    batches: dict = {}
+    for i, cfg in enumerate(configs):
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        key = config_hash(plain, drop=(*EXECUTION_KEYS, "seed")) if cfg.ensemble else i
+        batches.setdefault(key, []).append(cfg)
+    return list(batches.values())
+
+
 def run_many(override_lists: List[List[str]], label: str = "runs") -> List[dict]:
     """Compose and check every run first (so bad input stops before anything trains), then run them,
-    with a live progress bar on a terminal and one line per finished run everywhere (logs included)."""
+    with a live progress bar on a terminal and one line per finished run everywhere (logs included).
+    With ``ensemble=true``, runs that differ only in their seed train together as one ensemble."""
     from rich.console import Console
 
     from .config import compose
-    from .runner import check, run
+    from .ensemble import EnsembleUnsupported
+    from .runner import check, run, run_ensemble
 
     configs = [compose(o) for o in override_lists]
     for cfg in configs:
@@ -64,18 +80,29 @@ def run_many(override_lists: List[List[str]], label: str = "runs") -> List[dict]
     records = []
     with _progress(console) as progress:
         task = progress.add_task(label, total=len(configs))
-        for i, cfg in enumerate(configs, 1):
-            title = f"{cfg.name or cfg.loss.name + '+' + cfg.weighting.name} seed {cfg.seed}"
-            epochs = progress.add_task(f"  {title}", total=cfg.train.epochs)
+        for batch in _batches(configs):
+            first = batch[0]
+            seeds = ",".join(str(c.seed) for c in batch)
+            title = f"{first.name or first.loss.name + '+' + first.weighting.name} seed{'s' if len(batch) > 1 else ''} {seeds}"
+            epochs = progress.add_task(f"  {title}", total=first.train.epochs)
 
             def on_eval(record: dict, epochs=epochs) -> None:
                 progress.update(epochs, completed=record["epoch"], description=f"  {_describe(record)}")
 
-            record = run(cfg, on_eval=on_eval)
+            done = None
+            if len(batch) > 1:
+                try:
+                    done = run_ensemble(batch, on_eval=on_eval)
+                except EnsembleUnsupported as exc:
+                    progress.console.print(f"{title}: {exc}; running the seeds one by one")
+            if done is None:
+                done = [run(cfg, on_eval=on_eval) for cfg in batch]
             progress.remove_task(epochs)
-            progress.advance(task)
-            progress.console.print(f"[{i}/{len(configs)}] {title}: {_finished(record)}")
-            records.append(record)
+            for cfg, record in zip(batch, done):
+                progress.advance(task)
+                records.append(record)
+                name = cfg.name or cfg.loss.name + "+" + cfg.weighting.name
+                progress.console.print(f"[{len(records)}/{len(configs)}] {name} seed {cfg.seed}: {_finished(record)}")
     skipped = sum(bool(r.get("skipped")) for r in records)
     if skipped:
         console.print(f"{skipped} of {len(records)} runs were already done and were skipped")

@@ -55,12 +55,15 @@ _SCALARS = (int, float, bool, str)
 
 @dataclass
 class TrainConf:
-    """The loop's settings (``batch_size=0``: full batch; ``select``: ``last`` or ``best:<metric>``)."""
+    """The loop's settings (``batch_size=0``: full batch; ``select``: ``last`` or ``best:<metric>``;
+    ``amp``: ``none`` or ``bf16``; ``compile``: run the model through ``torch.compile``)."""
 
     epochs: int = 100
     batch_size: int = 64
     eval_every: int = 1
     select: str = "last"
+    amp: str = "none"
+    compile: bool = False
 
 
 @dataclass
@@ -76,6 +79,7 @@ class Config:
     device: str = "auto"
     out: str = "results"
     name: Optional[str] = None
+    ensemble: bool = False
 
 
 def _supported(tp: Any) -> Any:

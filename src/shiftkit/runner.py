@@ -3,8 +3,10 @@
 A run directory holds ``metrics.jsonl`` (one line per evaluation, written as training goes),
 ``run.json`` (resolved config, data counts, environment, final and selected metrics; written atomically
 at the end) and an empty ``done`` marker written last. Its path is
-``<out>/<data>/<method>/seed<seed>-<hash>`` where the hash covers the whole config but ``out`` and
-``device``, so a repeated sweep finds finished runs and skips them (DESIGN.md, "Style" 7).
+``<out>/<data>/<method>/seed<seed>-<hash>`` where the hash covers the whole config but ``out``,
+``device`` and ``ensemble`` (how a run executes, not what it computes), so a repeated sweep finds
+finished runs and skips them (DESIGN.md, "Style" 7). :func:`run_ensemble` trains runs that differ only
+in their seed together and writes the same directories.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -29,7 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 from . import __version__, data, losses, models, optim, sampling, weighting
 from .config import GROUPS, options, schema
 from .errors import ShiftkitError
-from .train import FitResult, fit, parse_select
+from .ensemble import fit_ensemble
+from .train import FitResult, check_schedule, fit, parse_select
 
 _DATA_CACHE: Dict[str, data.Splits] = {}
 #: Groups whose non-default options enter the method label, in label order.
@@ -49,7 +52,11 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
-def config_hash(cfg: Dict[str, Any], drop=("out", "device")) -> str:
+#: Keys that say how and where a run executes, not what it computes: left out of run identities.
+EXECUTION_KEYS = ("out", "device", "ensemble")
+
+
+def config_hash(cfg: Dict[str, Any], drop=EXECUTION_KEYS) -> str:
     kept = {k: v for k, v in cfg.items() if k not in drop}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -118,8 +125,7 @@ def validate(cfg: Dict[str, Any]) -> None:
     if cfg["seed"] < 0:
         raise ShiftkitError(f"seed must be a non-negative integer, got {cfg['seed']}")
     train = cfg["train"]
-    if train["epochs"] < 1 or train["eval_every"] < 1 or train["batch_size"] < 0:
-        raise ShiftkitError("train.epochs and train.eval_every must be >= 1, train.batch_size >= 0 (0: full batch)")
+    check_schedule(train["epochs"], train["batch_size"], train["eval_every"], train["amp"])
     parse_select(train["select"])
     resolve_device(cfg["device"])
 
@@ -148,38 +154,37 @@ def check(cfg: DictConfig) -> None:
     build_parts(cfg, splits, model_device="meta")
 
 
-def run(
-    cfg: DictConfig, *, on_eval: Optional[Callable[[dict], None]] = None, force: bool = False
-) -> Dict[str, Any]:
-    """Run one composed config and return its ``run.json`` record (read back if already done)."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    validate(plain)
-    out = run_dir(plain)
-    if (out / "done").exists() and not force:
-        record = json.loads((out / "run.json").read_text())
-        record["skipped"] = True
-        return record
-    device = resolve_device(plain["device"])
-    splits = load_data(plain["data"])
-    torch.manual_seed(plain["seed"])
-    parts = build_parts(cfg, splits)
+def _finished(out: Path) -> Optional[Dict[str, Any]]:
+    """The record of a finished run directory (marked ``skipped``), or None."""
+    if not (out / "done").exists():
+        return None
+    record = json.loads((out / "run.json").read_text())
+    record["skipped"] = True
+    return record
+
+
+def _open_log(out: Path):
+    """A fresh ``metrics.jsonl`` (a rerun of an unfinished run starts it over)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "done").unlink(missing_ok=True)
-    started = time.time()
-    with open(out / "metrics.jsonl", "w") as log:
+    return open(out / "metrics.jsonl", "w")
 
-        def record_eval(record: dict) -> None:
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            if on_eval is not None:
-                on_eval(record)
 
-        result: FitResult = fit(
-            splits=splits, **parts, **plain["train"], seed=plain["seed"], device=device, on_eval=record_eval
-        )
+def _log_writer(log, on_eval: Optional[Callable[[dict], None]]) -> Callable[[dict], None]:
+    def write(record: dict) -> None:
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        if on_eval is not None:
+            on_eval(record)
+
+    return write
+
+
+def _write_record(plain, out: Path, splits: data.Splits, result: FitResult, device: str, started: float, **extra):
+    """``run.json`` (atomically), then the ``done`` marker; returns the record."""
     record = {
         "method": method_label(plain),
-        "group_key": config_hash(plain, drop=("out", "device", "seed")),
+        "group_key": config_hash(plain, drop=(*EXECUTION_KEYS, "seed")),
         "config": plain,
         "data": {
             "name": plain["data"]["name"],
@@ -196,7 +201,70 @@ def run(
         "started": started,
         "environment": environment(),
         "run_dir": str(out),
+        **extra,
     }
     atomic_write(out / "run.json", json.dumps(record, indent=2))
     atomic_write(out / "done", "")
     return record
+
+
+def run(
+    cfg: DictConfig, *, on_eval: Optional[Callable[[dict], None]] = None, force: bool = False
+) -> Dict[str, Any]:
+    """Run one composed config and return its ``run.json`` record (read back if already done)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    validate(plain)
+    out = run_dir(plain)
+    done = None if force else _finished(out)
+    if done is not None:
+        return done
+    device = resolve_device(plain["device"])
+    splits = load_data(plain["data"])
+    torch.manual_seed(plain["seed"])
+    parts = build_parts(cfg, splits)
+    started = time.time()
+    with _open_log(out) as log:
+        result = fit(
+            splits=splits, **parts, **plain["train"], seed=plain["seed"], device=device,
+            on_eval=_log_writer(log, on_eval),
+        )
+    return _write_record(plain, out, splits, result, device, started)
+
+
+def run_ensemble(
+    cfgs: List[DictConfig], *, on_eval: Optional[Callable[[dict], None]] = None, force: bool = False
+) -> List[Dict[str, Any]]:
+    """Run configs that differ only in their seed as one vectorized ensemble (:mod:`shiftkit.ensemble`);
+    every member writes its own run directory, exactly as its sequential run would."""
+    plains = [OmegaConf.to_container(c, resolve=True) for c in cfgs]
+    for p in plains:
+        validate(p)
+    if len({config_hash(p, drop=(*EXECUTION_KEYS, "seed")) for p in plains}) > 1:
+        raise ShiftkitError("an ensemble's runs must differ only in their seed")
+    outs = [run_dir(p) for p in plains]
+    records = [None if force else _finished(o) for o in outs]
+    todo = [i for i, r in enumerate(records) if r is None]
+    if not todo:
+        return records
+    device = resolve_device(plains[0]["device"])
+    splits = load_data(plains[0]["data"])
+    parts = []
+    for i in todo:
+        torch.manual_seed(plains[i]["seed"])
+        parts.append(build_parts(cfgs[i], splits))
+    started = time.time()
+    logs = [_open_log(outs[i]) for i in todo]
+    writers = [_log_writer(log, on_eval) for log in logs]
+    try:
+        results = fit_ensemble(
+            [p["model"] for p in parts], splits, parts[0]["loss"], [p["weighting"] for p in parts], parts[0]["optim"],
+            samplers=[p["sampler"] for p in parts], seeds=[plains[i]["seed"] for i in todo],
+            **{k: v for k, v in plains[0]["train"].items()}, device=device,
+            on_eval=lambda s, record: writers[s](record),
+        )
+    finally:
+        for log in logs:
+            log.close()
+    for i, result in zip(todo, results):
+        records[i] = _write_record(plains[i], outs[i], splits, result, device, started, ensemble_size=len(todo))
+    return records

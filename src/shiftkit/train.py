@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .data.base import Split, Splits
 from .data.pipeline import Pipeline
@@ -83,6 +83,66 @@ def _better(value: Optional[float], best: Optional[float], metric: str) -> bool:
     return value < best if metric in LOWER_IS_BETTER else value > best
 
 
+class Selection:
+    """Model selection over evaluations (SPEC §2.4): the last one, or the best validation ``metric``."""
+
+    def __init__(self, select: str):
+        self.metric = parse_select(select)
+        self.best_value: Optional[float] = None
+        self.best_record: Optional[dict] = None
+        self.history: List[dict] = []
+
+    def offer(self, record: dict) -> bool:
+        """Record an evaluation; True when it becomes the selected one (save the weights then)."""
+        self.history.append(record)
+        if self.metric is None or not _better(record["val"][self.metric], self.best_value, self.metric):
+            return False
+        self.best_value, self.best_record = record["val"][self.metric], record
+        return True
+
+    def result(self, seconds: float, steps: int) -> FitResult:
+        final = self.history[-1]
+        chosen = self.best_record or final
+        return FitResult(
+            final={k: final[k] for k in ("train", "val", "test")},
+            selected={k: chosen[k] for k in ("train", "val", "test")},
+            selected_epoch=chosen["epoch"],
+            history=self.history,
+            seconds=seconds,
+            steps=steps,
+        )
+
+
+def check_finite(first_bad: Tensor, epoch: int, who: str = "") -> None:
+    """Raise :class:`NonFiniteLoss` if a step of the epoch recorded a non-finite objective (one sync)."""
+    if int(first_bad) >= 0:
+        raise NonFiniteLoss(
+            f"the training loss{who} became non-finite at step {int(first_bad)} (epoch {epoch + 1});"
+            " the model diverged: try a lower optim.lr"
+        )
+
+
+def is_eval_epoch(epoch: int, epochs: int, eval_every: int) -> bool:
+    return (epoch + 1) % eval_every == 0 or epoch + 1 == epochs
+
+
+def check_schedule(epochs: int, batch_size: int, eval_every: int, amp: str) -> None:
+    if epochs < 1 or batch_size < 0 or eval_every < 1:
+        raise ShiftkitError("train.epochs and train.eval_every must be >= 1 and train.batch_size >= 0")
+    if amp not in AMP:
+        raise ShiftkitError(f"train.amp must be one of {', '.join(AMP)}, got '{amp}'")
+
+
+#: Mixed precision choices: ``bf16`` autocasts the forward pass and the loss to bfloat16.
+AMP = {"none": None, "bf16": torch.bfloat16}
+
+
+def autocast(device: str, amp: str):
+    """The autocast context of ``amp`` on ``device`` (a no-op for ``none``)."""
+    kind = torch.device(device).type
+    return torch.autocast(kind, dtype=AMP[amp] or torch.bfloat16, enabled=AMP[amp] is not None)
+
+
 def fit(
     model: nn.Module,
     splits: Splits,
@@ -97,13 +157,16 @@ def fit(
     sampler: Optional[Sampler] = None,
     seed: int = 0,
     device: str = "cpu",
+    amp: str = "none",
+    compile: bool = False,
     on_eval: Optional[Callable[[dict], None]] = None,
 ) -> FitResult:
     """Train ``model`` in place for ``epochs`` epochs; ``batch_size=0`` means full batch.
 
-    ``seed`` fixes the data order (the caller seeds the model's initialization). ``on_eval`` receives
-    each evaluation record ``{"epoch", "step", "train_loss", "train", "val", "test"}``. With
-    ``select="best:<metric>"`` the model ends holding the selected weights.
+    ``seed`` fixes the data order and augmentation (the caller seeds the model's initialization).
+    ``amp="bf16"`` autocasts the forward pass; ``compile=True`` runs the model through
+    ``torch.compile``. ``on_eval`` receives each evaluation record ``{"epoch", "step", "train_loss",
+    "train", "val", "test"}``. With ``select="best:<metric>"`` the model ends holding the selected weights.
 
     >>> import torch
     >>> from shiftkit import data, losses, models, optim, weighting
@@ -115,13 +178,13 @@ def fit(
     >>> result.final["train"]["acc"]
     1.0
     """
-    metric = parse_select(select)
-    if epochs < 1 or batch_size < 0 or eval_every < 1:
-        raise ShiftkitError("train.epochs and train.eval_every must be >= 1 and train.batch_size >= 0")
+    check_schedule(epochs, batch_size, eval_every, amp)
+    selection = Selection(select)
     sampler = sampler or Shuffle()
     model.to(device)
     loss.to(device)
     weighting.to(device)
+    forward = torch.compile(model) if compile else model
     train, val, test = (s.to(device) for s in (splits.train, splits.val, splits.test))
     train_counts = splits.train.group_counts
     opt, schedule = optim.make(model.parameters(), epochs)
@@ -130,8 +193,7 @@ def fit(
     # Augmentation draws on the training device, from its own generator: reproducible per seed.
     aug_gen = torch.Generator(device=device).manual_seed(seed) if pipeline.augments else None
     bs = batch_size or len(train)
-    history: List[dict] = []
-    best_value, best_record = None, None
+    best_state = None
     step = 0
     start = time.perf_counter()
     for epoch in range(epochs):
@@ -142,8 +204,10 @@ def fit(
         total = torch.zeros((), device=device)
         first_bad = torch.full((), -1, dtype=torch.long, device=device)
         for idx in order.split(bs):
-            per_example = loss(model(pipeline(train.x[idx], train=True, generator=aug_gen)), train.y[idx], train.g[idx])
-            w = weighting.weights(per_example.detach(), train.y[idx], train.g[idx])
+            y, g = train.y[idx], train.g[idx]
+            with autocast(device, amp):
+                per_example = loss(forward(pipeline(train.x[idx], train=True, generator=aug_gen)), y, g).float()
+            w = weighting.weights(per_example.detach(), y, g)
             objective = (w * per_example).mean()
             opt.zero_grad(set_to_none=True)
             objective.backward()
@@ -153,37 +217,23 @@ def fit(
             total = total + objective.detach() * idx.numel()
             step += 1
         schedule.step()
-        if int(first_bad) >= 0:
-            raise NonFiniteLoss(
-                f"the training loss became non-finite at step {int(first_bad)} (epoch {epoch + 1});"
-                " the model diverged: try a lower optim.lr"
-            )
-        if (epoch + 1) % eval_every and epoch + 1 != epochs:
+        check_finite(first_bad, epoch)
+        if not is_eval_epoch(epoch, epochs, eval_every):
             continue
         record = {
             "epoch": epoch + 1,
             "step": step,
             "lr": opt.param_groups[0]["lr"],
             "train_loss": float(total) / max(order.numel(), 1),
-            "train": evaluate_model(model, train, train_group_counts=train_counts, pipeline=pipeline),
-            "val": evaluate_model(model, val, train_group_counts=train_counts, pipeline=pipeline),
-            "test": evaluate_model(model, test, train_group_counts=train_counts, pipeline=pipeline),
+            **{
+                name: evaluate_model(model, split, train_group_counts=train_counts, pipeline=pipeline)
+                for name, split in (("train", train), ("val", val), ("test", test))
+            },
         }
-        history.append(record)
-        if metric is not None and _better(record["val"][metric], best_value, metric):
-            best_value, best_record = record["val"][metric], record
+        if selection.offer(record):
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if on_eval is not None:
             on_eval(record)
-    final = history[-1]
-    chosen = best_record or final
-    if best_record is not None:
+    if best_state is not None:
         model.load_state_dict(best_state)
-    return FitResult(
-        final={k: final[k] for k in ("train", "val", "test")},
-        selected={k: chosen[k] for k in ("train", "val", "test")},
-        selected_epoch=chosen["epoch"],
-        history=history,
-        seconds=time.perf_counter() - start,
-        steps=step,
-    )
+    return selection.result(time.perf_counter() - start, step)

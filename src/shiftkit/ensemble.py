@@ -1,0 +1,187 @@
+"""Many seeds in one process: the members of a seed sweep train as one vectorized ensemble.
+
+Every claim in this field is a mean over seeds. Where the model is small, one step of S stacked models
+(``torch.func.stack_module_state`` + ``functional_call`` + ``vmap``) costs far less than S steps, so
+:func:`fit_ensemble` trains S members at once with the same loop as :func:`shiftkit.train.fit`. Each
+member keeps what makes it the run of its seed: its own initialization (built after
+``torch.manual_seed(seed)``), its own data order and augmentation (its own generators), its own
+weighting-scheme state (one scheme per member) and its own model selection. SGD and Adam act
+element-wise, so one optimizer over the stacked parameters is S independent optimizers; the objective
+is the sum of the members' objectives, so no member's gradient sees another's loss. Losses are
+per-example and shared (they hold no training state).
+
+Models with BatchNorm cannot update running statistics under ``vmap``: use sequential runs for them.
+Samplers whose epochs differ in length between seeds (``undersample``) cannot be stacked either.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Callable, List, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from .data.base import Split, Splits
+from .errors import ShiftkitError
+from .metrics import Accumulator
+from .optim import OptimSpec
+from .sampling import Sampler, Shuffle
+from .train import FitResult, Selection, autocast, check_finite, check_schedule, is_eval_epoch
+from .weighting import Weighting
+
+
+class EnsembleUnsupported(ShiftkitError):
+    """These runs cannot be stacked; the command line then runs them one by one."""
+
+
+def _check_members(models: List[nn.Module]) -> None:
+    if not models:
+        raise ShiftkitError("an ensemble needs at least one member")
+    for m in models[0].modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            raise EnsembleUnsupported("ensemble training cannot update BatchNorm statistics")
+    shapes = [[p.shape for p in m.parameters()] for m in models]
+    if any(s != shapes[0] for s in shapes):
+        raise ShiftkitError("ensemble members must share one architecture")
+
+
+class Stacked:
+    """S models as stacked tensors, with a vmapped forward: ``[S, B, ...] -> [S, B, K]``."""
+
+    def __init__(self, models: List[nn.Module], device: str):
+        _check_members(models)
+        self.params, self.buffers = stack_module_state([m.to(device) for m in models])
+        self.base = copy.deepcopy(models[0]).to("meta")
+
+        def one(params, buffers, x):
+            return functional_call(self.base, (params, buffers), (x,))
+
+        self._per_member = vmap(one)
+        self._shared_input = vmap(one, in_dims=(0, 0, None))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self._per_member(self.params, self.buffers, x)
+
+    def shared(self, x: Tensor) -> Tensor:
+        """Every member on the same inputs ``[B, ...]``: logits ``[S, B, K]``."""
+        return self._shared_input(self.params, self.buffers, x)
+
+    def state(self, s: int) -> dict:
+        """Member ``s``'s state dict (detached copies)."""
+        return {k: v[s].detach().clone() for k, v in {**self.params, **self.buffers}.items()}
+
+    def train(self, mode: bool = True) -> None:
+        self.base.train(mode)
+
+
+@torch.no_grad()
+def _evaluate(stacked: Stacked, split: Split, pipeline, train_counts, batch_size: int = 4096) -> List[dict]:
+    """Metrics of every member on ``split``: one vmapped forward per batch."""
+    stacked.train(False)
+    members = stacked.params[next(iter(stacked.params))].shape[0]
+    accs = [Accumulator(split.num_classes, split.num_groups, device=split.y.device) for _ in range(members)]
+    for idx in torch.arange(len(split), device=split.y.device).split(batch_size):
+        logits = stacked.shared(pipeline(split.x[idx]))
+        for s, acc in enumerate(accs):
+            acc.update(logits[s], split.y[idx], split.g[idx])
+    stacked.train(True)
+    return [acc.compute(train_counts) for acc in accs]
+
+
+def _epoch_orders(samplers: List[Sampler], split: Split, gens: List[torch.Generator]) -> Tensor:
+    orders = [sampler.epoch(split.y, split.g, gen) for sampler, gen in zip(samplers, gens)]
+    if len({len(o) for o in orders}) > 1:
+        raise EnsembleUnsupported("ensemble members draw epochs of different lengths (e.g. undersample)")
+    return torch.stack(orders)
+
+
+def fit_ensemble(
+    models: List[nn.Module],
+    splits: Splits,
+    loss: nn.Module,
+    weightings: List[Weighting],
+    optim: OptimSpec,
+    *,
+    seeds: List[int],
+    epochs: int,
+    batch_size: int = 64,
+    eval_every: int = 1,
+    select: str = "last",
+    samplers: Optional[List[Sampler]] = None,
+    device: str = "cpu",
+    amp: str = "none",
+    compile: bool = False,
+    on_eval: Optional[Callable[[int, dict], None]] = None,
+) -> List[FitResult]:
+    """Train ``models[s]`` with ``weightings[s]``, ``samplers[s]`` and ``seeds[s]`` for every member ``s``,
+    as :func:`shiftkit.train.fit` would one by one; ``on_eval(s, record)`` per member and evaluation.
+    The members end holding their final (or selected) weights. ``compile`` is ignored here."""
+    check_schedule(epochs, batch_size, eval_every, amp)
+    n = len(models)
+    if not len(weightings) == len(seeds) == n:
+        raise ShiftkitError("an ensemble needs one weighting scheme and one seed per member")
+    samplers = samplers or [Shuffle() for _ in range(n)]
+    selections = [Selection(select) for _ in range(n)]
+    stacked = Stacked(models, device)
+    loss.to(device)
+    for w in weightings:
+        w.to(device)
+    train, val, test = (s.to(device) for s in (splits.train, splits.val, splits.test))
+    train_counts = splits.train.group_counts
+    pipeline = splits.pipeline
+    opt, schedule = optim.make(list(stacked.params.values()), epochs)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    aug_gens = [torch.Generator(device=device).manual_seed(s) for s in seeds] if pipeline.augments else None
+    best = [None] * n
+    step = 0
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        for w in weightings:
+            w.train()
+            w.start_epoch(epoch)
+        orders = _epoch_orders(samplers, splits.train, gens).to(device)
+        bs = batch_size or orders.shape[1]
+        totals = torch.zeros(n, device=device)
+        first_bad = torch.full((n,), -1, dtype=torch.long, device=device)
+        for idx in orders.split(bs, dim=1):  # idx: [S, B]
+            y, g = train.y[idx], train.g[idx]
+            x = train.x[idx]
+            if aug_gens is None:
+                x = pipeline(x.flatten(0, 1)).unflatten(0, idx.shape)
+            else:  # each member's augmentation from its own generator, as in its sequential run
+                x = torch.stack([pipeline(x[s], train=True, generator=aug_gens[s]) for s in range(n)])
+            with autocast(device, amp):
+                logits = stacked(x)
+                per_example = loss(logits.flatten(0, 1), y.flatten(), g.flatten()).float().view(idx.shape)
+            detached = per_example.detach()
+            w = torch.stack([weightings[s].weights(detached[s], y[s], g[s]) for s in range(n)])
+            objectives = (w * per_example).mean(1)
+            opt.zero_grad(set_to_none=True)
+            objectives.sum().backward()
+            opt.step()
+            bad = ~torch.isfinite(objectives.detach())
+            first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
+            totals = totals + objectives.detach() * idx.shape[1]
+            step += 1
+        schedule.step()
+        for s in range(n):
+            check_finite(first_bad[s], epoch, who=f" of seed {seeds[s]}")
+        if not is_eval_epoch(epoch, epochs, eval_every):
+            continue
+        evaluated = {name: _evaluate(stacked, split, pipeline, train_counts) for name, split in
+                     (("train", train), ("val", val), ("test", test))}
+        mean_loss = (totals / orders.shape[1]).tolist()
+        for s in range(n):
+            record = {"epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"], "train_loss": mean_loss[s],
+                      **{name: evaluated[name][s] for name in evaluated}}
+            if selections[s].offer(record):
+                best[s] = stacked.state(s)
+            if on_eval is not None:
+                on_eval(s, record)
+    seconds = time.perf_counter() - start
+    for s, model in enumerate(models):
+        model.load_state_dict(best[s] if best[s] is not None else stacked.state(s))
+    return [sel.result(seconds, step) for sel in selections]
