@@ -118,3 +118,19 @@ def test_training_with_augmentation_is_reproducible_per_seed():
                   epochs=2, batch_size=16, seed=seed)
         losses_seen.append(res.history[-1]["train_loss"])
     assert losses_seen[0] == losses_seen[1] != losses_seen[2]
+
+
+def test_bf16_autocast_trains_close_to_float32():
+    splits = _separable()
+    _, full = _fit(splits, epochs=20, batch_size=8)
+    _, half = _fit(splits, epochs=20, batch_size=8, amp="bf16")
+    assert half.final["train"]["acc"] == full.final["train"]["acc"] == 1.0
+    with pytest.raises(ShiftkitError, match="train.amp"):
+        _fit(splits, epochs=1, amp="fp8")
+
+
+def test_compiled_model_gives_the_same_training():
+    splits = _separable()
+    _, eager = _fit(splits, epochs=3, batch_size=8)
+    _, compiled = _fit(splits, epochs=3, batch_size=8, compile=True)
+    assert compiled.history[-1]["train_loss"] == pytest.approx(eager.history[-1]["train_loss"], rel=1e-4)

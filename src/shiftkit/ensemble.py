@@ -12,6 +12,9 @@ per-example and shared (they hold no training state).
 
 Models with BatchNorm cannot update running statistics under ``vmap``: use sequential runs for them.
 Samplers whose epochs differ in length between seeds (``undersample``) cannot be stacked either.
+An ensemble saves per-step overhead, not arithmetic: it pays for models too small to fill the machine
+(4x for ten seeds of a 2 x 128 MLP on 2 CPU cores); on the CPU, vmapped convolutions become grouped
+convolutions that run slower than separate ones (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations

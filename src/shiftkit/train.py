@@ -143,6 +143,43 @@ def autocast(device: str, amp: str):
     return torch.autocast(kind, dtype=AMP[amp] or torch.bfloat16, enabled=AMP[amp] is not None)
 
 
+def train_epoch(
+    forward: Callable[[Tensor], Tensor],
+    loss: nn.Module,
+    weighting: Weighting,
+    opt: torch.optim.Optimizer,
+    train: Split,
+    order: Tensor,
+    batch_size: int,
+    pipeline: Pipeline,
+    generator: Optional[torch.Generator],
+    device: str,
+    amp: str = "none",
+    step: int = 0,
+):
+    """One pass over ``order`` in batches: the loop's steps, with no host synchronization.
+
+    Returns the summed objective (weighted by batch size), the first step whose objective was not
+    finite (-1 if none), both as device tensors, and the next step number.
+    """
+    total = torch.zeros((), device=device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    for idx in order.split(batch_size):
+        y, g = train.y[idx], train.g[idx]
+        with autocast(device, amp):
+            per_example = loss(forward(pipeline(train.x[idx], train=True, generator=generator)), y, g).float()
+        w = weighting.weights(per_example.detach(), y, g)
+        objective = (w * per_example).mean()
+        opt.zero_grad(set_to_none=True)
+        objective.backward()
+        opt.step()
+        bad = ~torch.isfinite(objective.detach())
+        first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
+        total = total + objective.detach() * idx.numel()
+        step += 1
+    return total, first_bad, step
+
+
 def fit(
     model: nn.Module,
     splits: Splits,
@@ -201,21 +238,9 @@ def fit(
         weighting.train()
         weighting.start_epoch(epoch)
         order = sampler.epoch(splits.train.y, splits.train.g, gen).to(device)
-        total = torch.zeros((), device=device)
-        first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        for idx in order.split(bs):
-            y, g = train.y[idx], train.g[idx]
-            with autocast(device, amp):
-                per_example = loss(forward(pipeline(train.x[idx], train=True, generator=aug_gen)), y, g).float()
-            w = weighting.weights(per_example.detach(), y, g)
-            objective = (w * per_example).mean()
-            opt.zero_grad(set_to_none=True)
-            objective.backward()
-            opt.step()
-            bad = ~torch.isfinite(objective.detach())
-            first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
-            total = total + objective.detach() * idx.numel()
-            step += 1
+        total, first_bad, step = train_epoch(
+            forward, loss, weighting, opt, train, order, bs, pipeline, aug_gen, device, amp, step
+        )
         schedule.step()
         check_finite(first_bad, epoch)
         if not is_eval_epoch(epoch, epochs, eval_every):

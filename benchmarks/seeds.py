@@ -1,0 +1,71 @@
+"""Ten seeds: ten sequential ``fit`` runs against one ten-member vectorized ensemble.
+
+The same runs either way (each ensemble member is its seed's sequential run: same initialization, data
+order and results; ``tests/test_ensemble.py`` checks it), so the ratio is pure speed. Two workloads:
+the digits MLP of ``shiftkit demo`` (2 x 512 hidden units) and, as a small-model case, the same MLP at
+width 128; and the ``cnn`` on ``fmnist_binary``. SGD, cross-entropy, batch 32 (digits) or 64 (fmnist),
+one evaluation at the end of each run.
+
+    python benchmarks/seeds.py [--seeds 10] [--epochs 30] [--cnn-epochs 1]
+
+Final line: ``RESULT {"ratio_mlp": ..., "ratio_mlp_w128": ..., "ratio_cnn": ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from _common import result, timed
+from shiftkit import data, losses, models, optim, weighting
+from shiftkit.ensemble import fit_ensemble
+from shiftkit.train import fit
+
+
+def compare(splits, model_kw, seeds, epochs, batch_size, device):
+    stats = splits.statistics()
+    settings = dict(epochs=epochs, batch_size=batch_size, eval_every=epochs, device=device)
+
+    def member(seed):
+        torch.manual_seed(seed)
+        return models.build(model_kw["name"], **{k: v for k, v in model_kw.items() if k != "name"}, **stats)
+
+    def sequential():
+        for s in seeds:
+            fit(member(s), splits, losses.build("ce"), weighting.build("erm"), optim.build("sgd", lr=0.01),
+                seed=s, **settings)
+
+    def ensemble():
+        fit_ensemble([member(s) for s in seeds], splits, losses.build("ce"), [weighting.build("erm") for _ in seeds],
+                     optim.build("sgd", lr=0.01), seeds=list(seeds), **settings)
+
+    fit(member(0), splits, losses.build("ce"), weighting.build("erm"), optim.build("sgd"), epochs=1, device=device)
+    return timed(sequential), timed(ensemble)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--cnn-epochs", type=int, default=1)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    seeds = range(args.seeds)
+    cases = {
+        "mlp": (data.build("digits_binary"), {"name": "mlp", "width": 512, "depth": 2}, args.epochs, 32),
+        "mlp_w128": (data.build("digits_binary"), {"name": "mlp", "width": 128, "depth": 2}, args.epochs, 32),
+        "cnn": (data.build("fmnist_binary"), {"name": "cnn"}, args.cnn_epochs, 64),
+    }
+    out = {}
+    for key, (splits, model_kw, epochs, bs) in cases.items():
+        seq, ens = compare(splits, model_kw, seeds, epochs, bs, device)
+        print(f"{key}: {args.seeds} sequential runs {seq:.2f} s, one ensemble {ens:.2f} s, ratio {seq / ens:.2f}")
+        out[f"ratio_{key}"] = round(seq / ens, 3)
+        out[f"seconds_{key}"] = {"sequential": round(seq, 3), "ensemble": round(ens, 3)}
+    result({**out, "seeds": args.seeds, "device_used": device})
+
+
+if __name__ == "__main__":
+    main()
