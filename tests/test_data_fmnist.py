@@ -136,3 +136,16 @@ def test_digits_lt():  # SPEC §7.4 profile
     assert counts[0] / counts[-1] == pytest.approx(10, rel=0.05)
     assert counts == sorted(counts, reverse=True) and min(s.val.class_counts) >= 1
     assert s.test.class_counts == [30] * 10
+
+
+@needs_fmnist
+@pytest.mark.parametrize("name", ["fmnist_binary", "fmnist_spurious"])
+def test_training_runs_end_to_end_on_fashion_mnist(name, tmp_path):
+    from shiftkit.config import compose
+    from shiftkit.runner import run
+
+    record = run(compose([f"data={name}", "model.width=16", "train.epochs=1", "device=cpu", f"out={tmp_path}"]))
+    assert record["data"]["pipeline"]["mean"] == [0.2860]
+    groups = 4 if name == "fmnist_spurious" else 2
+    assert len(record["selected"]["test"]["per_group_acc"]) == groups
+    assert (record["selected"]["test"]["deo"] is not None) == (name == "fmnist_spurious")
