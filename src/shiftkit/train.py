@@ -156,10 +156,12 @@ def train_epoch(
     device: str,
     amp: str = "none",
     step: int = 0,
+    after_step: Optional[Callable[[int], None]] = None,
 ):
     """One pass over ``order`` in batches: the loop's steps, with no host synchronization.
 
-    Returns the summed objective (weighted by batch size), the first step whose objective was not
+    ``after_step(step)`` runs after each optimizer step (an outer update such as AutoBalance's, SPEC
+    §5.2). Returns the summed objective (weighted by batch size), the first step whose objective was not
     finite (-1 if none), both as device tensors, and the next step number.
     """
     total = torch.zeros((), device=device)
@@ -176,6 +178,8 @@ def train_epoch(
         bad = ~torch.isfinite(objective.detach())
         first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
         total = total + objective.detach() * idx.numel()
+        if after_step is not None:
+            after_step(step)
         step += 1
     return total, first_bad, step
 
@@ -197,6 +201,7 @@ def fit(
     amp: str = "none",
     compile: bool = False,
     on_eval: Optional[Callable[[dict], None]] = None,
+    outer=None,
 ) -> FitResult:
     """Train ``model`` in place for ``epochs`` epochs; ``batch_size=0`` means full batch.
 
@@ -204,6 +209,9 @@ def fit(
     ``amp="bf16"`` autocasts the forward pass; ``compile=True`` runs the model through
     ``torch.compile``. ``on_eval`` receives each evaluation record ``{"epoch", "step", "train_loss",
     "train", "val", "test"}``. With ``select="best:<metric>"`` the model ends holding the selected weights.
+    ``outer`` is an optional outer update around the same loop (AutoBalance's hyperparameter search,
+    SPEC §5.2): ``outer.start_epoch(epoch)`` before each epoch and ``outer.after_step(step)`` after each
+    optimizer step; it never builds an optimizer for the model or a loop of its own.
 
     >>> import torch
     >>> from shiftkit import data, losses, models, optim, weighting
@@ -237,9 +245,12 @@ def fit(
         model.train()
         weighting.train()
         weighting.start_epoch(epoch)
+        if outer is not None:
+            outer.start_epoch(epoch)
         order = sampler.epoch(splits.train.y, splits.train.g, gen).to(device)
         total, first_bad, step = train_epoch(
-            forward, loss, weighting, opt, train, order, bs, pipeline, aug_gen, device, amp, step
+            forward, loss, weighting, opt, train, order, bs, pipeline, aug_gen, device, amp, step,
+            after_step=None if outer is None else outer.after_step,
         )
         schedule.step()
         check_finite(first_bad, epoch)
