@@ -1,0 +1,243 @@
+"""AutoBalance's bilevel search (Li et al. 2021, Algorithm 1; SPEC §5.2-5.6) around the one training loop.
+
+:class:`AutoBalanceSearch` is the ``outer`` object of :func:`shiftkit.train.fit` (DESIGN.md: "AutoBalance is
+an outer update of the loss's learnable parameters around the same loop, never a second loop"): every
+``every`` optimizer steps from epoch ``start_epoch`` on, it computes the implicit hypergradient of a
+validation objective (:mod:`shiftkit.objectives`) with respect to the ``autobalance`` loss's α = (l, Δ[, w])
+by :func:`shiftkit.bilevel.hypergradient` and takes one step of its own upper optimizer on α.
+:func:`search_and_retrain` runs the whole algorithm: search, freeze α*, retrain a fresh model on train+val.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from . import objectives, weighting
+from .bilevel import hypergradient
+from .data.base import Split, Splits
+from .errors import ShiftkitError
+from .optim import OptimSpec
+from .optim import build as build_optim
+from .train import FitResult, fit
+
+#: Upper optimizer of SPEC §5.3 (released CIFAR-10 config): SGD, momentum 0.9, up_lr 0.01, weight decay
+#: 1e-4. The code's up_lr_warmup (10 epochs on CIFAR-10) is left at 0 so that short runs move α at once.
+DEFAULT_UPPER = dict(lr=0.01, momentum=0.9, weight_decay=1e-4)
+
+
+@contextlib.contextmanager
+def _frozen_batchnorm_stats(model: nn.Module):
+    """BatchNorm keeps using batch statistics (train mode, as in the code) but does not update its running
+    statistics: the hypergradient's extra forward passes must not change the model, and torch.func forbids
+    writing traced values into the buffers."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+
+
+class AutoBalanceSearch:
+    """Upper-level updates of the ``autobalance`` loss's α inside :func:`~shiftkit.train.fit` (SPEC §5.2-5.3).
+
+    At each optimizer step ``step`` with ``epoch >= start_epoch`` and ``step % every == 0``:
+
+    - draw ``batches`` train batches B_T and ``batches`` validation batches B_V of ``batch_size`` each
+      (own ``torch.Generator`` seeded by ``seed``; train inputs through ``splits.pipeline`` with its
+      augmentation, validation inputs without);
+    - ``inner(θ, α) = (1/b) Σ_{B ∈ B_T} mean_{i ∈ B} ℓ_train(y_i, f_θ(x_i); α)`` (model and loss both by
+      ``torch.func.functional_call``), ``outer(θ) = (1/b) Σ_{B ∈ B_V} objective(f_θ(B))``;
+    - ``α.grad = hypergradient(inner, outer, θ, α, terms, step)`` ≈ ``-(∂²L_in/∂θ∂α)ᵀ H⁻¹ ∇_θ L_out``
+      and one step of the upper optimizer on ``loss.hyperparameters()``.
+
+    Defaults and their source: ``every=20`` (code ``iter_interval``; 30 on ImageNet/iNat), ``batches=10``
+    (code ``train_batches``/``val_batches``), ``terms=5``, ``step=1.0`` (code Neumann series),
+    ``upper`` = SGD(lr 0.01, momentum 0.9, weight decay 1e-4) (code CIFAR-10; the paper says lr 0.05),
+    ``objective="balanced_ce"`` (SPEC §5.5, class imbalance). ``start_epoch=None`` means
+    ``round(0.4·epochs)`` (code: 120 of 300 CIFAR epochs; the paper's warm-up t1).
+
+    The upper schedule runs on the bilevel phase's own clock: during epoch e its rate is
+    ``lr · upper.factor(e - start_epoch, epochs - start_epoch)`` (linear warm-up from start_epoch as in
+    the code); milestones therefore count from start_epoch (code's absolute milestone m -> m - start_epoch).
+
+    Not reproduced: the released code's extra upper step after every iteration, on a validation loss
+    that does not depend on α (SPEC §11.6): with a zero gradient it moves α by weight decay and momentum
+    only, an artefact rather than part of Algorithm 1, so α here moves only at hyper-updates.
+
+    ``self.history``: one entry per :meth:`record` (each epoch start; :func:`search_and_retrain` adds the
+    final state), ``{"epoch", "updates", <name>: nested list}`` for every hyperparameter, for run.json
+    and plots. ``self.last_hypergradient`` holds the last applied hypergradient (dict of tensors).
+    The loss's ``.grad`` is overwritten, not accumulated: fit's backward pass also writes into it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: nn.Module,
+        splits: Splits,
+        objective: str = "balanced_ce",
+        objective_options: Optional[dict] = None,
+        *,
+        epochs: int,
+        start_epoch: Optional[int] = None,
+        every: int = 20,
+        batches: int = 10,
+        terms: int = 5,
+        step: float = 1.0,
+        upper: Optional[OptimSpec] = None,
+        batch_size: int = 64,
+        seed: int = 0,
+        device: str = "cpu",
+    ):
+        if not hasattr(loss, "hyperparameters"):
+            raise ShiftkitError("AutoBalanceSearch needs a loss with hyperparameters(), e.g. loss 'autobalance'")
+        start_epoch = round(0.4 * epochs) if start_epoch is None else start_epoch
+        if min(every, batches, batch_size, epochs) < 1 or not 0 <= start_epoch < epochs:
+            raise ShiftkitError("AutoBalanceSearch: every, batches, batch_size, epochs must be >= 1 and "
+                                f"0 <= start_epoch < epochs; got start_epoch={start_epoch}, epochs={epochs}")
+        self.model, self.loss, self.pipeline = model, loss, splits.pipeline
+        self.train, self.val = splits.train.to(device), splits.val.to(device)
+        self.objective = objectives.build(objective, num_groups=splits.num_groups, **(objective_options or {}))
+        self.objective.validate(self.val.y, self.val.g)
+        self.begin, self.every, self.batches, self.terms, self.step_size = start_epoch, every, batches, terms, step
+        self.batch_size, self.device = batch_size, device
+        self.gen = torch.Generator().manual_seed(seed)
+        self.aug_gen = torch.Generator(device=device).manual_seed(seed) if self.pipeline.augments else None
+        self.upper = upper or build_optim("sgd", **DEFAULT_UPPER)
+        self.opt, self.schedule = self.upper.make(list(loss.hyperparameters().values()), epochs - start_epoch)
+        self.epoch, self.updates = -1, 0
+        self.history: List[dict] = []
+        self.last_hypergradient: Optional[Dict[str, Tensor]] = None
+
+    # ---- the hooks fit calls --------------------------------------------------------------------------
+    def start_epoch(self, epoch: int) -> None:
+        """Record α entering ``epoch`` and advance the upper schedule once per bilevel epoch."""
+        if epoch > self.begin:
+            self.schedule.step()
+        self.epoch = epoch
+        self.record(epoch)
+
+    def after_step(self, step: int) -> None:
+        if self.epoch < self.begin or step % self.every:
+            return
+        hparams = self.loss.hyperparameters()
+        hyper = self.hypergradient(*self.draw())
+        for name, p in hparams.items():
+            p.grad = hyper[name].to(p.dtype)
+        self.opt.step()
+        self.last_hypergradient = hyper
+        self.updates += 1
+
+    # ---- pieces, public for tests and for custom loops -----------------------------------------------
+    def draw(self):
+        """Index tensors ``[b, batch_size]`` into train and validation: each row one batch, drawn without
+        replacement (a fresh permutation per pass) as the code's data loaders do."""
+        return tuple(self._indices(len(s)) for s in (self.train, self.val))
+
+    def _indices(self, n: int) -> Tensor:
+        need = self.batches * self.batch_size
+        perms = [torch.randperm(n, generator=self.gen) for _ in range(math.ceil(need / n))]
+        return torch.cat(perms)[:need].view(self.batches, self.batch_size).to(self.device)
+
+    def batches_of(self, split: Split, index: Tensor, train: bool) -> list:
+        return [(self.pipeline(split.x[i], train=train, generator=self.aug_gen), split.y[i], split.g[i])
+                for i in index]
+
+    def hypergradient(self, train_index: Tensor, val_index: Tensor) -> Dict[str, Tensor]:
+        """``bilevel.hypergradient`` of the objective on the validation batches w.r.t. the loss's α, with the
+        training loss on the train batches, at the model's current θ."""
+        train_batches = self.batches_of(self.train, train_index, train=True)
+        val_batches = self.batches_of(self.val, val_index, train=False)
+        buffers = dict(self.model.named_buffers())
+        model, loss, objective = self.model, self.loss, self.objective
+
+        def inner(params, hparams):
+            return torch.stack([
+                functional_call(loss, hparams, (functional_call(model, {**params, **buffers}, (x,)), y, g)).mean()
+                for x, y, g in train_batches
+            ]).mean()
+
+        def outer(params):
+            return torch.stack([
+                objective(functional_call(model, {**params, **buffers}, (x,)), y, g) for x, y, g in val_batches
+            ]).mean()
+
+        params = dict(self.model.named_parameters())
+        with _frozen_batchnorm_stats(self.model):
+            return hypergradient(inner, outer, params, self.loss.hyperparameters(), self.terms, self.step_size)
+
+    def record(self, epoch: int) -> None:
+        """Append α's current values (one host transfer per call, once per epoch)."""
+        alpha = {k: v.detach().cpu().tolist() for k, v in self.loss.hyperparameters().items()}
+        self.history.append({"epoch": epoch, "updates": self.updates, **alpha})
+
+
+@dataclass
+class SearchResult:
+    """Both phases of Algorithm 1: the search's and the retraining's :class:`FitResult`, α* and its path."""
+
+    search: FitResult
+    retrain: FitResult
+    alpha: Dict[str, list]
+    history: List[dict] = field(default_factory=list)
+
+
+def merge_train_val(splits: Splits) -> Splits:
+    """SPEC §5.2 line 11 (S_T ← S_T ∪ S_V): the training split becomes train + validation. ``val`` stays for
+    reporting only and is then **not held out** (its metrics are training metrics); ``test`` is unchanged."""
+    t, v = splits.train, splits.val
+    merged = Split(torch.cat([t.x, v.x]), torch.cat([t.y, v.y]), torch.cat([t.g, v.g]), t.num_classes, t.num_groups)
+    info = {**splits.info, "val_in_train": True}
+    return Splits(merged, splits.val, splits.test, info=info, pipeline=splits.pipeline)
+
+
+def search_and_retrain(
+    make_model: Callable[[], nn.Module],
+    splits: Splits,
+    loss: nn.Module,
+    optim: OptimSpec,
+    *,
+    search_epochs: int,
+    retrain_epochs: int,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str = "cpu",
+    search_options: Optional[dict] = None,
+    fit_options: Optional[dict] = None,
+) -> SearchResult:
+    """Algorithm 1 of SPEC §5.2 end to end with :func:`~shiftkit.train.fit` and ERM weighting.
+
+    (a) search: ``fit`` a model from ``make_model()`` (after ``torch.manual_seed(seed)``) for ``search_epochs``
+    with ``outer=AutoBalanceSearch(model, loss, splits, epochs=search_epochs, **search_options)``;
+    (b) α* = the loss's final hyperparameters; (c) re-seed, build a fresh model and ``fit`` it for
+    ``retrain_epochs`` on :func:`merge_train_val` with a frozen copy of the loss (α* fixed, no gradient).
+    ``loss`` is modified in place by the search. ``fit_options`` (eval_every, select, ...) go to both fits.
+    The code retrains 200 epochs after a 300-epoch search on CIFAR (SPEC §5.6).
+    """
+    fit_options = dict(fit_options or {})
+    torch.manual_seed(seed)
+    model = make_model()
+    search = AutoBalanceSearch(model, loss, splits, epochs=search_epochs, batch_size=batch_size, seed=seed,
+                               device=device, **(search_options or {}))
+    searched = fit(model, splits, loss, weighting.build("erm"), optim, epochs=search_epochs,
+                   batch_size=batch_size, seed=seed, device=device, outer=search, **fit_options)
+    search.record(search_epochs)
+    frozen = copy.deepcopy(loss).requires_grad_(False)
+    for p in frozen.parameters():
+        p.grad = None
+    alpha = {k: v.detach().cpu().tolist() for k, v in frozen.hyperparameters().items()}
+    torch.manual_seed(seed)
+    retrained = fit(make_model(), merge_train_val(splits), frozen, weighting.build("erm"), optim,
+                    epochs=retrain_epochs, batch_size=batch_size, seed=seed, device=device, **fit_options)
+    return SearchResult(searched, retrained, alpha, search.history)

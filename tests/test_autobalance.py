@@ -1,0 +1,196 @@
+"""AutoBalance's search (SPEC §5.2-5.6) and its validation objectives (SPEC §5.5, §10)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from shiftkit import losses, models, optim
+from shiftkit.autobalance import AutoBalanceSearch, merge_train_val, search_and_retrain
+from shiftkit.bilevel import hypergradient
+from shiftkit.data.base import Split, Splits
+from shiftkit.errors import ShiftkitError
+from shiftkit.objectives import OBJECTIVES, balanced_ce, ce_deo, deo_mix, group_balanced_ce
+from shiftkit.train import fit
+from shiftkit.weighting import build as build_weighting
+
+
+def ce(z0, z1, label):
+    """CE of a two-logit example by hand: log(1 + exp(z_other - z_label))."""
+    return math.log1p(math.exp((z1 - z0) if label == 0 else (z0 - z1)))
+
+
+# ---- objectives against hand computations ----------------------------------------------------------------
+
+LOGITS = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 3.0], [-1.0, 0.0]])
+Y = torch.tensor([0, 0, 1, 1, 1])
+A = torch.tensor([0, 1, 0, 1, 1])
+G = 2 * Y + A  # cells (y, a): (0,0) (0,1) (1,0) (1,1) (1,1)
+CES = [ce(*LOGITS[i].tolist(), int(Y[i])) for i in range(5)]
+
+
+def test_balanced_ce_by_hand_and_vs_weighted_ce():
+    want = ((CES[0] + CES[1]) / 2 + (CES[2] + CES[3] + CES[4]) / 3) / 2
+    assert balanced_ce(LOGITS, Y, G).item() == pytest.approx(want, rel=1e-6)
+    # The code's weighted CE with w_k ∝ 1/n_val,k agrees when the batch has the validation proportions.
+    w = torch.tensor([1 / 2, 1 / 3]) / torch.tensor([1 / 2, 1 / 3]).norm()
+    assert F.cross_entropy(LOGITS, Y, weight=w).item() == pytest.approx(want, rel=1e-6)
+    # Absent classes are skipped: only class 1 here.
+    assert balanced_ce(LOGITS[2:], Y[2:]).item() == pytest.approx(sum(CES[2:]) / 3, rel=1e-6)
+
+
+def test_deo_mix_and_group_balanced_by_hand():
+    cells = {(0, 0): CES[0], (0, 1): CES[1], (1, 0): CES[2], (1, 1): (CES[3] + CES[4]) / 2}
+    deo = abs(cells[0, 0] - cells[0, 1]) + abs(cells[1, 0] - cells[1, 1])
+    assert ce_deo(LOGITS, Y, G).item() == pytest.approx(deo, rel=1e-6)
+    mean_ce = sum(CES) / 5
+    assert deo_mix(LOGITS, Y, G).item() == pytest.approx(0.1 * mean_ce + 0.9 * deo, rel=1e-6)
+    assert OBJECTIVES.build("deo_mix", lam=0.3)(LOGITS, Y, G).item() == pytest.approx(0.7 * mean_ce + 0.3 * deo)
+    assert group_balanced_ce(LOGITS, Y, G).item() == pytest.approx(sum(cells.values()) / 4, rel=1e-6)
+    # With groups = attribute only (2 groups), cells are (y, a) again.
+    assert OBJECTIVES.build("group_balanced_ce", num_groups=2)(LOGITS, Y, A).item() == pytest.approx(
+        sum(cells.values()) / 4, rel=1e-6)
+    # A pair with an empty cell contributes nothing.
+    assert ce_deo(LOGITS[1:], Y[1:], G[1:]).item() == pytest.approx(abs(cells[1, 0] - cells[1, 1]), rel=1e-6)
+
+
+def test_objectives_differentiable_and_deo_errors():
+    z = LOGITS.clone().requires_grad_(True)
+    for name in OBJECTIVES.names():
+        (g,) = torch.autograd.grad(OBJECTIVES.build(name)(z, Y, G), z)
+        assert torch.isfinite(g).all() and g.abs().sum() > 0
+    with pytest.raises(ShiftkitError, match="binary labels"):
+        ce_deo(torch.zeros(2, 3), torch.tensor([0, 2]), torch.tensor([0, 1]))
+    with pytest.raises(ShiftkitError, match="2\\*y"):
+        OBJECTIVES.build("deo_mix").validate(Y, A)
+
+
+# ---- a two-class imbalanced toy: class 0 the majority, class 1 the minority ------------------------------
+
+def gaussians(n0, n1, gen):
+    x = torch.cat([torch.randn(n0, 2, generator=gen) + torch.tensor([-1.0, 0.0]),
+                   torch.randn(n1, 2, generator=gen) + torch.tensor([1.0, 0.0])])
+    y = torch.cat([torch.zeros(n0), torch.ones(n1)]).long()
+    return Split(x, y, y.clone(), 2, 2)
+
+
+def toy(n0=400, n1=40):
+    gen = torch.Generator().manual_seed(0)
+    return Splits(gaussians(n0, n1, gen), gaussians(n0 // 4, n1 // 4, gen), gaussians(200, 200, gen))
+
+
+def setup(splits, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    model = models.build("linear", input_shape=(2,), num_classes=2)
+    loss = losses.build("autobalance", class_counts=splits.train.class_counts)
+    return model, loss, AutoBalanceSearch(model, loss, splits, seed=seed, **kwargs)
+
+
+def alpha(loss):
+    return {k: v.detach().clone() for k, v in loss.hyperparameters().items()}
+
+
+def test_alpha_moves_only_from_start_epoch():
+    model, loss, search = setup(toy(), epochs=4, start_epoch=2, every=5, batches=2, batch_size=16)
+    before = alpha(loss)
+    for epoch in (0, 1):
+        search.start_epoch(epoch)
+        for step in range(10):
+            search.after_step(step)
+    assert all(torch.equal(before[k], v) for k, v in alpha(loss).items()) and search.updates == 0
+    search.start_epoch(2)
+    search.after_step(3)  # not a multiple of every
+    assert search.updates == 0
+    search.after_step(5)
+    assert search.updates == 1 and not torch.equal(before["l"], loss.l.detach())
+
+
+def test_applied_hypergradient_equals_bilevel_on_same_batches():
+    splits = toy()
+    kw = dict(epochs=3, start_epoch=0, every=1, batches=2, batch_size=8, terms=3, step=0.5)
+    model, loss, search = setup(splits, seed=3, **kw)
+    _, _, twin = setup(splits, seed=3, **kw)  # same generator seed -> same batches
+    ti, vi = twin.draw()
+    assert ti.shape == (2, 8) and vi.shape == (2, 8)
+    buffers = dict(model.named_buffers())
+
+    def inner(params, hparams):  # written independently: loop over batches, mean of batch means
+        vals = [functional_call(loss, hparams, (functional_call(model, {**params, **buffers}, (splits.train.x[i],)),
+                                                splits.train.y[i], splits.train.g[i])).mean() for i in ti]
+        return sum(vals) / len(vals)
+
+    def outer(params):
+        vals = [balanced_ce(functional_call(model, params, (splits.val.x[i],)), splits.val.y[i]) for i in vi]
+        return sum(vals) / len(vals)
+
+    want = hypergradient(inner, outer, dict(model.named_parameters()), loss.hyperparameters(), 3, 0.5)
+    before = alpha(loss)
+    search.start_epoch(0)
+    search.after_step(0)
+    for k in want:
+        torch.testing.assert_close(search.last_hypergradient[k], want[k])
+        # First SGD step with momentum: the buffer is the gradient plus weight decay.
+        torch.testing.assert_close(loss.hyperparameters()[k].detach(), before[k] - 0.01 * (want[k] + 1e-4 * before[k]))
+
+
+def test_search_through_fit_records_history():
+    splits = toy()
+    model, loss, search = setup(splits, epochs=3, start_epoch=1, every=4, batches=2, batch_size=32)
+    fit(model, splits, loss, build_weighting("erm"), optim.build("sgd", lr=0.1), epochs=3, batch_size=32,
+        outer=search)
+    steps_per_epoch = math.ceil(len(splits.train) / 32)
+    assert [h["epoch"] for h in search.history] == [0, 1, 2]
+    assert search.history[0]["l"] == search.history[1]["l"] == [[0.0, 0.0]]  # warm-up: α fixed
+    assert search.updates == len([s for s in range(steps_per_epoch, 3 * steps_per_epoch) if s % 4 == 0])
+    assert search.history[2]["l"] != search.history[1]["l"] and len(search.history[2]["delta"][0]) == 2
+
+
+def test_minority_margin_grows_like_logit_adjustment():
+    """With x = σ(Δ)·f + l inside CE, a lower l_1 during training makes the model learn a larger f_1 (LA's
+    l = τ log π is lowest for the minority). Balanced validation CE should push l_1 - l_0 down."""
+    splits = toy()
+    model, loss, search = setup(splits, epochs=12, start_epoch=2, every=2, batches=4, batch_size=64,
+                                upper=optim.build("sgd", lr=0.05, momentum=0.9))
+    fit(model, splits, loss, build_weighting("erm"), optim.build("sgd", lr=0.1), epochs=12, batch_size=64,
+        outer=search)
+    l = loss.l.detach()[0]
+    # Seeds 0-4 give -1.4..-2.0 (LA with τ = 1 would set log(π_1/π_0) = log 0.1 = -2.3).
+    assert l[1] - l[0] < -0.5, l
+
+
+def test_batchnorm_stats_untouched_by_hypergradient():
+    splits = toy()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    loss = losses.build("autobalance", class_counts=splits.train.class_counts)
+    search = AutoBalanceSearch(model, loss, splits, epochs=1, start_epoch=0, every=1, batches=2, batch_size=16)
+    stats = {k: v.clone() for k, v in model.named_buffers()}
+    search.start_epoch(0)
+    search.after_step(0)
+    assert all(torch.equal(stats[k], v) for k, v in model.named_buffers()) and model[1].track_running_stats
+    assert all(torch.isfinite(t).all() for t in search.last_hypergradient.values())
+
+
+def test_search_and_retrain_end_to_end():
+    splits = toy(n0=120, n1=12)
+    loss = losses.build("autobalance", class_counts=splits.train.class_counts)
+    out = search_and_retrain(lambda: models.build("linear", input_shape=(2,), num_classes=2), splits, loss,
+                             optim.build("sgd", lr=0.1), search_epochs=3, retrain_epochs=2, batch_size=16,
+                             search_options=dict(start_epoch=1, every=2, batches=2))
+    assert out.retrain.steps == 2 * math.ceil((len(splits.train) + len(splits.val)) / 16)
+    assert out.alpha["l"] == out.history[-1]["l"] and out.history[-1]["epoch"] == 3
+    assert out.alpha["l"] != [[0.0, 0.0]] and set(out.search.final) == {"train", "val", "test"}
+    merged = merge_train_val(splits)
+    assert len(merged.train) == len(splits.train) + len(splits.val) and merged.info["val_in_train"]
+
+
+def test_bad_arguments():
+    splits = toy()
+    with pytest.raises(ShiftkitError, match="start_epoch"):
+        setup(splits, epochs=3, start_epoch=3)
+    with pytest.raises(ShiftkitError, match="hyperparameters"):
+        AutoBalanceSearch(nn.Linear(2, 2), losses.build("ce"), splits, epochs=2)
+    assert setup(splits, epochs=10)[2].begin == 4  # default warm-up: 40% of the run (code: 120 of 300)
