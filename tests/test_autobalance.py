@@ -194,3 +194,24 @@ def test_bad_arguments():
     with pytest.raises(ShiftkitError, match="hyperparameters"):
         AutoBalanceSearch(nn.Linear(2, 2), losses.build("ce"), splits, epochs=2)
     assert setup(splits, epochs=10)[2].begin == 4  # default warm-up: 40% of the run (code: 120 of 300)
+
+
+def test_search_from_the_command_line_config_writes_alpha_and_both_phases(tmp_path):
+    import json
+
+    from shiftkit.config import compose
+    from shiftkit.errors import ShiftkitError
+    from shiftkit.runner import run
+
+    overrides = ["experiment=autobalance", "train.epochs=4", "train.eval_every=2", "search.start_epoch=1",
+                 "search.every=2", "search.batches=2", "model.width=16", "device=cpu", f"out={tmp_path}"]
+    record = run(compose(overrides))
+    assert set(record["alpha"]) == {"l", "delta"} and len(record["alpha_history"]) >= 4
+    assert record["alpha_history"][0]["l"] != record["alpha"]["l"]  # the search moved l
+    assert {"final", "selected"} <= set(record["search"])
+    run_dir = tmp_path / record["run_dir"].split(str(tmp_path) + "/")[1]
+    phases = [json.loads(line)["phase"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert phases == ["search", "search", "retrain", "retrain"]
+    assert (run_dir / "alpha.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ShiftkitError, match="ERM weighting"):
+        run(compose([*overrides, "weighting=iw"]))

@@ -67,6 +67,27 @@ class TrainConf:
 
 
 @dataclass
+class SearchConf:
+    """AutoBalance's bilevel search (SPEC §5.2-5.6), off unless ``enabled``: the loss's learnable
+    parameters (``loss=autobalance``) are tuned on ``objective`` (``balanced_ce``, ``deo_mix``,
+    ``group_balanced_ce``; options under ``objective_options``) from ``start_epoch`` (default 40% of
+    ``train.epochs``), every ``every`` steps with ``batches`` train and validation batches, a Neumann
+    series of ``terms`` terms and step ``step``, SGD at ``upper_lr``; then a fresh model is retrained on
+    train+val with them fixed for ``retrain_epochs`` (default ``train.epochs``)."""
+
+    enabled: bool = False
+    objective: str = "balanced_ce"
+    objective_options: Dict[str, Any] = field(default_factory=dict)
+    start_epoch: Optional[int] = None
+    every: int = 20
+    batches: int = 10
+    terms: int = 5
+    step: float = 1.0
+    upper_lr: float = 0.01
+    retrain_epochs: Optional[int] = None
+
+
+@dataclass
 class Config:
     data: Any = MISSING
     model: Any = MISSING
@@ -75,6 +96,7 @@ class Config:
     sampler: Any = MISSING
     optim: Any = MISSING
     train: TrainConf = field(default_factory=TrainConf)
+    search: SearchConf = field(default_factory=SearchConf)
     seed: int = 0
     device: str = "auto"
     out: str = "results"
@@ -161,7 +183,7 @@ def _unknown_option(full_key: str, msg: str) -> Optional[str]:
     if match is None:
         return None
     key, owner = match.groups()
-    fixed = {"Config": ("top-level config", Config), "TrainConf": ("train", TrainConf)}
+    fixed = {"Config": ("top-level config", Config), "TrainConf": ("train", TrainConf), "SearchConf": ("search", SearchConf)}
     if owner in fixed:
         where, node = fixed[owner]
         return f"{where} has no key '{key}'; its keys: {', '.join(f.name for f in dataclasses.fields(node))}"

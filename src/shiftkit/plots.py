@@ -81,3 +81,29 @@ def curve_plot(curves: Dict[str, Dict[str, list]], split: str, metric: str, path
         ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_alpha(history: List[dict], path: Path) -> None:
+    """AutoBalance's learned loss parameters over epochs: one line per entry of ``l`` and ``Δ``."""
+    plt = _pyplot()
+    keys = [k for k in ("l", "delta", "w") if history and k in history[0]]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+    epochs = [h["epoch"] for h in history]
+    for ax, key in zip(axes[0], keys):
+        rows = [torch_flat(h[key]) for h in history]
+        for j in range(len(rows[0])):
+            ax.plot(epochs, [r[j] for r in rows], label=f"{key}[{j}]" if len(rows[0]) <= 10 else None)
+        ax.set_xlabel("epoch")
+        ax.set_title(f"AutoBalance: {key} over the search")
+        ax.grid(alpha=0.3)
+        if len(rows[0]) <= 10:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def torch_flat(value) -> list:
+    """Flatten nested lists (a [G, K] parameter) into one list."""
+    if isinstance(value, list):
+        return [x for v in value for x in torch_flat(v)]
+    return [value]

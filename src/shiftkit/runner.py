@@ -31,7 +31,9 @@ from omegaconf import DictConfig, OmegaConf
 from . import __version__, data, losses, models, optim, sampling, weighting
 from .config import GROUPS, options, schema
 from .errors import ShiftkitError
+from .autobalance import DEFAULT_UPPER, search_and_retrain
 from .ensemble import fit_ensemble
+from .plots import plot_alpha
 from .train import FitResult, check_schedule, fit, parse_select
 
 _DATA_CACHE: Dict[str, data.Splits] = {}
@@ -224,11 +226,53 @@ def run(
     parts = build_parts(cfg, splits)
     started = time.time()
     with _open_log(out) as log:
-        result = fit(
-            splits=splits, **parts, **plain["train"], seed=plain["seed"], device=device,
-            on_eval=_log_writer(log, on_eval),
-        )
-    return _write_record(plain, out, splits, result, device, started)
+        if plain["search"]["enabled"]:
+            result, extra = _search(cfg, plain, splits, parts, device, _log_writer(log, on_eval))
+            plot_alpha(extra["alpha_history"], out / "alpha.png")
+        else:
+            extra = {}
+            result = fit(
+                splits=splits, **parts, **plain["train"], seed=plain["seed"], device=device,
+                on_eval=_log_writer(log, on_eval),
+            )
+    return _write_record(plain, out, splits, result, device, started, **extra)
+
+
+def _search(cfg, plain, splits, parts, device, write) -> tuple:
+    """AutoBalance (SPEC §5.2): search on train/val, retrain on train+val; the retraining's metrics are
+    the run's, the search's and the learned α go into ``run.json`` too. ``metrics.jsonl`` lines carry
+    ``"phase": "search"`` or ``"retrain"``."""
+    conf, train = plain["search"], dict(plain["train"])
+    if cfg.weighting.name != "erm" or cfg.sampler.name != "none":
+        raise ShiftkitError("search.enabled trains with ERM weighting and no sampler (SPEC §5.2)")
+    epochs = train.pop("epochs")
+    phase = {"name": "search"}
+
+    def tagged(record: dict) -> None:
+        write({"phase": phase["name"], **record})
+        if phase["name"] == "search" and record["epoch"] == epochs:
+            phase["name"] = "retrain"
+
+    stats = splits.statistics()
+    found = search_and_retrain(
+        lambda: models.build(cfg.model.name, **options(cfg.model), **stats),
+        splits, parts["loss"], parts["optim"],
+        search_epochs=epochs, retrain_epochs=conf["retrain_epochs"] or epochs,
+        batch_size=train.pop("batch_size"), seed=plain["seed"], device=device,
+        search_options={
+            "objective": conf["objective"], "objective_options": conf["objective_options"],
+            "start_epoch": conf["start_epoch"], "every": conf["every"], "batches": conf["batches"],
+            "terms": conf["terms"], "step": conf["step"],
+            "upper": optim.build("sgd", **{**DEFAULT_UPPER, "lr": conf["upper_lr"]}),
+        },
+        fit_options={**train, "on_eval": tagged},
+    )
+    extra = {
+        "search": {"final": found.search.final, "selected": found.search.selected, "seconds": found.search.seconds},
+        "alpha": found.alpha,
+        "alpha_history": found.history,
+    }
+    return found.retrain, extra
 
 
 def run_ensemble(
