@@ -153,7 +153,13 @@ def _list(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="shiftkit", description="Classifiers that do well on every class and group.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    train = sub.add_parser("train", help="train one run, or a sweep with -m (Hydra override syntax)")
+    train = sub.add_parser(
+        "train",
+        help="train one run, or a sweep with -m (Hydra override syntax)",
+        epilog="Groups: data, model, loss, weighting, sampler, optim (their names: shiftkit list); "
+        "experiment=NAME applies a preset. Other keys: train.{epochs,batch_size,eval_every,select,amp,compile}, "
+        "search.* (AutoBalance), seed, device, out, name, ensemble.",
+    )
     train.add_argument("-m", "--multirun", action="store_true", help="sweep over comma lists and range()")
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss=poly weighting.exponent=1.5")
     train.set_defaults(func=_train)
