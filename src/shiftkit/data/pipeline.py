@@ -40,6 +40,15 @@ class Pipeline:
         if self.crop_padding < 0:
             raise ShiftkitError(f"crop_padding must be >= 0, got {self.crop_padding}")
 
+    def _stats(self, dtype: torch.dtype, device: torch.device):
+        """Mean and std as tensors, made once per dtype and device: no host-to-device copy per batch."""
+        cache = self.__dict__.setdefault("_cache", {})
+        key = (dtype, str(device))
+        if key not in cache:
+            cache[key] = (torch.tensor(self.mean, dtype=dtype, device=device),
+                          torch.tensor(self.std, dtype=dtype, device=device))
+        return cache[key]
+
     @property
     def augments(self) -> bool:
         return self.crop_padding > 0 or self.flip
@@ -48,10 +57,9 @@ class Pipeline:
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
         if self.mean is not None:
+            mean, std = self._stats(x.dtype, x.device)
             shape = (1, -1) + (1,) * (x.dim() - 2)
-            mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(shape)
-            std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(shape)
-            x = (x - mean) / std
+            x = (x - mean.view(shape)) / std.view(shape)
         if train and self.augments:
             x = self._augment(x, generator)
         return x
