@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--every", type=int, default=20)
     parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--curvature-batches", type=int, default=None,
+                        help="train batches of the Neumann series' Hessian (default: the search's default)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -46,16 +48,20 @@ def main() -> None:
 
     def search():
         net, loss = model(), losses.build("autobalance", init="la", **stats)
+        extra = {} if args.curvature_batches is None else {"curvature_batches": args.curvature_batches}
         outer = AutoBalanceSearch(net, loss, splits, epochs=args.epochs, every=args.every, batches=args.batches,
-                                  device=device)
+                                  device=device, **extra)
         fit(net, splits, loss, weighting.build("erm"), optim.build("sgd", lr=0.01), outer=outer, **settings)
+        used["curvature_batches"] = outer.curvature_batches
+
+    used = {}
 
     plain, bilevel = timed(erm), timed(search)
     print(f"{args.data} / {args.model}, {args.epochs} epochs: ERM {plain:.1f} s, AutoBalance search {bilevel:.1f} s, "
           f"ratio {bilevel / plain:.2f}")
     result({"cost_ratio": round(bilevel / plain, 3), "seconds": {"erm": round(plain, 2), "search": round(bilevel, 2)},
             "data": args.data, "model": args.model, "epochs": args.epochs, "every": args.every,
-            "batches": args.batches, "device_used": device})
+            "batches": args.batches, **used, "device_used": device})
 
 
 if __name__ == "__main__":

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, grad, vjp
 
 from shiftkit import losses, models, optim
 from shiftkit.autobalance import AutoBalanceSearch, merge_train_val, search_and_retrain
-from shiftkit.bilevel import hypergradient
+from shiftkit.bilevel import hypergradient, neumann_inverse_hvp
 from shiftkit.data.base import Split, Splits
 from shiftkit.errors import ShiftkitError
 from shiftkit.objectives import OBJECTIVES, balanced_ce, ce_deo, deo_mix, group_balanced_ce
@@ -108,25 +108,38 @@ def test_alpha_moves_only_from_start_epoch():
     assert search.updates == 1 and not torch.equal(before["l"], loss.l.detach())
 
 
-def test_applied_hypergradient_equals_bilevel_on_same_batches():
+@pytest.mark.parametrize("curvature", [None, 1])
+def test_applied_hypergradient_equals_bilevel_on_same_batches(curvature):
+    """The search's hypergradient (batched forward passes, forward-mode mixed term) against one written
+    independently from :func:`hypergradient`'s pieces; ``curvature_batches=1`` takes the Neumann series'
+    Hessian from the first train batch only, ``None`` from all (then it is exactly ``hypergradient``)."""
     splits = toy()
-    kw = dict(epochs=3, start_epoch=0, every=1, batches=2, batch_size=8, terms=3, step=0.5)
+    kw = dict(epochs=3, start_epoch=0, every=1, batches=2, batch_size=8, terms=3, step=0.5,
+              curvature_batches=curvature)
     model, loss, search = setup(splits, seed=3, **kw)
     _, _, twin = setup(splits, seed=3, **kw)  # same generator seed -> same batches
     ti, vi = twin.draw()
     assert ti.shape == (2, 8) and vi.shape == (2, 8)
     buffers = dict(model.named_buffers())
 
-    def inner(params, hparams):  # written independently: loop over batches, mean of batch means
+    def inner_on(params, hparams, index):  # written independently: loop over batches, mean of batch means
         vals = [functional_call(loss, hparams, (functional_call(model, {**params, **buffers}, (splits.train.x[i],)),
-                                                splits.train.y[i], splits.train.g[i])).mean() for i in ti]
+                                                splits.train.y[i], splits.train.g[i])).mean() for i in index]
         return sum(vals) / len(vals)
 
     def outer(params):
         vals = [balanced_ce(functional_call(model, params, (splits.val.x[i],)), splits.val.y[i]) for i in vi]
         return sum(vals) / len(vals)
 
-    want = hypergradient(inner, outer, dict(model.named_parameters()), loss.hyperparameters(), 3, 0.5)
+    params, hparams = dict(model.named_parameters()), loss.hyperparameters()
+    if curvature is None:
+        want = hypergradient(lambda p, h: inner_on(p, h, ti), outer, params, hparams, 3, 0.5)
+    else:
+        theta, fixed = ({k: v.detach() for k, v in d.items()} for d in (params, hparams))
+        _, pull_curvature = vjp(grad(lambda p: inner_on(p, fixed, ti[:curvature])), theta)
+        p = neumann_inverse_hvp(lambda c: pull_curvature(c)[0], grad(outer)(theta), 3, 0.5)
+        _, pull = vjp(grad(lambda p, h: inner_on(p, h, ti)), theta, fixed)
+        want = {k: -v for k, v in pull(p)[1].items()}
     before = alpha(loss)
     search.start_epoch(0)
     search.after_step(0)

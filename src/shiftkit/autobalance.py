@@ -18,10 +18,10 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
 from . import objectives, weighting
-from .bilevel import hypergradient
+from .bilevel import output_hypergradient
 from .data.base import Split, Splits
 from .errors import ShiftkitError
 from .optim import OptimSpec
@@ -71,6 +71,13 @@ class AutoBalanceSearch:
     ``lr · upper.factor(e - start_epoch, epochs - start_epoch)`` (linear warm-up from start_epoch as in
     the code); milestones therefore count from start_epoch (code's absolute milestone m -> m - start_epoch).
 
+    ``curvature_batches=1`` (``None``: all ``batches``, the code's estimator): the Neumann series' Hessian
+    comes from the first train batch only, while ∇_θ L_out uses all ``batches`` validation batches and
+    the mixed term all ``batches`` train batches (:func:`shiftkit.bilevel.output_hypergradient`). Each
+    Hessian-vector product then costs one batch instead of ``batches``; this is what brings the search
+    under twice the cost of ERM (benchmarks/autobalance.py). [INFERRED: a curvature mini-batch as in
+    Hessian-free optimization; measured against the code's estimator in docs/PERFORMANCE.md.]
+
     Not reproduced: the released code's extra upper step after every iteration, on a validation loss
     that does not depend on α (SPEC §11.6): with a zero gradient it moves α by weight decay and momentum
     only, an artefact rather than part of Algorithm 1, so α here moves only at hyper-updates.
@@ -95,6 +102,7 @@ class AutoBalanceSearch:
         batches: int = 10,
         terms: int = 5,
         step: float = 1.0,
+        curvature_batches: Optional[int] = 1,
         upper: Optional[OptimSpec] = None,
         batch_size: int = 64,
         seed: int = 0,
@@ -108,10 +116,15 @@ class AutoBalanceSearch:
                                 f"0 <= start_epoch < epochs; got start_epoch={start_epoch}, epochs={epochs}")
         self.model, self.loss, self.pipeline = model, loss, splits.pipeline
         self.train, self.val = splits.train.to(device), splits.val.to(device)
-        self.objective = objectives.build(objective, num_groups=splits.num_groups, **(objective_options or {}))
+        self.objective = objectives.build(objective, num_classes=splits.num_classes, num_groups=splits.num_groups,
+                                          **(objective_options or {}))
         self.objective.validate(self.val.y, self.val.g)
         self.begin, self.every, self.batches, self.terms, self.step_size = start_epoch, every, batches, terms, step
         self.batch_size, self.device = batch_size, device
+        self.curvature_batches = batches if curvature_batches is None else curvature_batches
+        if not 1 <= self.curvature_batches <= batches:
+            raise ShiftkitError(f"AutoBalanceSearch: curvature_batches must lie in [1, batches={batches}], "
+                                f"got {curvature_batches}")
         self.gen = torch.Generator().manual_seed(seed)
         self.aug_gen = torch.Generator(device=device).manual_seed(seed) if self.pipeline.augments else None
         self.upper = upper or build_optim("sgd", **DEFAULT_UPPER)
@@ -150,32 +163,45 @@ class AutoBalanceSearch:
         perms = [torch.randperm(n, generator=self.gen) for _ in range(math.ceil(need / n))]
         return torch.cat(perms)[:need].view(self.batches, self.batch_size).to(self.device)
 
-    def batches_of(self, split: Split, index: Tensor, train: bool) -> list:
-        return [(self.pipeline(split.x[i], train=train, generator=self.aug_gen), split.y[i], split.g[i])
-                for i in index]
+    def stacked(self, split: Split, index: Tensor, train: bool) -> tuple:
+        """Inputs ``[b, batch_size, ...]`` (train inputs through the pipeline with augmentation, batch by
+        batch), labels and groups ``[b, batch_size]``."""
+        x = torch.stack([self.pipeline(split.x[i], train=train, generator=self.aug_gen) for i in index])
+        return x, split.y[index], split.g[index]
 
     def hypergradient(self, train_index: Tensor, val_index: Tensor) -> Dict[str, Tensor]:
-        """``bilevel.hypergradient`` of the objective on the validation batches w.r.t. the loss's α, with the
-        training loss on the train batches, at the model's current θ."""
-        train_batches = self.batches_of(self.train, train_index, train=True)
-        val_batches = self.batches_of(self.val, val_index, train=False)
+        """The hypergradient of the objective on the validation batches w.r.t. the loss's α, with the
+        training loss on the train batches, at the model's current θ (:func:`bilevel.output_hypergradient`).
+
+        The batches go through the model together, each as its own forward pass under ``torch.func.vmap``
+        (so BatchNorm normalizes each batch by its own statistics, as separate passes would); the
+        training loss is the mean over all ``b·batch_size`` examples (= the mean of the batch means),
+        the objective the mean of its value on each validation batch. The Neumann series' Hessian is
+        that of the training loss on the first ``curvature_batches`` train batches."""
+        (xt, yt, gt), (xv, yv, gv) = self.stacked(self.train, train_index, True), self.stacked(self.val, val_index, False)
         buffers = dict(self.model.named_buffers())
         model, loss, objective = self.model, self.loss, self.objective
+        alpha = {k: v.detach() for k, v in self.loss.hyperparameters().items()}
 
-        def inner(params, hparams):
-            return torch.stack([
-                functional_call(loss, hparams, (functional_call(model, {**params, **buffers}, (x,)), y, g)).mean()
-                for x, y, g in train_batches
-            ]).mean()
+        def logits(params, x):
+            return vmap(lambda xb: functional_call(model, {**params, **buffers}, (xb,)))(x)
+
+        def train_loss(z, hparams, y=yt, g=gt):
+            return functional_call(loss, hparams, (z.flatten(0, 1), y.flatten(), g.flatten())).mean()
 
         def outer(params):
-            return torch.stack([
-                objective(functional_call(model, {**params, **buffers}, (x,)), y, g) for x, y, g in val_batches
-            ]).mean()
+            z = logits(params, xv)
+            return torch.stack([objective(z[i], yv[i], gv[i]) for i in range(len(z))]).mean()
+
+        c = self.curvature_batches
+
+        def curvature(params):
+            return train_loss(logits(params, xt[:c]), alpha, yt[:c], gt[:c])
 
         params = dict(self.model.named_parameters())
         with _frozen_batchnorm_stats(self.model):
-            return hypergradient(inner, outer, params, self.loss.hyperparameters(), self.terms, self.step_size)
+            return output_hypergradient(lambda p: logits(p, xt), train_loss, outer, params, alpha,
+                                        self.terms, self.step_size, curvature)
 
     def record(self, epoch: int) -> None:
         """Append α's current values (one host transfer per call, once per epoch)."""
@@ -215,6 +241,7 @@ def search_and_retrain(
     device: str = "cpu",
     search_options: Optional[dict] = None,
     fit_options: Optional[dict] = None,
+    retrain_on: str = "train+val",
 ) -> SearchResult:
     """Algorithm 1 of SPEC §5.2 end to end with :func:`~shiftkit.train.fit` and ERM weighting.
 
@@ -222,9 +249,14 @@ def search_and_retrain(
     with ``outer=AutoBalanceSearch(model, loss, splits, epochs=search_epochs, **search_options)``;
     (b) α* = the loss's final hyperparameters; (c) re-seed, build a fresh model and ``fit`` it for
     ``retrain_epochs`` on :func:`merge_train_val` with a frozen copy of the loss (α* fixed, no gradient).
+    ``retrain_on="train"`` retrains on the training split alone instead, so that the final model sees the
+    same examples as baselines trained on ``train`` (the validation set then only steers α; SPEC §5.2
+    line 11 merges them, the default).
     ``loss`` is modified in place by the search. ``fit_options`` (eval_every, select, ...) go to both fits.
     The code retrains 200 epochs after a 300-epoch search on CIFAR (SPEC §5.6).
     """
+    if retrain_on not in ("train+val", "train"):
+        raise ShiftkitError(f"search.retrain_on must be 'train+val' or 'train', got '{retrain_on}'")
     fit_options = dict(fit_options or {})
     torch.manual_seed(seed)
     model = make_model()
@@ -238,6 +270,7 @@ def search_and_retrain(
         p.grad = None
     alpha = {k: v.detach().cpu().tolist() for k, v in frozen.hyperparameters().items()}
     torch.manual_seed(seed)
-    retrained = fit(make_model(), merge_train_val(splits), frozen, weighting.build("erm"), optim,
+    retrain_splits = merge_train_val(splits) if retrain_on == "train+val" else splits
+    retrained = fit(make_model(), retrain_splits, frozen, weighting.build("erm"), optim,
                     epochs=retrain_epochs, batch_size=batch_size, seed=seed, device=device, **fit_options)
     return SearchResult(searched, retrained, alpha, search.history)

@@ -16,10 +16,10 @@ only Hessian-vector products, which :mod:`torch.func` computes by differentiatin
 from __future__ import annotations
 
 from numbers import Integral
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 from torch import Tensor
-from torch.func import grad, vjp
+from torch.func import grad, jvp, vjp
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .errors import ShiftkitError
@@ -118,4 +118,49 @@ def hypergradient(
     _, pull = vjp(grad(inner_loss), theta, alpha)
     p = neumann_inverse_hvp(lambda c: pull(c)[0], v, terms, step)
     mixed = pull(p)[1]
+    return {k: -mixed[k].detach() for k in hparams}
+
+
+def output_hypergradient(
+    outputs: Callable[[Params], Tensor],
+    output_loss: Callable[[Tensor, Params], Tensor],
+    outer_loss: Callable[[Params], Tensor],
+    params: Params,
+    hparams: Params,
+    terms: int = 5,
+    step: float = 1.0,
+    curvature_loss: Optional[Callable[[Params], Tensor]] = None,
+) -> Params:
+    """:func:`hypergradient` for ``L_in(θ, α) = output_loss(outputs(θ), α)``: α enters only through a loss
+    of the model's outputs (true of every loss in shiftkit, AutoBalance's included). Same result, cheaper.
+
+    The mixed term ``(∂²L_in/∂α∂θ) p = ∇_α (∇_θ L_in · p)`` is computed exactly in forward mode: with
+    ``z = outputs(θ)`` and ``ż = J_θ z · p`` (one Jacobian-vector product), ``∇_θ L_in · p = ∇_z ℓ(z; α) · ż``,
+    whose gradient in α needs only the outputs. No second-order graph of the network is kept for it.
+
+    ``curvature_loss(θ)`` is the loss whose Hessian the Neumann series inverts; the default is
+    ``output_loss(outputs(θ), α)``, which makes the result equal :func:`hypergradient`'s. Passing the same
+    loss on fewer examples (a curvature mini-batch, as in Hessian-free optimization, Martens 2010) makes
+    each of the J Hessian-vector products proportionally cheaper while ``∇_θ L_out`` and the mixed term
+    still use all examples.
+
+    >>> import torch
+    >>> out = lambda p: p["theta"] * torch.ones(3)                 # z_i = θ
+    >>> lossz = lambda z, h: ((z - h["alpha"]) ** 2).mean()        # L_in = (θ - α)^2
+    >>> outer = lambda p: (p["theta"] ** 2).sum()
+    >>> output_hypergradient(out, lossz, outer, {"theta": torch.tensor([1.5])}, {"alpha": torch.tensor([1.5])}, 0, 0.5)
+    {'alpha': tensor([3.])}
+    """
+    _check_series(terms, step)
+    theta = {k: t.detach() for k, t in params.items()}
+    alpha = {k: t.detach() for k, t in hparams.items()}
+    v = grad(outer_loss)(theta)
+    if curvature_loss is None:
+        def curvature_loss(p):
+            return output_loss(outputs(p), alpha)
+    _, pull = vjp(grad(curvature_loss), theta)
+    p = neumann_inverse_hvp(lambda c: pull(c)[0], v, terms, step)
+    z, z_dot = jvp(outputs, (theta,), (p,))
+    z, z_dot = z.detach(), z_dot.detach()
+    mixed = grad(lambda a: jvp(lambda out: output_loss(out, a), (z,), (z_dot,))[1])(alpha)
     return {k: -mixed[k].detach() for k in hparams}

@@ -72,8 +72,9 @@ class SearchConf:
     parameters (``loss=autobalance``) are tuned on ``objective`` (``balanced_ce``, ``deo_mix``,
     ``group_balanced_ce``; options under ``objective_options``) from ``start_epoch`` (default 40% of
     ``train.epochs``), every ``every`` steps with ``batches`` train and validation batches, a Neumann
-    series of ``terms`` terms and step ``step``, SGD at ``upper_lr``; then a fresh model is retrained on
-    train+val with them fixed for ``retrain_epochs`` (default ``train.epochs``)."""
+    series of ``terms`` terms and step ``step`` whose Hessian uses the first ``curvature_batches`` train
+    batches (default 1), SGD at ``upper_lr``; then a fresh model is retrained on ``retrain_on``
+    (``train+val``, or ``train``) with them fixed for ``retrain_epochs`` (default ``train.epochs``)."""
 
     enabled: bool = False
     objective: str = "balanced_ce"
@@ -83,8 +84,10 @@ class SearchConf:
     batches: int = 10
     terms: int = 5
     step: float = 1.0
+    curvature_batches: Optional[int] = 1
     upper_lr: float = 0.01
     retrain_epochs: Optional[int] = None
+    retrain_on: str = "train+val"
 
 
 @dataclass

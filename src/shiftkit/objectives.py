@@ -55,8 +55,11 @@ def balanced_ce(logits: Tensor, y: Tensor, g: Optional[Tensor] = None) -> Tensor
     here every batch is exactly class-balanced, whatever its composition [INFERRED: same population
     objective, the balanced risk of §10].
     """
-    ce = F.cross_entropy(logits, y, reduction="none")
-    return _mean_present(*cell_means(ce, y, logits.shape[1]))
+    return _balanced(F.cross_entropy(logits, y, reduction="none"), y, logits.shape[1])
+
+
+def _balanced(values: Tensor, cells: Tensor, num_cells: int) -> Tensor:
+    return _mean_present(*cell_means(values, cells, num_cells))
 
 
 def ce_deo(logits: Tensor, y: Tensor, g: Tensor, check: bool = True) -> Tensor:
@@ -67,10 +70,19 @@ def ce_deo(logits: Tensor, y: Tensor, g: Tensor, check: bool = True) -> Tensor:
     """
     if logits.shape[1] != 2:
         raise ShiftkitError(f"objective CE_deo needs binary labels (2 logits), got {logits.shape[1]} classes")
-    if check and bool(((g // 2 != y) | (g < 0) | (g > 3)).any()):
+    if check:
+        _check_deo_layout(y, g)
+    return _deo(F.cross_entropy(logits, y, reduction="none"), g)
+
+
+def _check_deo_layout(y: Tensor, g: Tensor) -> None:
+    if g is None or bool(((g // 2 != y) | (g < 0) | (g > 3)).any()):
         raise ShiftkitError("objective CE_deo needs groups g = 2*y + a with a binary attribute a in {0, 1}")
-    ce = F.cross_entropy(logits, y, reduction="none")
-    means, present = cell_means(ce, g, 4)
+
+
+def _deo(values: Tensor, g: Tensor) -> Tensor:
+    """``Σ_y |mean_{y,a=0} - mean_{y,a=1}|`` of per-example ``values`` over the cells ``g = 2y + a``."""
+    means, present = cell_means(values, g, 4)
     means, present = means.view(2, 2), present.view(2, 2)  # rows: label y, columns: attribute a
     gaps = (means[:, 0] - means[:, 1]).abs()
     return torch.where(present.all(1), gaps, torch.zeros_like(gaps)).sum()
@@ -83,28 +95,55 @@ def deo_mix(logits: Tensor, y: Tensor, g: Tensor, lam: float = 0.9, check: bool 
     return (1.0 - lam) * F.cross_entropy(logits, y) + lam * deo
 
 
+def _deo_mix(values: Tensor, g: Tensor, lam: float) -> Tensor:
+    return (1.0 - lam) * values.mean() + lam * _deo(values, g)
+
+
 def group_balanced_ce(logits: Tensor, y: Tensor, g: Tensor, num_groups: Optional[int] = None) -> Tensor:
     """CE^G_bal (SPEC §5.5): the mean over the (class, group) cells present in the batch of the cell mean CE,
     ``(1/|C_B|) Σ_{(k,j) ∈ C_B} L_{k,j}`` (the paper's ``1/(KG) Σ L_{k,j}`` when all cells are present).
     ``num_groups`` defaults to ``max(g) + 1`` (one host sync; pass it to avoid that)."""
     groups = int(g.max()) + 1 if num_groups is None else int(num_groups)
-    ce = F.cross_entropy(logits, y, reduction="none")
-    return _mean_present(*cell_means(ce, y * groups + g, logits.shape[1] * groups))
+    return _balanced(F.cross_entropy(logits, y, reduction="none"), y * groups + g, logits.shape[1] * groups)
+
+
+class Objective:
+    """A registered objective: ``reduce(values, y, g)`` maps the batch's per-example losses ``values [B]`` to
+    a scalar; called on logits, it reduces their cross-entropies. Every objective here is positively
+    homogeneous of degree one and piecewise linear in ``values`` (means of cell means, absolute
+    differences, non-negative mixtures), so ``reduce(v) = Σ_i v_i ∂reduce/∂v_i`` (Euler): the training
+    loop can minimize it as ``mean(w·ℓ)`` with ``w = B·∂reduce/∂v`` (:mod:`shiftkit.weighting.objective`)."""
+
+    def validate(self, y: Tensor, g: Tensor) -> None:
+        """Check a whole split once (so that calls need no host sync)."""
+
+    def reduce(self, values: Tensor, y: Tensor, g: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, logits: Tensor, y: Tensor, g: Tensor) -> Tensor:
+        return self.reduce(F.cross_entropy(logits, y, reduction="none"), y, g)
 
 
 @register("balanced_ce")
-class BalancedCE:
+class BalancedCE(Objective):
     """Class-balanced CE (:func:`balanced_ce`); the class-imbalance objective of SPEC §5.5."""
 
+    def __init__(self, num_classes: Optional[int] = None):
+        self.num_classes = num_classes
+
     def validate(self, y: Tensor, g: Tensor) -> None:
-        pass
+        if self.num_classes is None:
+            self.num_classes = int(y.max()) + 1
 
     def __call__(self, logits: Tensor, y: Tensor, g: Tensor) -> Tensor:
         return balanced_ce(logits, y, g)
 
+    def reduce(self, values: Tensor, y: Tensor, g: Tensor) -> Tensor:
+        return _balanced(values, y, self.num_classes)
+
 
 @register("deo_mix")
-class DeoMix:
+class DeoMix(Objective):
     """``(1 - lam)·CE + lam·CE_deo`` (:func:`deo_mix`); lam = 0.9 by default (SPEC §5.5, inferred)."""
 
     def __init__(self, lam: float = 0.9):
@@ -114,22 +153,30 @@ class DeoMix:
 
     def validate(self, y: Tensor, g: Tensor) -> None:
         """Check the binary label/attribute layout once, on a whole split (so calls need no sync)."""
-        ce_deo(torch.zeros(len(y), 2, device=y.device), y, g, check=True)
+        _check_deo_layout(y, g)
 
     def __call__(self, logits: Tensor, y: Tensor, g: Tensor) -> Tensor:
         return deo_mix(logits, y, g, self.lam, check=False)
 
+    def reduce(self, values: Tensor, y: Tensor, g: Tensor) -> Tensor:
+        return _deo_mix(values, g, self.lam)
+
 
 @register("group_balanced_ce")
-class GroupBalancedCE:
+class GroupBalancedCE(Objective):
     """Mean over (class, group) cells of the cell mean CE (:func:`group_balanced_ce`)."""
 
-    def __init__(self, num_groups: Optional[int] = None):
-        self.num_groups = num_groups
+    def __init__(self, num_classes: Optional[int] = None, num_groups: Optional[int] = None):
+        self.num_classes, self.num_groups = num_classes, num_groups
 
     def validate(self, y: Tensor, g: Tensor) -> None:
         if self.num_groups is None:
             self.num_groups = int(g.max()) + 1
+        if self.num_classes is None:
+            self.num_classes = int(y.max()) + 1
 
     def __call__(self, logits: Tensor, y: Tensor, g: Tensor) -> Tensor:
         return group_balanced_ce(logits, y, g, self.num_groups)
+
+    def reduce(self, values: Tensor, y: Tensor, g: Tensor) -> Tensor:
+        return _balanced(values, y * self.num_groups + g, self.num_classes * self.num_groups)

@@ -262,10 +262,10 @@ def _search(cfg, plain, splits, parts, device, write) -> tuple:
         search_options={
             "objective": conf["objective"], "objective_options": conf["objective_options"],
             "start_epoch": conf["start_epoch"], "every": conf["every"], "batches": conf["batches"],
-            "terms": conf["terms"], "step": conf["step"],
+            "terms": conf["terms"], "step": conf["step"], "curvature_batches": conf["curvature_batches"],
             "upper": optim.build("sgd", **{**DEFAULT_UPPER, "lr": conf["upper_lr"]}),
         },
-        fit_options={**train, "on_eval": tagged},
+        fit_options={**train, "on_eval": tagged}, retrain_on=conf["retrain_on"],
     )
     extra = {
         "search": {"final": found.search.final, "selected": found.search.selected, "seconds": found.search.seconds},

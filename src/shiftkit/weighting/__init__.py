@@ -33,12 +33,15 @@ def build(name: str, **kwargs) -> "Weighting":
 
 
 class Weighting(nn.Module):
-    """Base class: ``weights(losses, y, g) -> Tensor[B]`` (>= 0), given detached per-example losses.
+    """Base class: ``weights(losses, y, g) -> Tensor[B]`` (>= 0 unless the class sets ``signed = True``),
+    given detached per-example losses.
 
     ``start_epoch(epoch)`` is called by the loop before each training epoch (0-based), for schedules
     such as deferred re-weighting; state that changes must live in buffers so that ``state_dict()``
     carries it.
     """
+
+    signed = False
 
     def start_epoch(self, epoch: int) -> None:
         """Hook before each training epoch; static schemes ignore it."""
@@ -86,5 +89,5 @@ def category_index(by: str, y: Tensor, g: Optional[Tensor]) -> Tensor:
     return y if by == "class" or g is None else g
 
 
-from . import drw, dro, static  # noqa: E402,F401  (registration; one file per family)
+from . import drw, dro, objective, static  # noqa: E402,F401  (registration; one file per family)
 from .chain import Chain, chain  # noqa: E402,F401
