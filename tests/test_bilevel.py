@@ -7,7 +7,7 @@ from torch.autograd.functional import hessian, jacobian
 from torch.func import functional_call
 
 from shiftkit import losses
-from shiftkit.bilevel import hypergradient, neumann_inverse_hvp
+from shiftkit.bilevel import hypergradient, neumann_inverse_hvp, output_hypergradient
 from shiftkit.errors import ShiftkitError
 
 D = torch.float64
@@ -151,6 +151,33 @@ def test_neumann_truncated_closed_forms_and_pytrees():
                                neumann_inverse_hvp(lambda c: h @ c, v, 7, step))
 
 
+@pytest.mark.parametrize("step", [0.1, 0.4, 0.79])  # ηλ_max = 2η·... < 2: every term shrinks
+def test_neumann_stop_on_growth_changes_nothing_where_the_series_converges(step):
+    h, v = random_spd()  # eigenvalues in [0.5, 2], so the series converges for η < 1
+    for terms in (0, 1, 5, 40):
+        torch.testing.assert_close(neumann_inverse_hvp(lambda c: h @ c, v, terms, step),
+                                   neumann_inverse_hvp(lambda c: h @ c, v, terms, step, stop_on_growth=False))
+
+
+def test_neumann_stop_on_growth_bounds_a_diverging_series():
+    """Negative curvature (a saddle) or η > 2/λ_max: the plain series grows geometrically; the guarded one
+    keeps the partial sum up to the last shrinking term."""
+    h = torch.diag(torch.tensor([1.0, -3.0], dtype=D))  # (I - 0.5 H) = diag(0.5, 2.5): the 2nd grows
+    v = torch.tensor([1.0, 1e-2], dtype=D)
+    plain = neumann_inverse_hvp(lambda c: h @ c, v, 12, 0.5, stop_on_growth=False)
+    guarded = neumann_inverse_hvp(lambda c: h @ c, v, 12, 0.5)
+    assert plain.norm() > 1e2 and guarded.norm() < 2.0
+    # The terms shrink while the first coordinate dominates: exactly the plain partial sums up to there.
+    c, partial, sizes = v.clone(), v.clone(), [v.norm()]
+    for _ in range(12):
+        c = c - 0.5 * h @ c
+        sizes.append(c.norm())
+        if sizes[-1] > sizes[-2]:
+            break
+        partial = partial + c
+    torch.testing.assert_close(guarded, 0.5 * partial)
+
+
 @pytest.mark.parametrize("terms, step", [(-1, 1.0), (2.5, 1.0), (3, 0.0), (3, -1.0)])
 def test_neumann_rejects_bad_constants(terms, step):
     with pytest.raises(ShiftkitError, match="Neumann"):
@@ -216,6 +243,34 @@ def test_autobalance_hypergradient_matches_full_hessian_ift():
     assert cos >= 0.99 and err <= 0.05
     # The released constants give a finite hypergradient of the same shapes.
     assert all(torch.isfinite(t).all() for t in hypergradient(inner, outer, params, hparams).values())
+
+
+def test_output_hypergradient_equals_the_generic_one():
+    """α enters only through the loss of the outputs: the forward-mode mixed term gives the same result,
+    and a curvature loss on fewer examples changes only the Hessian inside the series."""
+    gen = torch.Generator().manual_seed(4)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)).to(D)
+    x, y = torch.randn(12, 3, generator=gen, dtype=D), torch.randint(0, 2, (12,), generator=gen)
+    xv, yv = torch.randn(8, 3, generator=gen, dtype=D), torch.randint(0, 2, (8,), generator=gen)
+    loss = losses.build("autobalance", class_counts=[9, 3]).to(D)
+    params, hparams = dict(model.named_parameters()), loss.hyperparameters()
+    outputs = lambda p, xs=x: functional_call(model, p, (xs,))  # noqa: E731
+    lossz = lambda z, h, ys=y: functional_call(loss, h, (z, ys)).mean()  # noqa: E731
+    outer = lambda p: F.cross_entropy(outputs(p, xv), yv)  # noqa: E731
+    want = hypergradient(lambda p, h: lossz(outputs(p), h), outer, params, hparams, 4, 0.3)
+    got = output_hypergradient(outputs, lossz, outer, params, hparams, 4, 0.3)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k])
+    # Curvature from the first 4 examples: the same as the generic formula with that Hessian.
+    fixed = {k: t.detach() for k, t in hparams.items()}
+    theta = {k: t.detach() for k, t in params.items()}
+    _, pull_h = torch.func.vjp(torch.func.grad(lambda p: lossz(outputs(p, x[:4]), fixed, y[:4])), theta)
+    p = neumann_inverse_hvp(lambda c: pull_h(c)[0], torch.func.grad(outer)(theta), 4, 0.3)
+    _, pull = torch.func.vjp(torch.func.grad(lambda p_, h: lossz(outputs(p_), h)), theta, fixed)
+    sub = output_hypergradient(outputs, lossz, outer, params, hparams, 4, 0.3,
+                               curvature_loss=lambda p_: lossz(outputs(p_, x[:4]), fixed, y[:4]))
+    for k, t in pull(p)[1].items():
+        torch.testing.assert_close(sub[k], -t)
 
 
 # ---- 5. purity ----------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 from numbers import Integral
 from typing import Callable, Dict, Optional
 
+import torch
 from torch import Tensor
 from torch.func import grad, jvp, vjp
 from torch.utils._pytree import tree_flatten, tree_unflatten
@@ -34,7 +35,7 @@ def _check_series(terms: int, step: float) -> None:
         raise ShiftkitError(f"Neumann series: step must be > 0, got {step!r}")
 
 
-def neumann_inverse_hvp(hvp: Callable, v, terms: int = 5, step: float = 1.0):
+def neumann_inverse_hvp(hvp: Callable, v, terms: int = 5, step: float = 1.0, stop_on_growth: bool = True):
     """Approximate ``H⁻¹ v`` by the truncated Neumann series ``η Σ_{j=0}^{J} (I - ηH)^j v`` (SPEC §5.3).
 
     ``hvp(c)`` returns ``H c`` for a pytree ``c`` shaped like ``v`` (a tensor, or a dict name -> tensor
@@ -44,10 +45,21 @@ def neumann_inverse_hvp(hvp: Callable, v, terms: int = 5, step: float = 1.0):
     converges for symmetric positive-definite H when ``η < 2/λ_max(H)``, at rate ``1 - η λ_min(H)``
     per term when ``η ≤ 1/λ_max(H)``. ``J = 0`` gives ``η v``.
 
+    ``stop_on_growth`` (ours; the code has no such stop): in that convergent regime every term is
+    shorter than the one before, ``‖(I - ηH) c‖ < ‖c‖``. A term that grows proves the series diverges
+    there (η above ``2/λ_max``, or negative curvature away from a minimum), so it and every later term
+    are left out: the result is then the partial sum up to the last shrinking term, never an
+    exponentially amplified one. Where the series converges the result is exactly the code's. The test
+    is a tensor mask, without a host synchronization, so this also runs under ``torch.func``.
+
     >>> import torch
     >>> hvp = lambda c: 2.0 * c                                   # H = 2, so H⁻¹ v = 0.5
     >>> neumann_inverse_hvp(hvp, torch.tensor([1.0]), terms=3, step=0.25)   # 0.25 (1 + 1/2 + 1/4 + 1/8)
     tensor([0.4688])
+    >>> neumann_inverse_hvp(hvp, torch.tensor([1.0]), terms=3, step=1.5)    # 1 - 1.5·2 = -2: terms grow
+    tensor([1.5000])
+    >>> neumann_inverse_hvp(hvp, torch.tensor([1.0]), terms=3, step=1.5, stop_on_growth=False)  # 1.5 (1 - 2 + 4 - 8)
+    tensor([-7.5000])
     """
     _check_series(terms, step)
     leaves, spec = tree_flatten(v)
@@ -55,11 +67,21 @@ def neumann_inverse_hvp(hvp: Callable, v, terms: int = 5, step: float = 1.0):
     def apply(xs):
         return tree_flatten(hvp(tree_unflatten(xs, spec)))[0]
 
+    def norm(xs):
+        return torch.stack([x.float().square().sum() for x in xs]).sum().sqrt()
+
     # One list entry per parameter tensor, so the Python loop is over tensors, never over elements.
     p, c = list(leaves), list(leaves)
+    alive, before = None, norm(c) if stop_on_growth and terms else None
     for _ in range(terms):
         c = [ci - step * hi for ci, hi in zip(c, apply(c))]
-        p = [pi + ci for pi, ci in zip(p, c)]
+        if stop_on_growth:
+            now = norm(c)
+            alive = (now <= before) if alive is None else alive & (now <= before)
+            p = [pi + torch.where(alive, ci, torch.zeros_like(ci)) for pi, ci in zip(p, c)]
+            before = now
+        else:
+            p = [pi + ci for pi, ci in zip(p, c)]
     return tree_unflatten([step * pi for pi in p], spec)
 
 
@@ -70,6 +92,7 @@ def hypergradient(
     hparams: Params,
     terms: int = 5,
     step: float = 1.0,
+    stop_on_growth: bool = True,
 ) -> Params:
     """Implicit-function hypergradient ``dL_out/dα`` of AutoBalance (Li et al. 2021, §2.1; SPEC §5.3).
 
@@ -89,6 +112,8 @@ def hypergradient(
             ``torch.func.functional_call``).
         hparams: α, dict name -> tensor (e.g. ``loss.hyperparameters()``).
         terms, step: J and η of the Neumann series.
+        stop_on_growth: leave out the series' terms from the first one that grows
+            (:func:`neumann_inverse_hvp`); ``False`` is the released code's plain series.
 
     Returns:
         dict name -> tensor, same keys and shapes as ``hparams``, detached (no autograd graph). The
@@ -116,7 +141,7 @@ def hypergradient(
     # g_T(θ, α) = ∇_θ L_in; one vjp keeps its graph, and each call of `pull` is one reverse pass:
     # pull(c) = (Hᵀ c, (∂g_T/∂α)ᵀ c) = (H c, ∇_α (g_T · c)), as H is symmetric.
     _, pull = vjp(grad(inner_loss), theta, alpha)
-    p = neumann_inverse_hvp(lambda c: pull(c)[0], v, terms, step)
+    p = neumann_inverse_hvp(lambda c: pull(c)[0], v, terms, step, stop_on_growth)
     mixed = pull(p)[1]
     return {k: -mixed[k].detach() for k in hparams}
 
@@ -130,6 +155,7 @@ def output_hypergradient(
     terms: int = 5,
     step: float = 1.0,
     curvature_loss: Optional[Callable[[Params], Tensor]] = None,
+    stop_on_growth: bool = True,
 ) -> Params:
     """:func:`hypergradient` for ``L_in(θ, α) = output_loss(outputs(θ), α)``: α enters only through a loss
     of the model's outputs (true of every loss in shiftkit, AutoBalance's included). Same result, cheaper.
@@ -159,7 +185,7 @@ def output_hypergradient(
         def curvature_loss(p):
             return output_loss(outputs(p), alpha)
     _, pull = vjp(grad(curvature_loss), theta)
-    p = neumann_inverse_hvp(lambda c: pull(c)[0], v, terms, step)
+    p = neumann_inverse_hvp(lambda c: pull(c)[0], v, terms, step, stop_on_growth)
     z, z_dot = jvp(outputs, (theta,), (p,))
     z, z_dot = z.detach(), z_dot.detach()
     mixed = grad(lambda a: jvp(lambda out: output_loss(out, a), (z,), (z_dot,))[1])(alpha)

@@ -73,7 +73,8 @@ class SearchConf:
     ``group_balanced_ce``; options under ``objective_options``) from ``start_epoch`` (default 40% of
     ``train.epochs``), every ``every`` steps with ``batches`` train and validation batches, a Neumann
     series of ``terms`` terms and step ``step`` whose Hessian uses the first ``curvature_batches`` train
-    batches (default 1), SGD at ``upper_lr``; then a fresh model is retrained on ``retrain_on``
+    batches (default 1) and which stops at its first growing term unless ``stop_on_growth`` is false,
+    SGD at ``upper_lr``; then a fresh model is retrained on ``retrain_on``
     (``train+val``, or ``train``) with them fixed for ``retrain_epochs`` (default ``train.epochs``)."""
 
     enabled: bool = False
@@ -85,6 +86,7 @@ class SearchConf:
     terms: int = 5
     step: float = 1.0
     curvature_batches: Optional[int] = 1
+    stop_on_growth: bool = True
     upper_lr: float = 0.01
     retrain_epochs: Optional[int] = None
     retrain_on: str = "train+val"

@@ -263,6 +263,7 @@ def _search(cfg, plain, splits, parts, device, write) -> tuple:
             "objective": conf["objective"], "objective_options": conf["objective_options"],
             "start_epoch": conf["start_epoch"], "every": conf["every"], "batches": conf["batches"],
             "terms": conf["terms"], "step": conf["step"], "curvature_batches": conf["curvature_batches"],
+            "stop_on_growth": conf["stop_on_growth"],
             "upper": optim.build("sgd", **{**DEFAULT_UPPER, "lr": conf["upper_lr"]}),
         },
         fit_options={**train, "on_eval": tagged}, retrain_on=conf["retrain_on"],
