@@ -228,3 +228,73 @@ def test_search_from_the_command_line_config_writes_alpha_and_both_phases(tmp_pa
     assert (run_dir / "alpha.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ShiftkitError, match="ERM weighting"):
         run(compose([*overrides, "weighting=iw"]))
+
+
+# ---- groups (eq. 4.2), cluster interpolation (SPEC §5.4), retraining data -------------------------------
+
+def spurious_toy(n_major=300, n_minor=20, seed=0):
+    """g = 2y + a; the attribute a agrees with y in the large cells (a Waterbirds-like shortcut): train has
+    n_major examples in cells (0,0), (1,1) and n_minor in (0,1), (1,0); val and test are group-balanced."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def split(counts):
+        g = torch.cat([torch.full((c,), k) for k, c in enumerate(counts)])
+        y, a = g // 2, g % 2
+        x = torch.stack([(2 * y - 1) * 0.6, (2 * a - 1) * 1.5], 1) + torch.randn(len(g), 2, generator=gen)
+        return Split(x.float(), y, g, 2, 4)
+
+    major, minor = n_major, n_minor
+    return Splits(split([major, minor, minor, major]), split([60] * 4), split([200] * 4))
+
+
+def test_class_group_minority_cells_get_the_larger_margin():
+    """[AB] eq. 4.2 with a group-balanced objective: in each class, the minority-attribute cell's row should
+    end with a lower true-class offset than the majority cell's (a larger margin is then learned for it,
+    as LA's lower offset does for a minority class)."""
+    splits = spurious_toy()
+    torch.manual_seed(0)
+    model = models.build("linear", input_shape=(2,), num_classes=2)
+    loss = losses.build("autobalance", class_counts=splits.train.class_counts, num_groups=4, by="class_group")
+    search = AutoBalanceSearch(model, loss, splits, "group_balanced_ce", epochs=12, start_epoch=2, every=2,
+                               batches=4, batch_size=64, upper=optim.build("sgd", lr=0.05, momentum=0.9))
+    fit(model, splits, loss, build_weighting("erm"), optim.build("sgd", lr=0.1), epochs=12, batch_size=64,
+        outer=search)
+    l = loss.l.detach()
+    offset = [l[g, g // 2] - l[g, 1 - g // 2] for g in range(4)]  # true-class minus other-class offset
+    # Seeds 0-4: majority cells +2.6..+3.4, minority cells -0.6..-1.1.
+    assert offset[1] < 0 < offset[0] and offset[2] < 0 < offset[3], offset
+
+
+def test_per_class_interpolates_unsorted_clusters_and_is_frozen():
+    counts = [5, 50, 20, 40, 10]  # ranks: class 1, 3, 2, 4, 0
+    loss = losses.build("autobalance", class_counts=counts, cluster_size=2)  # clusters {1,3}, {2,4}, {0}
+    with torch.no_grad():
+        loss.l.copy_(torch.tensor([[1.0, 3.0, 4.0]]))  # centres at ranks 1, 3, 4
+        loss.delta.copy_(torch.tensor([[2.0, 2.0, 2.0]]))
+    flat = loss.per_class()
+    by_rank = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0])  # rank 0 extrapolated: 1 - (3 - 1)/2
+    rank_of_class = torch.tensor([4, 0, 2, 1, 3])
+    torch.testing.assert_close(flat.l[0], by_rank[rank_of_class])
+    torch.testing.assert_close(flat.delta[0], torch.full((5,), 2.0))
+    assert flat.cluster_size == 1 and not any(p.requires_grad for p in flat.parameters())
+    assert loss.l.requires_grad and loss.cluster_size == 2  # the original is untouched
+    logits, y = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 4, 0])
+    expected = F.cross_entropy(logits * torch.sigmoid(flat.delta[0]) + flat.l[0], y, reduction="none")
+    torch.testing.assert_close(flat(logits, y), expected)
+    single = losses.build("autobalance", class_counts=[3, 2], cluster_size=2)
+    assert single.per_class().l.tolist() == [[single.l.item()] * 2]
+
+
+@pytest.mark.parametrize("retrain_on", ["train+val", "train"])
+def test_retrain_data_and_cluster_interpolation(retrain_on):
+    splits = toy(n0=120, n1=12)
+    loss = losses.build("autobalance", class_counts=splits.train.class_counts, cluster_size=2)
+    out = search_and_retrain(lambda: models.build("linear", input_shape=(2,), num_classes=2), splits, loss,
+                             optim.build("sgd", lr=0.1), search_epochs=2, retrain_epochs=1, batch_size=16,
+                             search_options=dict(start_epoch=1, every=2, batches=2), retrain_on=retrain_on)
+    seen = len(splits.train) + (len(splits.val) if retrain_on == "train+val" else 0)
+    assert out.retrain.steps == math.ceil(seen / 16)
+    assert len(out.alpha["l"][0]) == 1  # α* as searched: one cluster for both classes
+    with pytest.raises(ShiftkitError, match="retrain_on"):
+        search_and_retrain(lambda: models.build("linear", input_shape=(2,), num_classes=2), splits, loss,
+                           optim.build("sgd", lr=0.1), search_epochs=1, retrain_epochs=1, retrain_on="val")

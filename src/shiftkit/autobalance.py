@@ -218,7 +218,8 @@ class AutoBalanceSearch:
 
 @dataclass
 class SearchResult:
-    """Both phases of Algorithm 1: the search's and the retraining's :class:`FitResult`, α* and its path."""
+    """Both phases of Algorithm 1: the search's and the retraining's :class:`FitResult`, α* (as searched,
+    per cluster) and its path."""
 
     search: FitResult
     retrain: FitResult
@@ -249,6 +250,7 @@ def search_and_retrain(
     search_options: Optional[dict] = None,
     fit_options: Optional[dict] = None,
     retrain_on: str = "train+val",
+    interpolate_clusters: bool = True,
 ) -> SearchResult:
     """Algorithm 1 of SPEC §5.2 end to end with :func:`~shiftkit.train.fit` and ERM weighting.
 
@@ -258,7 +260,9 @@ def search_and_retrain(
     ``retrain_epochs`` on :func:`merge_train_val` with a frozen copy of the loss (α* fixed, no gradient).
     ``retrain_on="train"`` retrains on the training split alone instead, so that the final model sees the
     same examples as baselines trained on ``train`` (the validation set then only steers α; SPEC §5.2
-    line 11 merges them, the default).
+    line 11 merges them, the default). With ``cluster_size > 1`` the retraining uses per-class values
+    interpolated between the clusters' centres (:meth:`AutoBalance.per_class`, the released retraining;
+    ``interpolate_clusters=False`` keeps the clusters' step function).
     ``loss`` is modified in place by the search. ``fit_options`` (eval_every, select, ...) go to both fits.
     The code retrains 200 epochs after a 300-epoch search on CIFAR (SPEC §5.6).
     """
@@ -272,10 +276,13 @@ def search_and_retrain(
     searched = fit(model, splits, loss, weighting.build("erm"), optim, epochs=search_epochs,
                    batch_size=batch_size, seed=seed, device=device, outer=search, **fit_options)
     search.record(search_epochs)
-    frozen = copy.deepcopy(loss).requires_grad_(False)
+    alpha = {k: v.detach().cpu().tolist() for k, v in loss.hyperparameters().items()}
+    if interpolate_clusters and hasattr(loss, "per_class"):
+        frozen = loss.per_class()
+    else:
+        frozen = copy.deepcopy(loss).requires_grad_(False)
     for p in frozen.parameters():
         p.grad = None
-    alpha = {k: v.detach().cpu().tolist() for k, v in frozen.hyperparameters().items()}
     torch.manual_seed(seed)
     retrain_splits = merge_train_val(splits) if retrain_on == "train+val" else splits
     retrained = fit(make_model(), retrain_splits, frozen, weighting.build("erm"), optim,

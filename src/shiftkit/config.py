@@ -75,7 +75,8 @@ class SearchConf:
     series of ``terms`` terms and step ``step`` whose Hessian uses the first ``curvature_batches`` train
     batches (default 1) and which stops at its first growing term unless ``stop_on_growth`` is false,
     SGD at ``upper_lr``; then a fresh model is retrained on ``retrain_on``
-    (``train+val``, or ``train``) with them fixed for ``retrain_epochs`` (default ``train.epochs``)."""
+    (``train+val``, or ``train``) with them fixed for ``retrain_epochs`` (default ``train.epochs``),
+    clusters of classes expanded by linear interpolation unless ``interpolate_clusters`` is false."""
 
     enabled: bool = False
     objective: str = "balanced_ce"
@@ -90,6 +91,7 @@ class SearchConf:
     upper_lr: float = 0.01
     retrain_epochs: Optional[int] = None
     retrain_on: str = "train+val"
+    interpolate_clusters: bool = True
 
 
 @dataclass

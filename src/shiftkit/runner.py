@@ -267,6 +267,7 @@ def _search(cfg, plain, splits, parts, device, write) -> tuple:
             "upper": optim.build("sgd", **{**DEFAULT_UPPER, "lr": conf["upper_lr"]}),
         },
         fit_options={**train, "on_eval": tagged}, retrain_on=conf["retrain_on"],
+        interpolate_clusters=conf["interpolate_clusters"],
     )
     extra = {
         "search": {"final": found.search.final, "selected": found.search.selected, "seconds": found.search.seconds},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -126,6 +127,43 @@ class AutoBalance(Loss):
         if not groups:
             raise ShiftkitError("loss 'autobalance' with by='class_group' needs group_counts or num_groups")
         return int(groups)
+
+    def per_class(self) -> "AutoBalance":
+        """A copy with one entry per class (``cluster_size = 1``), the released retraining's expansion of the
+        cluster values (SPEC §5.4): along the classes sorted by decreasing count, each cluster's value sits
+        at its centre, rank ``start + size // 2`` (the code's ``range(C//2, K, C)``), and every class takes
+        the linear interpolation between the two nearest centres, extrapolated linearly beyond the first
+        and last. A single cluster gives its value to all classes; ``w`` is already per class. The copy's
+        tensors are plain (frozen) values with no gradient.
+
+        >>> loss = AutoBalance(class_counts=[50, 40, 30, 20, 10, 5], cluster_size=2)
+        >>> with torch.no_grad():
+        ...     _ = loss.l.copy_(torch.tensor([[0.0, 1.0, 2.0]]))   # centres at ranks 1, 3, 5
+        >>> loss.per_class().l.tolist()
+        [[-0.5, 0.0, 0.5, 1.0, 1.5, 2.0]]
+        """
+        clone = copy.deepcopy(self).requires_grad_(False)
+        if self.cluster_size == 1:
+            return clone
+        rank = self.cluster_of.new_empty(self.num_classes)
+        order = torch.sort(self.cluster_of, stable=True).indices  # classes by rank (cluster_of is rank // C)
+        rank[order] = torch.arange(self.num_classes, device=rank.device)
+        sizes = torch.bincount(self.cluster_of)
+        starts = torch.cumsum(sizes, 0) - sizes
+        centres = (starts + sizes // 2).to(self.l.dtype)
+        r = rank.to(self.l.dtype)
+        if len(centres) == 1:
+            weight, lo = torch.zeros_like(r), torch.zeros_like(rank)
+        else:
+            lo = (torch.searchsorted(centres, r, right=True) - 1).clamp(0, len(centres) - 2)
+            weight = (r - centres[lo]) / (centres[lo + 1] - centres[lo])
+        hi = (lo + 1).clamp_max(len(centres) - 1)
+        for name in ("l", "delta"):
+            v = getattr(self, name).detach()
+            setattr(clone, name, nn.Parameter(v[:, lo] + weight * (v[:, hi] - v[:, lo]), requires_grad=False))
+        clone.cluster_of = torch.arange(self.num_classes, device=rank.device)
+        clone.cluster_size = 1
+        return clone
 
     def hyperparameters(self) -> Dict[str, nn.Parameter]:
         """The learnable tensors by name (``l``, ``delta``, and ``w`` if ``learn_w``), for the outer loop.
