@@ -31,33 +31,36 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--curvature-batches", type=int, default=None,
                         help="train batches of the Neumann series' Hessian (default: the search's default)")
+    parser.add_argument("--plain-series", action="store_true",
+                        help="the code's Neumann series without the stop at a growing term")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     splits = data.build(args.data)
     stats = splits.statistics()
-    settings = dict(epochs=args.epochs, batch_size=64, eval_every=args.epochs, device=device)
+    settings = dict(batch_size=64, device=device)
 
     def model():
         torch.manual_seed(0)
         return models.build(args.model, **stats)
 
-    def erm():
+    def erm(epochs=args.epochs):
         fit(model(), splits, losses.build("autobalance", init="la", **stats), weighting.build("erm"),
-            optim.build("sgd", lr=0.01), **settings)
+            optim.build("sgd", lr=0.01), epochs=epochs, eval_every=epochs, **settings)
 
-    def search():
+    def search(epochs=args.epochs):
         net, loss = model(), losses.build("autobalance", init="la", **stats)
         extra = {} if args.curvature_batches is None else {"curvature_batches": args.curvature_batches}
-        outer = AutoBalanceSearch(net, loss, splits, epochs=args.epochs, every=args.every, batches=args.batches,
+        extra["stop_on_growth"] = not args.plain_series
+        outer = AutoBalanceSearch(net, loss, splits, epochs=epochs, every=args.every, batches=args.batches,
                                   device=device, **extra)
-        fit(net, splits, loss, weighting.build("erm"), optim.build("sgd", lr=0.01), outer=outer, **settings)
-        used["curvature_batches"] = outer.curvature_batches
+        fit(net, splits, loss, weighting.build("erm"), optim.build("sgd", lr=0.01), outer=outer, epochs=epochs,
+            eval_every=epochs, **settings)
+        used.update(curvature_batches=outer.curvature_batches, stop_on_growth=outer.stop_on_growth)
 
     used = {}
 
-    if device.startswith("cuda"):  # CUDA context, cuDNN autotuning and allocator warm-up out of the timings
-        erm(), search()
+    erm(1), search(1)  # one epoch of each first: allocator, thread pools (and CUDA, cuDNN) warm-up untimed
     plain, bilevel = timed(erm), timed(search)
     print(f"{args.data} / {args.model}, {args.epochs} epochs: ERM {plain:.1f} s, AutoBalance search {bilevel:.1f} s, "
           f"ratio {bilevel / plain:.2f}")

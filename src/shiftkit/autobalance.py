@@ -180,35 +180,43 @@ class AutoBalanceSearch:
         """The hypergradient of the objective on the validation batches w.r.t. the loss's α, with the
         training loss on the train batches, at the model's current θ (:func:`bilevel.output_hypergradient`).
 
-        The batches go through the model together, each as its own forward pass under ``torch.func.vmap``
-        (so BatchNorm normalizes each batch by its own statistics, as separate passes would); the
-        training loss is the mean over all ``b·batch_size`` examples (= the mean of the batch means),
-        the objective the mean of its value on each validation batch. The Neumann series' Hessian is
-        that of the training loss on the first ``curvature_batches`` train batches."""
+        The training loss is the mean over the ``b`` train batches of each batch's mean loss, the objective
+        the mean of its value on each validation batch; every batch is its own forward pass (BatchNorm
+        normalizes it by its own statistics). On a GPU the batches go through the model together under
+        ``torch.func.vmap``; on a CPU one at a time, since a 640-image pass is slower there than ten
+        64-image passes (the chunks of :func:`bilevel.output_hypergradient`; the same value either way).
+        The Neumann series' Hessian is that of the training loss on the first ``curvature_batches`` batches.
+        """
         (xt, yt, gt), (xv, yv, gv) = self.stacked(self.train, train_index, True), self.stacked(self.val, val_index, False)
         buffers = dict(self.model.named_buffers())
         model, loss, objective = self.model, self.loss, self.objective
         alpha = {k: v.detach() for k, v in self.loss.hyperparameters().items()}
 
-        def logits(params, x):
+        def logits(params, x):  # x [n, batch, ...] -> [n, batch, K], one forward pass per batch
+            if len(x) == 1:
+                return functional_call(model, {**params, **buffers}, (x[0],))[None]
             return vmap(lambda xb: functional_call(model, {**params, **buffers}, (xb,)))(x)
 
-        def train_loss(z, hparams, y=yt, g=gt):
+        def train_loss(z, hparams, y, g):
             return functional_call(loss, hparams, (z.flatten(0, 1), y.flatten(), g.flatten())).mean()
 
-        def outer(params):
-            z = logits(params, xv)
-            return torch.stack([objective(z[i], yv[i], gv[i]) for i in range(len(z))]).mean()
+        def outer(params, s):
+            z = logits(params, xv[s])
+            return torch.stack([objective(zb, yb, gb) for zb, yb, gb in zip(z, yv[s], gv[s])]).mean()
 
         c = self.curvature_batches
 
         def curvature(params):
             return train_loss(logits(params, xt[:c]), alpha, yt[:c], gt[:c])
 
+        chunks = [slice(None)] if xt.device.type == "cuda" else [slice(i, i + 1) for i in range(len(xt))]
+        outputs = [lambda p, s=s: logits(p, xt[s]) for s in chunks]
+        losses_ = [lambda z, h, s=s: train_loss(z, h, yt[s], gt[s]) for s in chunks]
+        outers = [lambda p, s=s: outer(p, s) for s in chunks]
         params = dict(self.model.named_parameters())
         with _frozen_batchnorm_stats(self.model):
-            return output_hypergradient(lambda p: logits(p, xt), train_loss, outer, params, alpha,
-                                        self.terms, self.step_size, curvature, self.stop_on_growth)
+            return output_hypergradient(outputs, losses_, outers, params, alpha, self.terms, self.step_size,
+                                        curvature, self.stop_on_growth)
 
     def record(self, epoch: int) -> None:
         """Append α's current values (one host transfer per call, once per epoch)."""
