@@ -6,22 +6,11 @@ import pytest
 import torch
 
 from shiftkit import data, losses, models, optim, sampling, weighting
-from shiftkit.data.base import Split, Splits
 from shiftkit.train import fit
 
+from helpers import with_attribute
 
-
-def _with_attribute(splits: Splits) -> Splits:
-    """Groups g = 2y + a with a pseudo-random bit a, so that every weighting applies (deo_mix needs it)."""
-    gen = torch.Generator().manual_seed(0)
-
-    def tag(s: Split) -> Split:
-        return Split(s.x, s.y, 2 * s.y + torch.randint(0, 2, s.y.shape, generator=gen), 2, 4)
-
-    return Splits(tag(splits.train), tag(splits.val), tag(splits.test), info=splits.info, pipeline=splits.pipeline)
-
-
-SPLITS = _with_attribute(data.build("digits_binary", test_per_class=20))
+SPLITS = with_attribute(data.build("digits_binary", test_per_class=20))
 STATS = SPLITS.statistics()
 COMBOS = list(itertools.product(losses.names(), weighting.names(), sampling.names()))
 

@@ -12,7 +12,9 @@ from shiftkit.ensemble import EnsembleUnsupported, fit_ensemble
 from shiftkit.runner import run, run_ensemble
 from shiftkit.train import fit
 
-SPLITS = data.build("digits_binary")
+from helpers import with_attribute
+
+SPLITS = with_attribute(data.build("digits_binary"))  # groups 2y + a: every weighting applies
 STATS = SPLITS.statistics()
 SEEDS = [0, 1, 2]
 

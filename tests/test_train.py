@@ -8,6 +8,8 @@ from shiftkit.data.base import Split, Splits
 from shiftkit.errors import ShiftkitError
 from shiftkit.train import NonFiniteLoss, fit, parse_select
 
+from helpers import with_attribute
+
 
 def _separable(n=40, seed=0):
     gen = torch.Generator().manual_seed(seed)
@@ -31,7 +33,8 @@ def _fit(splits, loss="ce", scheme="erm", seed=0, **kw):
 @pytest.mark.parametrize("loss", losses.names())
 @pytest.mark.parametrize("scheme", weighting.names())
 def test_every_loss_and_weighting_separates_a_separable_problem(loss, scheme):
-    _, result = _fit(_separable(), loss, scheme, batch_size=8)
+    # Groups 2y + a with a random bit a, so that every scheme applies (deo_mix needs that layout).
+    _, result = _fit(with_attribute(_separable()), loss, scheme, batch_size=8)
     assert result.final["train"]["acc"] == 1.0
 
 

@@ -58,8 +58,9 @@ class AutoBalanceSearch:
       augmentation, validation inputs without);
     - ``inner(θ, α) = (1/b) Σ_{B ∈ B_T} mean_{i ∈ B} ℓ_train(y_i, f_θ(x_i); α)`` (model and loss both by
       ``torch.func.functional_call``), ``outer(θ) = (1/b) Σ_{B ∈ B_V} objective(f_θ(B))``;
-    - ``α.grad = hypergradient(inner, outer, θ, α, terms, step)`` ≈ ``-(∂²L_in/∂θ∂α)ᵀ H⁻¹ ∇_θ L_out``
-      and one step of the upper optimizer on ``loss.hyperparameters()``.
+    - ``α.grad`` ≈ ``-(∂²L_in/∂θ∂α)ᵀ H⁻¹ ∇_θ L_out`` by :func:`shiftkit.bilevel.output_hypergradient`
+      (the value of ``hypergradient(inner, outer, θ, α, terms, step)`` when ``curvature_batches=None``
+      and ``stop_on_growth=False``), then one step of the upper optimizer on ``loss.hyperparameters()``.
 
     Defaults and their source: ``every=20`` (code ``iter_interval``; 30 on ImageNet/iNat), ``batches=10``
     (code ``train_batches``/``val_batches``), ``terms=5``, ``step=1.0`` (code Neumann series),
