@@ -68,11 +68,16 @@ def ce_deo(logits: Tensor, y: Tensor, g: Tensor, check: bool = True) -> Tensor:
     e.g. Waterbirds). A pair with an empty cell in the batch contributes 0 (no estimate of its gap).
     ``check=True`` verifies ``g // 2 == y`` (one host sync; callers validate once and pass False).
     """
+    return _deo(_binary_ce(logits, y, g, check), g)
+
+
+def _binary_ce(logits: Tensor, y: Tensor, g: Tensor, check: bool) -> Tensor:
+    """Per-example CE after the checks of CE_deo's layout (two logits; with ``check``, g = 2y + a)."""
     if logits.shape[1] != 2:
         raise ShiftkitError(f"objective CE_deo needs binary labels (2 logits), got {logits.shape[1]} classes")
     if check:
         _check_deo_layout(y, g)
-    return _deo(F.cross_entropy(logits, y, reduction="none"), g)
+    return F.cross_entropy(logits, y, reduction="none")
 
 
 def _check_deo_layout(y: Tensor, g: Tensor) -> None:
@@ -91,8 +96,7 @@ def _deo(values: Tensor, g: Tensor) -> Tensor:
 def deo_mix(logits: Tensor, y: Tensor, g: Tensor, lam: float = 0.9, check: bool = True) -> Tensor:
     """``(1 - lam)·CE + lam·CE_deo`` (SPEC §5.5). The default lam = 0.9 is the inferred intent of the
     paper's Table 3 ("0.1·CE + 0.9·CE_deo" in its caption; the formula read literally gives lam = 0.1)."""
-    deo = ce_deo(logits, y, g, check)
-    return (1.0 - lam) * F.cross_entropy(logits, y) + lam * deo
+    return _deo_mix(_binary_ce(logits, y, g, check), g, lam)
 
 
 def _deo_mix(values: Tensor, g: Tensor, lam: float) -> Tensor:
