@@ -3,6 +3,7 @@
     shiftkit train loss=poly weighting=iw weighting.exponent=1.5 seed=3
     shiftkit train -m seed=0,1,2 loss=ce,poly weighting=erm,iw       # a sweep: every combination
     shiftkit report results/
+    shiftkit reproduce wang2022-fig1 --scale quick --out results/fig1   # a paper's figure or table
     shiftkit demo
     shiftkit list
 
@@ -141,12 +142,36 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from . import experiments
+    from .experiments.reproduction import verdict
+
+    if args.name is None:
+        for name in experiments.names():
+            repro = experiments.REPRODUCTIONS.get(name)
+            print(f"{name}: {repro.title} ({repro.source})")
+        return 0
+    out = args.out or f"results/reproduce/{args.name}"
+    summary = experiments.reproduce(args.name, args.scale, out, args.device, args.set)
+    console = Console()
+    for quantity, paper, ours in summary.rows:
+        console.print(f"{quantity}: ours {ours} (paper {paper})")
+    for claim in summary.claims:
+        console.print(f"[bold]{verdict(claim.holds)}[/bold]: {claim.text} ({claim.evidence})")
+    console.print(f"figures, summary.md and summary.json are in {out}/")
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
+    from . import experiments as reproductions
     from .config import GROUPS, experiments
 
     for group, registry in GROUPS.items():
         print(f"{group}: {', '.join(registry.names())}")
     print(f"experiment: {', '.join(experiments())}")
+    print(f"reproduce: {', '.join(reproductions.names())}")
     return 0
 
 
@@ -175,6 +200,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seeds", type=int, default=5, help="seeds per method (default 5)")
     demo.add_argument("overrides", nargs="*", help="extra overrides applied to every run")
     demo.set_defaults(func=_demo)
+    rpr = sub.add_parser(
+        "reproduce",
+        help="a paper's figure or table: figures, summary.md and summary.json with our numbers beside the paper's",
+        epilog="Without NAME, lists the reproductions. Scales: tiny (seconds, a smoke test), quick (<= 10 minutes "
+        "on 2 CPU cores), paper (the papers' epochs and seeds). --set changes one setting of the scale, e.g. "
+        "--set seeds=5.",
+    )
+    rpr.add_argument("name", nargs="?", help="e.g. wang2022-fig1 (shiftkit reproduce lists them)")
+    rpr.add_argument("--scale", default="quick", help="tiny, quick (default) or paper")
+    rpr.add_argument("--out", help="output directory (default results/reproduce/NAME)")
+    rpr.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    rpr.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="change settings of the scale")
+    rpr.set_defaults(func=_reproduce)
     lst = sub.add_parser("list", help="the registered names of every config group, and the experiment presets")
     lst.set_defaults(func=_list)
     return parser

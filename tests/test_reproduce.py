@@ -1,0 +1,104 @@
+"""``shiftkit reproduce``: the framework (settings, staging, summaries) and every registered
+reproduction at its tiny scale (SPEC §6, §7.5-7.6, §9)."""
+
+import json
+
+import pytest
+
+from shiftkit import experiments
+from shiftkit.errors import ShiftkitError
+from shiftkit.experiments import reproduction
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_reproduction_declares_three_scales_with_the_same_keys():
+    for name in experiments.names():
+        repro = experiments.REPRODUCTIONS.get(name)
+        assert set(repro.scales) == set(experiments.SCALES), name
+        keys = {s: set(v) for s, v in repro.scales.items()}
+        assert keys["tiny"] == keys["quick"] == keys["paper"], name
+        assert repro.title and repro.source, name
+
+
+@pytest.mark.parametrize("name", experiments.names())
+def test_reproduction_runs_at_tiny_scale_and_writes_its_files(name, tmp_path):
+    summary = experiments.reproduce(name, "tiny", tmp_path, device="cpu")
+    payload = json.loads((tmp_path / "summary.json").read_text())
+    repro = experiments.REPRODUCTIONS.get(name)
+    assert payload["name"] == name and payload["scale"] == "tiny"
+    for key in repro.keys:
+        assert key in payload, key
+    assert summary.figures and payload["figures"] == summary.figures
+    for figure in summary.figures:
+        assert (tmp_path / figure).read_bytes()[:8] == PNG, figure
+    text = (tmp_path / "summary.md").read_text()
+    assert text.startswith(f"# {name}: ") and "| quantity | paper | ours |" in text
+    assert not (tmp_path / ".staging").exists()
+    for claim in payload["claims"]:
+        assert claim["holds"] in (True, False, None) and claim["evidence"]
+
+
+class _Toy(reproduction.Reproduction):
+    title = "a toy"
+    source = "nowhere"
+    keys = ("value",)
+    scales = {s: {"n": 2, "rate": 0.5, "fail": False} for s in experiments.SCALES}
+
+    def run(self, ctx, settings):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure = ctx.save_figure(plt.figure(), "toy.png")
+        if settings["fail"]:
+            raise ShiftkitError("failed on purpose")
+        return reproduction.Summary(
+            key={"value": settings["n"] * settings["rate"]},
+            rows=[("value", "1.0", f"{settings['n'] * settings['rate']:.1f}")],
+            claims=[reproduction.Claim("value is positive", settings["n"] > 0, f"n = {settings['n']}")],
+            figures=[figure],
+        )
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    monkeypatch.setitem(experiments.REPRODUCTIONS._items, "toy", _Toy)
+
+
+def test_settings_overrides_are_typed(toy, tmp_path):
+    summary = experiments.reproduce("toy", "tiny", tmp_path, overrides=["n=4", "rate=1"])
+    assert summary.key["value"] == 4.0
+    assert json.loads((tmp_path / "summary.json").read_text())["settings"] == {"n": 4, "rate": 1.0, "fail": False}
+    for bad, message in [
+        ("n=abc", "expected a int"),
+        ("nope=1", "key among: fail, n, rate"),
+        ("n", "key=value"),
+        ("fail=1", "expected a bool"),
+    ]:
+        with pytest.raises(ShiftkitError, match=message):
+            experiments.reproduce("toy", "tiny", tmp_path / "bad", overrides=[bad])
+    with pytest.raises(ShiftkitError, match="unknown scale 'huge'"):
+        experiments.reproduce("toy", "huge", tmp_path / "bad")
+    with pytest.raises(ShiftkitError, match="unknown reproduction 'nope'; choose one of: "):
+        experiments.reproduce("nope", "tiny", tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_failed_reproduction_leaves_the_previous_files_untouched(toy, tmp_path):
+    experiments.reproduce("toy", "tiny", tmp_path)
+    before = (tmp_path / "summary.json").read_text()
+    with pytest.raises(ShiftkitError, match="on purpose"):
+        experiments.reproduce("toy", "quick", tmp_path, overrides=["fail=true", "n=7"])
+    assert (tmp_path / "summary.json").read_text() == before
+    assert not (tmp_path / ".staging").exists()
+
+
+def test_summary_markdown_states_scale_rows_claims_and_figures(toy, tmp_path):
+    experiments.reproduce("toy", "quick", tmp_path)
+    text = (tmp_path / "summary.md").read_text()
+    assert "Scale `quick` (n=2, rate=0.5, fail=False)" in text
+    assert "| value | 1.0 | 1.0 |" in text
+    assert "- **holds**: value is positive (n = 2)" in text
+    assert "![toy.png](toy.png)" in text
