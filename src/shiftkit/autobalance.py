@@ -228,12 +228,13 @@ class AutoBalanceSearch:
 @dataclass
 class SearchResult:
     """Both phases of Algorithm 1: the search's and the retraining's :class:`FitResult`, α* (as searched,
-    per cluster) and its path."""
+    per cluster), its path, and the retrained model."""
 
     search: FitResult
     retrain: FitResult
     alpha: Dict[str, list]
     history: List[dict] = field(default_factory=list)
+    model: Optional[nn.Module] = None
 
 
 def merge_train_val(splits: Splits) -> Splits:
@@ -294,6 +295,7 @@ def search_and_retrain(
         p.grad = None
     torch.manual_seed(seed)
     retrain_splits = merge_train_val(splits) if retrain_on == "train+val" else splits
-    retrained = fit(make_model(), retrain_splits, frozen, weighting.build("erm"), optim,
+    model = make_model()
+    retrained = fit(model, retrain_splits, frozen, weighting.build("erm"), optim,
                     epochs=retrain_epochs, batch_size=batch_size, seed=seed, device=device, **fit_options)
-    return SearchResult(searched, retrained, alpha, search.history)
+    return SearchResult(searched, retrained, alpha, search.history, model)

@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train one run, or a sweep with -m (Hydra override syntax)",
         epilog="Groups: data, model, loss, weighting, sampler, optim (their names: shiftkit list); "
         "experiment=NAME applies a preset. Other keys: train.{epochs,batch_size,eval_every,select,amp,compile}, "
-        "search.* (AutoBalance), seed, device, out, name, ensemble.",
+        "search.* (AutoBalance), diagnostics.{enabled,reference}, seed, device, out, name, ensemble.",
     )
     train.add_argument("-m", "--multirun", action="store_true", help="sweep over comma lists and range()")
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss=poly weighting.exponent=1.5")

@@ -95,6 +95,17 @@ class SearchConf:
 
 
 @dataclass
+class DiagnosticsConf:
+    """Implicit-bias probes at every evaluation (:mod:`shiftkit.diagnostics`): weight norm, per-group
+    minimum training margins and, given a ``reference`` run directory (or its ``model.pt``), the distance
+    and normalized-direction gap to that run's weights; the run then also writes ``model.pt`` and
+    ``run.json`` records the epoch where training error reaches zero."""
+
+    enabled: bool = False
+    reference: Optional[str] = None
+
+
+@dataclass
 class Config:
     data: Any = MISSING
     model: Any = MISSING
@@ -104,6 +115,7 @@ class Config:
     optim: Any = MISSING
     train: TrainConf = field(default_factory=TrainConf)
     search: SearchConf = field(default_factory=SearchConf)
+    diagnostics: DiagnosticsConf = field(default_factory=DiagnosticsConf)
     seed: int = 0
     device: str = "auto"
     out: str = "results"
@@ -190,7 +202,12 @@ def _unknown_option(full_key: str, msg: str) -> Optional[str]:
     if match is None:
         return None
     key, owner = match.groups()
-    fixed = {"Config": ("top-level config", Config), "TrainConf": ("train", TrainConf), "SearchConf": ("search", SearchConf)}
+    fixed = {
+        "Config": ("top-level config", Config),
+        "TrainConf": ("train", TrainConf),
+        "SearchConf": ("search", SearchConf),
+        "DiagnosticsConf": ("diagnostics", DiagnosticsConf),
+    }
     if owner in fixed:
         where, node = fixed[owner]
         return f"{where} has no key '{key}'; its keys: {', '.join(f.name for f in dataclasses.fields(node))}"

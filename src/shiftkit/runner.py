@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import __version__, data, losses, models, optim, sampling, weighting
-from .config import GROUPS, options, schema
+from . import __version__, data, diagnostics, losses, models, optim, sampling, weighting
+from .config import GROUPS, DiagnosticsConf, options, schema
 from .errors import ShiftkitError
 from .autobalance import DEFAULT_UPPER, search_and_retrain
-from .ensemble import fit_ensemble
+from .ensemble import EnsembleUnsupported, fit_ensemble
 from .plots import plot_alpha
 from .train import FitResult, check_schedule, fit, parse_select
 
@@ -56,10 +56,13 @@ def atomic_write(path: Path, text: str) -> None:
 
 #: Keys that say how and where a run executes, not what it computes: left out of run identities.
 EXECUTION_KEYS = ("out", "device", "ensemble")
+#: Keys left out of run identities while they hold their defaults, so that adding them kept the
+#: identities (and ``done`` markers) of runs made before they existed.
+_NEUTRAL_DEFAULTS = {"diagnostics": dataclasses.asdict(DiagnosticsConf())}
 
 
 def config_hash(cfg: Dict[str, Any], drop=EXECUTION_KEYS) -> str:
-    kept = {k: v for k, v in cfg.items() if k not in drop}
+    kept = {k: v for k, v in cfg.items() if k not in drop and _NEUTRAL_DEFAULTS.get(k, object()) != v}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -130,6 +133,18 @@ def validate(cfg: Dict[str, Any]) -> None:
     check_schedule(train["epochs"], train["batch_size"], train["eval_every"], train["amp"])
     parse_select(train["select"])
     resolve_device(cfg["device"])
+    make_probe(cfg)
+
+
+def make_probe(cfg: Dict[str, Any]) -> Optional[diagnostics.Probe]:
+    """The run's :class:`~shiftkit.diagnostics.Probe` (``None`` unless ``diagnostics.enabled``); a reference
+    that cannot be read is refused here, before anything trains."""
+    conf = cfg["diagnostics"]
+    if not conf["enabled"]:
+        if conf["reference"]:
+            raise ShiftkitError("diagnostics.reference needs diagnostics.enabled=true")
+        return None
+    return diagnostics.Probe(diagnostics.load_reference(conf["reference"]) if conf["reference"] else None)
 
 
 def build_parts(cfg: DictConfig, splits: data.Splits, model_device: Optional[str] = None) -> Dict[str, Any]:
@@ -224,23 +239,28 @@ def run(
     splits = load_data(plain["data"])
     torch.manual_seed(plain["seed"])
     parts = build_parts(cfg, splits)
+    probe = make_probe(plain)
     started = time.time()
     with _open_log(out) as log:
         if plain["search"]["enabled"]:
-            result, extra = _search(cfg, plain, splits, parts, device, _log_writer(log, on_eval))
+            result, extra, model = _search(cfg, plain, splits, parts, device, _log_writer(log, on_eval), probe)
             plot_alpha(extra["alpha_history"], out / "alpha.png")
         else:
-            extra = {}
+            extra, model = {}, parts["model"]
             result = fit(
                 splits=splits, **parts, **plain["train"], seed=plain["seed"], device=device,
-                on_eval=_log_writer(log, on_eval),
+                on_eval=_log_writer(log, on_eval), probe=probe,
             )
+    if probe is not None:
+        diagnostics.save_weights(model, out / diagnostics.WEIGHTS_FILE)
+        extra["interpolation_epoch"] = diagnostics.interpolation_epoch(result.history)
     return _write_record(plain, out, splits, result, device, started, **extra)
 
 
-def _search(cfg, plain, splits, parts, device, write) -> tuple:
+def _search(cfg, plain, splits, parts, device, write, probe=None) -> tuple:
     """AutoBalance (SPEC §5.2): search on train/val, retrain on train+val; the retraining's metrics are
-    the run's, the search's and the learned α go into ``run.json`` too. ``metrics.jsonl`` lines carry
+    the run's, the search's and the learned α go into ``run.json`` too. Returns the retraining's result,
+    the extra ``run.json`` entries and the retrained model. ``metrics.jsonl`` lines carry
     ``"phase": "search"`` or ``"retrain"``."""
     conf, train = plain["search"], dict(plain["train"])
     if cfg.weighting.name != "erm" or cfg.sampler.name != "none":
@@ -266,7 +286,7 @@ def _search(cfg, plain, splits, parts, device, write) -> tuple:
             "stop_on_growth": conf["stop_on_growth"],
             "upper": optim.build("sgd", **{**DEFAULT_UPPER, "lr": conf["upper_lr"]}),
         },
-        fit_options={**train, "on_eval": tagged}, retrain_on=conf["retrain_on"],
+        fit_options={**train, "on_eval": tagged, "probe": probe}, retrain_on=conf["retrain_on"],
         interpolate_clusters=conf["interpolate_clusters"],
     )
     extra = {
@@ -274,7 +294,7 @@ def _search(cfg, plain, splits, parts, device, write) -> tuple:
         "alpha": found.alpha,
         "alpha_history": found.history,
     }
-    return found.retrain, extra
+    return found.retrain, extra, found.model
 
 
 def run_ensemble(
@@ -285,6 +305,8 @@ def run_ensemble(
     plains = [OmegaConf.to_container(c, resolve=True) for c in cfgs]
     for p in plains:
         validate(p)
+        if p["diagnostics"]["enabled"]:
+            raise EnsembleUnsupported("diagnostics probe each model on its own")
     if len({config_hash(p, drop=(*EXECUTION_KEYS, "seed")) for p in plains}) > 1:
         raise ShiftkitError("an ensemble's runs must differ only in their seed")
     outs = [run_dir(p) for p in plains]

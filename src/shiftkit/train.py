@@ -202,6 +202,7 @@ def fit(
     compile: bool = False,
     on_eval: Optional[Callable[[dict], None]] = None,
     outer=None,
+    probe: Optional[Callable[[nn.Module, Split, Pipeline], dict]] = None,
 ) -> FitResult:
     """Train ``model`` in place for ``epochs`` epochs; ``batch_size=0`` means full batch.
 
@@ -211,7 +212,9 @@ def fit(
     "train", "val", "test"}``. With ``select="best:<metric>"`` the model ends holding the selected weights.
     ``outer`` is an optional outer update around the same loop (AutoBalance's hyperparameter search,
     SPEC §5.2): ``outer.start_epoch(epoch)`` before each epoch and ``outer.after_step(step)`` after each
-    optimizer step; it never builds an optimizer for the model or a loop of its own.
+    optimizer step; it never builds an optimizer for the model or a loop of its own. ``probe(model, train,
+    pipeline)`` (e.g. :class:`shiftkit.diagnostics.Probe`) adds its dict to each evaluation record as
+    ``"diagnostics"``.
 
     >>> import torch
     >>> from shiftkit import data, losses, models, optim, weighting
@@ -266,6 +269,8 @@ def fit(
                 for name, split in (("train", train), ("val", val), ("test", test))
             },
         }
+        if probe is not None:
+            record["diagnostics"] = probe(model, train, pipeline)
         if selection.offer(record):
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if on_eval is not None:
