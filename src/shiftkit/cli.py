@@ -154,7 +154,8 @@ def _reproduce(args: argparse.Namespace) -> int:
             print(f"{name}: {repro.title} ({repro.source})")
         return 0
     out = args.out or f"results/reproduce/{args.name}"
-    summary = experiments.reproduce(args.name, args.scale, out, args.device, args.set)
+    runs = args.runs or (None if args.out else "results/reproduce/runs")
+    summary = experiments.reproduce(args.name, args.scale, out, args.device, args.set, runs=runs)
     console = Console()
     for quantity, paper, ours in summary.rows:
         console.print(f"{quantity}: ours {ours} (paper {paper})")
@@ -211,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     rpr.add_argument("--scale", default="quick", help="tiny, quick (default) or paper")
     rpr.add_argument("--out", help="output directory (default results/reproduce/NAME)")
     rpr.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    rpr.add_argument(
+        "--runs", help="where training runs go (default: OUT/runs with --out, else results/reproduce/runs, "
+        "shared by all reproductions so that finished runs are reused)"
+    )
     rpr.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="change settings of the scale")
     rpr.set_defaults(func=_reproduce)
     lst = sub.add_parser("list", help="the registered names of every config group, and the experiment presets")

@@ -13,8 +13,9 @@ Scales (``--scale``):
 - ``paper``: the papers' epochs, seeds and sizes where our data allow (a GPU, or a long CPU run).
 
 Any setting can be changed with ``--set key=value`` (the value's type must match the default's).
-Training runs go through the one loop and land in ``<out>/runs/`` as ordinary run directories, so a
-repeated command skips the runs already finished. Figures and summaries are written to a staging
+Training runs go through the one loop and land in a runs directory (``<out>/runs`` unless given) as
+ordinary run directories, so a repeated command skips the runs already finished, and reproductions
+that share a runs directory share their runs (Figures 3 and 4 of [W] train the same models). Figures and summaries are written to a staging
 directory and moved into ``<out>`` only when the whole reproduction has finished: a failed or interrupted
 command never leaves a summary that mixes two runs.
 """
@@ -89,10 +90,12 @@ class Context:
     out: Path
     device: str = "auto"
     console: Any = None
+    runs: Optional[Path] = None
     staging: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        self.runs = Path(self.runs) if self.runs is not None else self.out / "runs"
         self.staging = self.out / ".staging"
         if self.console is None:
             from rich.console import Console
@@ -102,21 +105,25 @@ class Context:
     def log(self, message: str) -> None:
         self.console.print(f"{self.name}: {message}")
 
+    def figure_path(self, filename: str) -> Path:
+        """Where to write figure ``filename`` now (it moves into ``out`` when the reproduction ends)."""
+        self.staging.mkdir(parents=True, exist_ok=True)
+        return self.staging / filename
+
     def save_figure(self, fig, filename: str) -> str:
         """Save a matplotlib figure as ``filename`` (PNG) and close it; returns the name."""
         from ..plots import _pyplot
 
-        self.staging.mkdir(parents=True, exist_ok=True)
-        fig.savefig(self.staging / filename, dpi=120)
+        fig.savefig(self.figure_path(filename), dpi=120)
         _pyplot().close(fig)
         return filename
 
     def train(self, override_lists: List[List[str]], label: str = "runs") -> List[dict]:
-        """Train runs through the one loop (:func:`shiftkit.cli.run_many`), in ``<out>/runs`` on this
+        """Train runs through the one loop (:func:`shiftkit.cli.run_many`), in the runs directory on this
         context's device; returns their ``run.json`` records, in order. Finished runs are skipped."""
         from ..cli import run_many
 
-        extra = [f"out={self.out / 'runs'}", f"device={self.device}"]
+        extra = [f"out={self.runs}", f"device={self.device}"]
         return run_many([[*o, *extra] for o in override_lists], label=f"{self.name}: {label}")
 
 
@@ -164,15 +171,18 @@ def reproduce(
     device: str = "auto",
     overrides: Sequence[str] = (),
     console: Any = None,
+    runs: Optional[Path] = None,
 ) -> Summary:
     """Run reproduction ``name`` at ``scale`` into ``out`` (default ``results/reproduce/<name>``) and
-    write its figures, ``summary.md`` and ``summary.json`` there."""
+    write its figures, ``summary.md`` and ``summary.json`` there; training runs go to ``runs`` (default
+    ``<out>/runs``)."""
     from ..runner import resolve_device
 
     repro = REPRODUCTIONS.get(name)()
     settings = settings_for(repro, scale, overrides)
     resolve_device(device)
-    ctx = Context(name, scale, Path(out) if out is not None else Path("results") / "reproduce" / name, device, console)
+    out = Path(out) if out is not None else Path("results") / "reproduce" / name
+    ctx = Context(name, scale, out, device, console, runs)
     shutil.rmtree(ctx.staging, ignore_errors=True)
     start = time.perf_counter()
     try:
@@ -229,9 +239,14 @@ def verdict(holds: Optional[bool]) -> str:
     return {True: "holds", False: "does not hold", None: "not decided"}[holds]
 
 
+def _setting(value: Any) -> str:
+    """A setting as written on a command line: lists of overrides space-separated, in brackets."""
+    return f"[{' '.join(str(v) for v in value)}]" if isinstance(value, list) else str(value)
+
+
 def markdown(payload: Dict[str, Any]) -> str:
     """``summary.md`` from the ``summary.json`` payload."""
-    settings = ", ".join(f"{k}={v}" for k, v in payload["settings"].items())
+    settings = ", ".join(f"{k}={_setting(v)}" for k, v in payload["settings"].items())
     lines = [
         f"# {payload['name']}: {payload['title']}",
         "",
