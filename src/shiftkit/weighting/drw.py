@@ -1,4 +1,5 @@
-"""Deferred re-weighting (DRW) of LDAM-DRW (Cao et al. 2019; SPEC §1.3)."""
+"""Class-balanced weights (Cui et al. 2019) and deferred re-weighting (DRW) of LDAM-DRW (Cao et al. 2019;
+SPEC §1.3): DRW is the class-balanced scheme switched on at a given epoch, so it extends ``cb``."""
 
 from __future__ import annotations
 
@@ -24,15 +25,60 @@ def class_balanced(counts: Tensor, beta: float) -> Tensor:
     return raw / raw.sum() * counts.numel()
 
 
+@register("cb")
+class ClassBalanced(Weighting):
+    """Class-balanced weighting (Cui et al., CVPR 2019, "Class-Balanced Loss Based on Effective Number of
+    Samples"): each example of class ``j`` weighs ``(1 - beta) / (1 - beta^n_j)``, the inverse of the
+    class's effective number of samples, normalized to sum to K over the classes (SPEC §1.3).
+
+    With ``loss=ce`` this is Cui et al.'s class-balanced softmax cross-entropy, one of the baselines of
+    RGD's Figure 5 (SPEC §9.5); with ``loss=focal``, their class-balanced focal loss. ``beta = 0`` gives
+    all ones (ERM), ``beta -> 1`` inverse class frequencies. The default ``beta = 0.9999`` is DRW's
+    (SPEC §1.3) and among the values Cui et al. search on long-tailed CIFAR. ``by="group"`` uses the
+    group counts instead (an extension). The weights enter the plain mean ``mean(w * loss)`` (SPEC
+    §2.2); PyTorch code that passes them to ``F.cross_entropy(weight=...)`` divides by the batch's sum
+    of weights instead (see ``drw``).
+
+    >>> cb = ClassBalanced(class_counts=[4000, 400])
+    >>> cb.weights(torch.ones(2), torch.tensor([0, 1]), None).round(decimals=4)
+    tensor([0.2126, 1.7874])
+    """
+
+    #: The registered name, for error messages (``drw`` overrides it).
+    scheme = "cb"
+
+    def __init__(
+        self,
+        beta: float = 0.9999,
+        by: str = "class",
+        class_counts: Optional[Sequence[int]] = None,
+        group_counts: Optional[Sequence[int]] = None,
+    ):
+        super().__init__()
+        if not 0 <= beta < 1:
+            raise ShiftkitError(f"weighting '{self.scheme}': beta must be in [0, 1), got {beta}")
+        n = category_counts(self.scheme, by, class_counts, group_counts)
+        if not n.sum() > 0:
+            raise ShiftkitError(
+                f"weighting '{self.scheme}': {by}_counts must have a positive total, got {n.long().tolist()}"
+            )
+        self.beta, self.by = float(beta), by
+        self.register_buffer("table", class_balanced(n, self.beta).float(), persistent=False)
+
+    def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
+        return self.table[category_index(self.by, y, g)].to(losses.dtype)
+
+
 @register("drw")
-class DRW(Weighting):
-    """Deferred re-weighting: weight 1 until epoch ``start_epoch``, class-balanced weights from then on.
+class DRW(ClassBalanced):
+    """Deferred re-weighting: weight 1 until epoch ``start_epoch``, class-balanced weights (``cb``) from then on.
 
     From epoch ``start_epoch`` (0-based, as the loop's ``start_epoch(epoch)`` hook counts) each example
     of class ``j`` weighs ``(1 - beta) / (1 - beta^n_j)``, normalized to sum to K over the classes. This
     is the VS-Loss / LDAM-DRW code's ``--train_rule DRW`` (SPEC §1.3): ``beta = [0, 0.9999][epoch // 160]``
     (``beta = 0`` gives all ones) with 200 epochs, hence the defaults ``beta = 0.9999``,
     ``start_epoch = 160``. ``by="group"`` uses the group counts instead (an extension; SPEC has classes).
+    With ``start_epoch = 0`` it is ``cb``.
 
     That code passes the weights to ``F.cross_entropy(weight=...)``, whose mean divides by the batch's
     sum of weights; shiftkit's objective is the plain mean (SPEC §2.2), so the two differ by a per-batch
@@ -48,6 +94,8 @@ class DRW(Weighting):
     tensor([0.2126, 1.7874])
     """
 
+    scheme = "drw"
+
     def __init__(
         self,
         beta: float = 0.9999,
@@ -56,22 +104,16 @@ class DRW(Weighting):
         class_counts: Optional[Sequence[int]] = None,
         group_counts: Optional[Sequence[int]] = None,
     ):
-        super().__init__()
-        if not 0 <= beta < 1:
-            raise ShiftkitError(f"weighting 'drw': beta must be in [0, 1), got {beta}")
+        super().__init__(beta, by, class_counts, group_counts)
         if start_epoch < 0:
             raise ShiftkitError(f"weighting 'drw': start_epoch must be >= 0, got {start_epoch}")
-        n = category_counts("drw", by, class_counts, group_counts)
-        if not n.sum() > 0:
-            raise ShiftkitError(f"weighting 'drw': {by}_counts must have a positive total, got {n.long().tolist()}")
         # Named so as not to shadow the start_epoch() hook.
-        self.beta, self.switch_epoch, self.by = float(beta), int(start_epoch), by
-        self.register_buffer("table", class_balanced(n, self.beta).float(), persistent=False)
+        self.switch_epoch = int(start_epoch)
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
 
     def start_epoch(self, epoch: int) -> None:
         self.epoch.fill_(epoch)
 
     def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
-        balanced = self.table[category_index(self.by, y, g)].to(losses.dtype)
+        balanced = super().weights(losses, y, g)
         return torch.where(self.epoch >= self.switch_epoch, balanced, torch.ones_like(balanced))
