@@ -84,9 +84,10 @@ def curve_plot(curves: Dict[str, Dict[str, list]], split: str, metric: str, path
 
 
 def plot_alpha(history: List[dict], path: Path) -> None:
-    """AutoBalance's learned loss parameters over epochs: one line per entry of ``l`` and ``Δ``."""
+    """AutoBalance's learned loss parameters over epochs: one line per entry of ``τ``, ``l``, ``Δ`` and ``w``
+    (those the search learned)."""
     plt = _pyplot()
-    keys = [k for k in ("l", "delta", "w") if history and k in history[0]]
+    keys = [k for k in ("tau", "l", "delta", "w") if history and k in history[0]]
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
     epochs = [h["epoch"] for h in history]
     for ax, key in zip(axes[0], keys):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -13,25 +13,59 @@ from ..errors import ShiftkitError
 from . import Loss, register
 from .logit_adjusted import check_classes, positive_counts
 
+# Each init maps (class counts n [K], group counts or None, rows, gamma) to (delta, l at tau = 1, w), each
+# [K] (shared by every row) or [rows, K], and whether Δ goes through the sigmoid. l is linear in tau for
+# every init, so "l at tau = 1" is also the log-prior that a learned τ scales (learn=tau).
 
-def _ce_init(pi: Tensor, ratio: Tensor, tau: float, gamma: float) -> tuple:
+
+def _ce_init(n: Tensor, groups, rows: int, gamma: float) -> tuple:
     """Released config ``dy_init: Ones, ly_init: Zeros``: σ(1)-scaled logits, no offsets."""
-    return torch.ones_like(pi), torch.zeros_like(pi), True
+    return torch.ones_like(n), torch.zeros_like(n), torch.ones_like(n), True
 
 
-def _la_init(pi: Tensor, ratio: Tensor, tau: float, gamma: float) -> tuple:
+def _la_init(n: Tensor, groups, rows: int, gamma: float) -> tuple:
     """``dy_init: Ones, ly_init: LA``: ``l = tau·log π`` on σ(1)-scaled logits."""
-    return torch.ones_like(pi), tau * pi.log(), True
+    return torch.ones_like(n), torch.log(n / n.sum()), torch.ones_like(n), True
 
 
-def _cdt_init(pi: Tensor, ratio: Tensor, tau: float, gamma: float) -> tuple:
+def _cdt_init(n: Tensor, groups, rows: int, gamma: float) -> tuple:
     """``dy_init: CDT``: ``Δ = (n/n_max)^gamma`` used without the sigmoid (``cdt_cross_entropy``)."""
-    return ratio.pow(gamma), torch.zeros_like(pi), False
+    return (n / n.max()).pow(gamma), torch.zeros_like(n), torch.ones_like(n), False
 
 
-#: init name -> per-class (delta, l, through_sigmoid); one small table instead of a dispatch chain.
-_INITS = {"ce": _ce_init, "la": _la_init, "cdt": _cdt_init}
+def _group_la_init(n: Tensor, groups, rows: int, gamma: float) -> tuple:
+    """[AB]'s Group-LA baseline (SPEC §5.5) as a point of eq. 4.2: row g (cell ``g = A·y + a``) gets
+    ``l_k = tau·log π_{k|a}`` and ``w = 1/(A·π̄_a)``, with Δ = 1 used without the sigmoid."""
+    k = len(n)
+    if groups is None or rows != len(groups) or len(groups) % k:
+        raise ShiftkitError("loss 'autobalance': init 'group_la' needs by='class_group' and group counts of "
+                            f"(class, attribute) cells g = A*y + a, a multiple of the {k} classes")
+    cells = positive_counts("autobalance", "group_counts", groups).view(k, -1)  # [K, A]: row y, column a
+    if not torch.equal(cells.sum(1), n):
+        raise ShiftkitError(f"loss 'autobalance': group counts {list(groups)} are not (class, attribute) cells "
+                            f"g = A*y + a of the class counts {n.long().tolist()}")
+    attribute = torch.arange(len(groups)) % cells.shape[1]  # a of row g
+    prior = (cells / cells.sum(0)).log().T  # [A, K]: log π_{k|a}
+    weight = 1.0 / (cells.shape[1] * cells.sum(0) / cells.sum())  # 1/(A·π̄_a): mean 1 over the training set
+    return torch.ones(rows, k, dtype=n.dtype), prior[attribute], weight[attribute, None].expand(-1, k), False
+
+
+#: init name -> its function; one small table instead of a dispatch chain.
+_INITS = {"ce": _ce_init, "la": _la_init, "cdt": _cdt_init, "group_la": _group_la_init}
 _BY = ("class", "class_group")
+_LEARNABLE = ("l", "delta", "tau")
+
+
+def _check_learn(learn: Sequence[str], init: str) -> tuple:
+    """``learn`` as a tuple, or a one-line error."""
+    learn = tuple(learn)
+    if not learn or len(set(learn)) < len(learn) or not set(learn) <= set(_LEARNABLE) or {"l", "tau"} <= set(learn):
+        raise ShiftkitError("loss 'autobalance': learn must name some of l, delta, tau (each once; not both l "
+                            f"and tau), got {list(learn)}")
+    if "tau" in learn and init not in ("la", "group_la"):
+        raise ShiftkitError(f"loss 'autobalance': learn=tau scales the log-prior of init 'la' or 'group_la', "
+                            f"got init '{init}'")
+    return learn
 
 
 @register("autobalance")
@@ -41,19 +75,31 @@ class AutoBalance(Loss):
     ``w_y · CE(σ(Δ) ⊙ f + l, y)``, the released code's ``x = logits * sigmoid(dy) + ly``. The weight
     multiplies each example's CE and is not divided by ``Σ w`` (the training loop takes the mean).
 
-    Learnable tensors (``nn.Parameter`` s of this module, returned by :meth:`hyperparameters` for a
-    bilevel optimizer; the training loop's optimizer sees only the model's parameters, so they stay fixed
-    there): ``l`` (additive), ``delta`` (multiplicative, through the sigmoid) and, with ``learn_w=True``,
-    ``w`` (otherwise a buffer of ones, as the released configs' ``wy: false``).
+    ``learn`` picks α, the tensors the bilevel search tunes ([AB] Table 1's rows; SPEC §5.4): any of
+    ``"l"`` (additive), ``"delta"`` (multiplicative, through the sigmoid) and ``"tau"``, one scalar τ
+    with ``l = τ·log π`` ("AutoBalance: τ of LA loss", not in the released code; τ starts at the ``tau``
+    option and scales the init's log-prior, so it needs init ``la`` or ``group_la``; ``l`` and ``tau``
+    exclude each other). Learned tensors are ``nn.Parameter`` s, returned by :meth:`hyperparameters` for
+    the outer loop; the others are buffers. ``w`` is learned only with ``learn_w=True`` (the released
+    configs' ``wy: false``). The training loop's optimizer sees only the model's parameters, so α stays
+    fixed there. :meth:`offsets` gives ``l`` (``τ·log π`` with ``learn=[tau]``).
 
-    ``init`` (the released code's initializations; ``w = 1`` for all):
+    ``init`` (the released code's initializations; ``w = 1`` except for ``group_la``):
 
     - ``"ce"`` (default, ``configs/cifar10/dyly_no_init/1.yaml``): ``delta = 1``, so every logit is
       scaled by σ(1) = 0.7311, and ``l = 0``;
     - ``"la"``: ``delta = 1`` and ``l = tau·log π`` (``ly_init: LA``, ``ly_LA_tau = tau``);
     - ``"cdt"``: ``delta = (n/n_max)^gamma`` used **without** the sigmoid, as the code's
       ``cdt_cross_entropy``: the multiplier is ``delta`` itself (attribute ``through_sigmoid`` is
-      ``False``), since a logit-domain init cannot reach the head class's Δ = 1.
+      ``False``), since a logit-domain init cannot reach the head class's Δ = 1;
+    - ``"group_la"`` (``by="class_group"``; ours): [AB]'s Group-LA baseline of Table 3 (SPEC §5.5),
+      ``w_a · CE(f + tau·log π_{·|a}, y)`` for an example with attribute a: groups are the cells
+      ``g = A·y + a`` of DESIGN.md ("Groups"; A = 2 for a binary attribute), ``π_{k|a}`` the class
+      frequencies among training examples with attribute a, ``w_a = 1/(A·π̄_a)`` with π̄_a the
+      attribute's frequency, and the multiplier Δ = 1 (no sigmoid). [INFERRED: the paper says only
+      "w_g = 1/π̄_g plus LA with τ = 1 over classes conditioned on group"; l_{kg} = log π_{k|g} is our
+      reading, and dividing by A (mean weight 1 over the training set, as ``iw``) is ours.] Trained
+      without the search it *is* that baseline; with the search, AutoBalance starts from it.
 
     ``cluster_size`` C (SPEC §5.4, the dictionary D_π): classes sorted by decreasing training count
     (ties by index) form consecutive blocks of C that share one entry of ``l`` and ``delta``;
@@ -68,13 +114,16 @@ class AutoBalance(Loss):
 
     ``by="class_group"`` (paper eq. 4.2, no released code): every tensor gets one row per group, and an
     example of group g uses row g across all classes; rows start at the class-level init (class
-    priors, not π_{k|g}, since only marginal counts are known). Needs groups in ``forward``.
+    priors), except with ``init="group_la"``. Needs groups in ``forward``.
 
     >>> loss = AutoBalance(class_counts=[3, 1])
     >>> round(loss(torch.tensor([[0.0, 2.0]]), torch.tensor([1])).item(), 4)   # log(1 + e^(-2σ(1)))
     0.2084
     >>> sorted(loss.hyperparameters())
     ['delta', 'l']
+    >>> tau = AutoBalance(class_counts=[3, 1], init="la", tau=2.0, learn=["tau"])
+    >>> list(tau.hyperparameters()), [round(v, 4) for v in tau.offsets()[0].tolist()]   # 2·log(3/4), 2·log(1/4)
+    (['tau'], [-0.5754, -2.7726])
     """
 
     def __init__(
@@ -87,6 +136,7 @@ class AutoBalance(Loss):
         gamma: float = 0.3,
         cluster_size: int = 1,
         by: str = "class",
+        learn: List[str] = ("l", "delta"),
         learn_w: bool = False,
     ):
         super().__init__()
@@ -96,6 +146,7 @@ class AutoBalance(Loss):
             raise ShiftkitError(f"loss 'autobalance': by must be 'class' or 'class_group', got '{by}'")
         if not cluster_size >= 1:
             raise ShiftkitError(f"loss 'autobalance': cluster_size must be >= 1, got {cluster_size}")
+        self.learn = _check_learn(learn, init)
         n = positive_counts("autobalance", "class_counts", class_counts)
         rows = self._rows(by, group_counts, num_groups)
         self.by, self.cluster_size, self.num_classes = by, int(cluster_size), n.numel()
@@ -107,16 +158,24 @@ class AutoBalance(Loss):
         self.register_buffer("cluster_of", rank // self.cluster_size)
         sizes = torch.bincount(self.cluster_of).to(torch.float64)
 
-        delta, l, self.through_sigmoid = _INITS[init](n / n.sum(), n / n.max(), tau, gamma)
-        per_cluster = [torch.zeros_like(sizes).index_add_(0, self.cluster_of, v) / sizes for v in (delta, l)]
-        dtype = torch.get_default_dtype()
-        self.delta = nn.Parameter(per_cluster[0].to(dtype).expand(rows, -1).clone())
-        self.l = nn.Parameter(per_cluster[1].to(dtype).expand(rows, -1).clone())
-        w = torch.ones(rows, n.numel(), dtype=dtype)
-        if learn_w:
-            self.w = nn.Parameter(w)
+        delta, prior, w, self.through_sigmoid = _INITS[init](n, group_counts, rows, gamma)
+        delta, prior = (torch.zeros(rows, len(sizes), dtype=torch.float64).index_add_(
+            1, self.cluster_of, v.expand(rows, -1)) / sizes for v in (delta, prior))
+        self._keep("delta", delta, "delta" in self.learn)
+        if "tau" in self.learn:  # l = τ · log-prior, with the log-prior fixed
+            self.tau = nn.Parameter(torch.tensor([float(tau)]))
+            self._keep("log_prior", prior, False)
         else:
-            self.register_buffer("w", w)
+            self._keep("l", tau * prior, "l" in self.learn)
+        self._keep("w", w.expand(rows, -1), learn_w)
+
+    def _keep(self, name: str, value: Tensor, learned: bool) -> None:
+        """Store ``value`` (default dtype) as a parameter if ``learned``, else as a buffer."""
+        value = value.to(torch.get_default_dtype()).clone()
+        if learned:
+            self.register_parameter(name, nn.Parameter(value))
+        else:
+            self.register_buffer(name, value)
 
     @staticmethod
     def _rows(by: str, group_counts: Optional[Sequence[int]], num_groups: Optional[int]) -> int:
@@ -128,13 +187,17 @@ class AutoBalance(Loss):
             raise ShiftkitError("loss 'autobalance' with by='class_group' needs group_counts or num_groups")
         return int(groups)
 
+    def offsets(self) -> Tensor:
+        """The additive term l per cluster, ``[rows, K']``: the tensor ``l``, or ``τ·log π`` with learn=tau."""
+        return self.tau * self.log_prior if "tau" in self.learn else self.l
+
     def per_class(self) -> "AutoBalance":
         """A copy with one entry per class (``cluster_size = 1``), the released retraining's expansion of the
         cluster values (SPEC §5.4): along the classes sorted by decreasing count, each cluster's value sits
         at its centre, rank ``start + size // 2`` (the code's ``range(C//2, K, C)``), and every class takes
         the linear interpolation between the two nearest centres, extrapolated linearly beyond the first
-        and last. A single cluster gives its value to all classes; ``w`` is already per class. The copy's
-        tensors are plain (frozen) values with no gradient.
+        and last. A single cluster gives its value to all classes; ``w`` is already per class (with
+        learn=tau, the log-prior is interpolated and τ kept). The copy's tensors are frozen (no gradient).
 
         >>> loss = AutoBalance(class_counts=[50, 40, 30, 20, 10, 5], cluster_size=2)
         >>> with torch.no_grad():
@@ -150,25 +213,30 @@ class AutoBalance(Loss):
         rank[order] = torch.arange(self.num_classes, device=rank.device)
         sizes = torch.bincount(self.cluster_of)
         starts = torch.cumsum(sizes, 0) - sizes
-        centres = (starts + sizes // 2).to(self.l.dtype)
-        r = rank.to(self.l.dtype)
+        centres = (starts + sizes // 2).to(self.delta.dtype)
+        r = rank.to(self.delta.dtype)
         if len(centres) == 1:
             weight, lo = torch.zeros_like(r), torch.zeros_like(rank)
         else:
             lo = (torch.searchsorted(centres, r, right=True) - 1).clamp(0, len(centres) - 2)
             weight = (r - centres[lo]) / (centres[lo + 1] - centres[lo])
         hi = (lo + 1).clamp_max(len(centres) - 1)
-        for name in ("l", "delta"):
+        for name in ("delta", "log_prior" if "tau" in self.learn else "l"):
             v = getattr(self, name).detach()
-            setattr(clone, name, nn.Parameter(v[:, lo] + weight * (v[:, hi] - v[:, lo]), requires_grad=False))
+            flat = v[:, lo] + weight * (v[:, hi] - v[:, lo])
+            if name in self._parameters:
+                setattr(clone, name, nn.Parameter(flat, requires_grad=False))
+            else:
+                clone.register_buffer(name, flat)
         clone.cluster_of = torch.arange(self.num_classes, device=rank.device)
         clone.cluster_size = 1
         return clone
 
     def hyperparameters(self) -> Dict[str, nn.Parameter]:
-        """The learnable tensors by name (``l``, ``delta``, and ``w`` if ``learn_w``), for the outer loop.
+        """The learned tensors by name (those of ``learn``, and ``w`` if ``learn_w``), for the outer loop.
 
-        Shapes: ``[1, K']`` for ``by="class"``, ``[G, K']`` for ``"class_group"`` (``w``: ``[., K]``).
+        Shapes: ``[1, K']`` for ``by="class"``, ``[G, K']`` for ``"class_group"`` (``w``: ``[., K]``;
+        ``tau``: ``[1]``).
         """
         return dict(self.named_parameters())
 
@@ -176,7 +244,7 @@ class AutoBalance(Loss):
         check_classes("autobalance", logits, self.num_classes)
         mult = torch.sigmoid(self.delta) if self.through_sigmoid else self.delta
         # D_π: expand the K' cluster entries to the K classes (one gather; no per-class Python work).
-        mult, add = mult[:, self.cluster_of], self.l[:, self.cluster_of]
+        mult, add = mult[:, self.cluster_of], self.offsets()[:, self.cluster_of]
         if self.by == "class":  # one row, broadcast over the batch
             mult, add, weight = mult[0], add[0], self.w[0, y]
         elif g is None:
@@ -184,4 +252,3 @@ class AutoBalance(Loss):
         else:  # each example uses its own group's row across all classes (eq. 4.2)
             mult, add, weight = mult[g], add[g], self.w[g, y]
         return weight * F.cross_entropy(logits * mult + add, y, reduction="none")
-
