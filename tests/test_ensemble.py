@@ -78,3 +78,14 @@ def test_each_member_writes_the_run_directory_of_its_sequential_run(tmp_path):
         lines = (tmp_path / "ens" / r["run_dir"].split("/ens/")[1] / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(line)["epoch"] for line in lines] == [2, 4]
     assert all(r["skipped"] for r in run_ensemble(cfgs))  # finished members are skipped
+
+
+@pytest.mark.parametrize("extra, message", [(["experiment=autobalance"], "AutoBalance search"),
+                                            (["diagnostics.enabled=true"], "diagnostics")])
+def test_runs_an_ensemble_cannot_reproduce_are_refused_before_training(tmp_path, extra, message):
+    # An ensemble would train these as plain runs (no search, no probe) in the directories of the real ones.
+    cfgs = [compose(["train.epochs=2", "model.width=8", "device=cpu", f"seed={s}", "ensemble=true", *extra,
+                     f"out={tmp_path}"]) for s in SEEDS]
+    with pytest.raises(EnsembleUnsupported, match=message):
+        run_ensemble(cfgs)
+    assert not list(tmp_path.iterdir())

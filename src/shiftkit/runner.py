@@ -307,6 +307,8 @@ def run_ensemble(
         validate(p)
         if p["diagnostics"]["enabled"]:
             raise EnsembleUnsupported("diagnostics probe each model on its own")
+        if p["search"]["enabled"]:
+            raise EnsembleUnsupported("an AutoBalance search tunes each seed's loss on its own")
     if len({config_hash(p, drop=(*EXECUTION_KEYS, "seed")) for p in plains}) > 1:
         raise ShiftkitError("an ensemble's runs must differ only in their seed")
     outs = [run_dir(p) for p in plains]
