@@ -36,17 +36,12 @@ def train_methods(ctx: Context, methods: Sequence[Method], common: Sequence[str]
                   search: Sequence[str], seeds: int, label: str) -> Dict[str, List[dict]]:
     """Train every method's seeds with the ``common`` overrides and ``search`` (AutoBalance rows) or
     ``plain`` (the others); returns ``{method label: run records}``."""
-    lists = [
-        [[*common, *m.overrides, *(search if m.searches else plain), f"name={m.name}", f"seed={seed}"]
-         for seed in range(seeds)]
+    groups = {
+        m.label: [[*common, *m.overrides, *(search if m.searches else plain), f"name={m.name}", f"seed={seed}"]
+                  for seed in range(seeds)]
         for m in methods
-    ]
-    records = ctx.train([o for per in lists for o in per], label=label)
-    out, start = {}, 0
-    for method, per in zip(methods, lists):
-        out[method.label] = records[start : start + len(per)]
-        start += len(per)
-    return out
+    }
+    return ctx.train_each(groups, label=label)
 
 
 def percent(records: List[dict], metric: str, error: bool = True) -> Values:

@@ -126,6 +126,16 @@ class Context:
         extra = [f"out={self.runs}", f"device={self.device}"]
         return run_many([[*o, *extra] for o in override_lists], label=f"{self.name}: {label}")
 
+    def train_each(self, groups: Dict[str, List[List[str]]], label: str = "runs") -> Dict[str, List[dict]]:
+        """:meth:`train` for several methods at once: ``{key: override lists}`` -> ``{key: records}``
+        (every run is checked before any trains)."""
+        records = self.train([o for lists in groups.values() for o in lists], label=label)
+        out, start = {}, 0
+        for key, lists in groups.items():
+            out[key] = records[start : start + len(lists)]
+            start += len(lists)
+        return out
+
 
 def settings_for(repro: Reproduction, scale: str, overrides: Sequence[str] = ()) -> Dict[str, Any]:
     """The scale's settings with ``key=value`` overrides, each parsed as YAML and checked against the

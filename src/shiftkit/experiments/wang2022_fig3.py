@@ -58,7 +58,8 @@ class WangFig3(Reproduction):
         figures = [
             bars(ctx, groups, paper_means(PAPER_FIG3), "Figure 3: final weights (x: [W] on CIFAR-10)",
                  "test balanced accuracy", "fig3.png"),
-            curves(ctx, runs, "fig3_curves.png"),
+            curves(ctx, runs, "fig3_curves.png", {p: f"{loss}+{s.split()[0]}".replace("+No", "")
+                                                  for s, _, c, q in FIG34_PAIRS for loss, p in (("CE", c), ("Poly", q))}),
         ]
         notes = [
             interpolation_note(runs),

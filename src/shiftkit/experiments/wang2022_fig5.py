@@ -34,7 +34,7 @@ COMPETITIVE = 0.025
 def _scales() -> Dict[str, dict]:
     binary = scales(tiny_data=["data.n_majority=200"], quick_data=["data.n_majority=1000"])
     spurious = scales("fmnist_spurious", tiny_data=["data.n_train=600"], quick_data=["data.n_train=2000"])
-    return {s: {**binary[s], "group_data": spurious[s]["data"]} for s in binary}
+    return {s: {**binary[s], "group_data": spurious[s]["data"], "group_lr_scale": 1.0} for s in binary}
 
 
 def _table(runs, methods, metric: str, prefix: str) -> Tuple[list, Dict[str, Dict[int, float]]]:
@@ -58,7 +58,7 @@ class WangFig5(Reproduction):
 
     def run(self, ctx, settings):
         binary = train_presets(ctx, [p for _, p, _ in BINARY], settings, "Figure 5, class imbalance")
-        group_settings = {**settings, "data": settings["group_data"]}
+        group_settings = {**settings, "data": settings["group_data"], "lr_scale": settings["group_lr_scale"]}
         grouped = train_presets(ctx, [p for _, p, _ in GROUPS], group_settings, "Figure 5, group shift")
         rows, acc = _table(binary, BINARY, "balanced_acc", "")
         group_rows, gacc = _table(grouped, GROUPS, "group_balanced_acc", "groups: ")

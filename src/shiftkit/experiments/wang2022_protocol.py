@@ -64,31 +64,30 @@ def scales(data: str = _BINARY, tiny_data: Sequence[str] = (), quick_data: Seque
     }
 
 
-def preset_epochs(preset: str) -> int:
+def preset(name: str):
+    """The composed config of preset ``name`` (its epochs and learning rate)."""
     from ..config import compose
 
-    return int(compose([f"experiment={preset}"]).train.epochs)
+    return compose([f"experiment={name}"])
 
 
-def overrides(preset: str, settings: dict) -> List[List[str]]:
-    """The override list of each seed of ``preset`` at these settings."""
-    epochs = max(1, math.ceil(preset_epochs(preset) * settings["epoch_scale"]))
+def overrides(name: str, settings: dict) -> List[List[str]]:
+    """The override list of each seed of preset ``name`` at these settings (``lr_scale``, if given,
+    multiplies the preset's learning rate)."""
+    cfg = preset(name)
+    epochs = max(1, math.ceil(cfg.train.epochs * settings["epoch_scale"]))
     common = [
-        f"experiment={preset}", *settings["data"], *settings["model"], f"train.epochs={epochs}",
+        f"experiment={name}", *settings["data"], *settings["model"], f"train.epochs={epochs}",
         f"train.eval_every={min(settings['eval_every'], epochs)}", f"ensemble={str(settings['ensemble']).lower()}",
     ]
+    if settings.get("lr_scale", 1.0) != 1.0:
+        common.append(f"optim.lr={cfg.optim.lr * settings['lr_scale']:g}")
     return [[*common, f"seed={seed}"] for seed in range(settings["seeds"])]
 
 
 def train_presets(ctx: Context, presets: Sequence[str], settings: dict, label: str) -> Dict[str, List[dict]]:
     """Train every preset's seeds; ``{preset: records}``."""
-    lists = [overrides(p, settings) for p in presets]
-    records = ctx.train([o for per in lists for o in per], label=label)
-    out, start = {}, 0
-    for preset, per in zip(presets, lists):
-        out[preset] = records[start : start + len(per)]
-        start += len(per)
-    return out
+    return ctx.train_each({p: overrides(p, settings) for p in presets}, label=label)
 
 
 def values(records: List[dict], which: str, metric: str = "balanced_acc", split: str = "test") -> Dict[int, float]:
@@ -166,11 +165,12 @@ def bars(ctx: Context, groups: List[Tuple[str, Dict[str, Dict[int, float]]]], pa
     return ctx.save_figure(fig, filename)
 
 
-def curves(ctx: Context, runs: Dict[str, List[dict]], filename: str, metric: str = "balanced_acc") -> str:
-    """Test ``metric`` over epochs per method, mean ± s.e.m. over seeds (``curves.png`` style)."""
+def curves(ctx: Context, runs: Dict[str, List[dict]], filename: str, labels: Dict[str, str],
+           metric: str = "balanced_acc") -> str:
+    """Test ``metric`` over epochs per method (``labels``: preset -> legend), mean ± s.e.m. over seeds."""
     from ..plots import curve_plot
     from ..report import curves as by_epoch
 
-    records = [{**r, "_dir": r["run_dir"]} for per in runs.values() for r in per]
+    records = [{**r, "_dir": r["run_dir"], "method": labels[p]} for p, per in runs.items() for r in per]
     curve_plot(by_epoch(records, "test", metric), "test", metric, ctx.figure_path(filename))
     return filename
