@@ -108,7 +108,7 @@ class AutoBalanceTable1(Reproduction):
     MLP's 1-2 (docs/PERFORMANCE.md), which would put even the quick scale out of reach; ``--set
     model=cnn`` trains it instead (``width`` is then its channel width)."""
 
-    title = "balanced error of hand-designed and AutoBalance-learned losses on a long tail"
+    title = "Balanced error of hand-designed and AutoBalance-learned losses on a long tail"
     source = "[AB] Table 1; SPEC §5, §9.2 (CIFAR10-LT protocol on Fashion-MNIST, §7.4)"
     keys = ("balanced_error", "autobalance_minus_ce", "autobalance_minus_la")
     scales = _SCALES

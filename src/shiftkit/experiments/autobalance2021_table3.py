@@ -115,7 +115,7 @@ class AutoBalanceTable3(Reproduction):
     ``search_epochs`` with the group-balanced validation set (1,000 images) as S_V, then retrains a fresh
     model on ``retrain_on`` (default ``train``: the baselines' images exactly)."""
 
-    title = "fairness of training losses under a spurious attribute: balanced error, worst group, DEO"
+    title = "Fairness of training losses under a spurious attribute: balanced error, worst group, DEO"
     source = "[AB] Table 3; SPEC §5.5, §9.3, §10 (Waterbirds protocol on Fashion-MNIST, §7.3)"
     keys = ("balanced_error", "worst_error", "deo", "collapsed")
     scales = _SCALES

@@ -32,7 +32,7 @@ class WangFig3(Reproduction):
     400 epochs (scaled by ``epoch_scale``) at a constant learning rate, tested with their final weights.
     Balanced test accuracy equals [W]'s ``test_reweighted_acc`` on this balanced test set (SPEC §9.1)."""
 
-    title = "importance weighting under interpolation: CE vs polynomially-tailed loss (final weights)"
+    title = "Importance weighting under interpolation: CE vs polynomially-tailed loss (final weights)"
     source = "[W] Figure 3, binary CIFAR-10 protocol on Fashion-MNIST; SPEC §7.1, §8.1, §9.1"
     keys = ("balanced_acc", "p_poly_gt_ce", "train_acc")
     scales = scales(tiny_data=["data.n_majority=200"], quick_data=["data.n_majority=1000"])

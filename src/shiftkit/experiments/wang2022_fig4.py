@@ -18,7 +18,7 @@ class WangFig4(Reproduction):
     (``train.select=best:group_balanced_acc``, [W]'s max-mode checkpoint, SPEC §2.4). Also compares each
     early-stopped CE run with its own final weights: early stopping is where [W] finds IW still helps CE."""
 
-    title = "importance weighting with early stopping: CE vs polynomially-tailed loss (best validation epoch)"
+    title = "Importance weighting with early stopping: CE vs polynomially-tailed loss (best validation epoch)"
     source = "[W] Figure 4, binary CIFAR-10 protocol on Fashion-MNIST; SPEC §2.4, §8.1, §9.1"
     keys = ("balanced_acc", "p_poly_gt_ce", "selected_epoch", "ce_es_minus_final")
     scales = WangFig3.scales
