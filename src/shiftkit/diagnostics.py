@@ -59,10 +59,18 @@ def distance(params: Tensor, reference: Tensor) -> float:
 def direction_gap(params: Tensor, reference: Tensor) -> float:
     """``‖θ/‖θ‖ − θ_ref/‖θ_ref‖‖_2`` in [0, 2] ([Z] Appendix C); NaN if either vector is zero."""
     _same_shape(params, reference)
+    return float(direction_gaps(params, reference))
+
+
+def direction_gaps(params: Tensor, reference: Tensor) -> Tensor:
+    """:func:`direction_gap` over the last axis of broadcast batches of parameter vectors (float64).
+
+    >>> direction_gaps(torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.tensor([0.0, 2.0]))
+    tensor([1.4142,    nan], dtype=torch.float64)
+    """
     a, b = params.double(), reference.double()
-    if a.norm() == 0 or b.norm() == 0:
-        return float("nan")
-    return float((a / a.norm() - b / b.norm()).norm())
+    unit_a, unit_b = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
+    return (unit_a - unit_b).norm(dim=-1)
 
 
 def _same_shape(params: Tensor, reference: Tensor) -> None:

@@ -27,8 +27,10 @@ from functools import lru_cache
 from typing import Callable, Dict, Sequence, Tuple
 
 import numpy as np
+import torch
 from scipy.special import expit
 
+from .. import diagnostics
 from ..errors import ShiftkitError
 
 METHODS = ("ERM", "IW", "GDRO")
@@ -215,17 +217,13 @@ def norm(v: np.ndarray) -> np.ndarray:
 
 
 def direction_gap(theta: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """``‖θ/‖θ‖ − ref/‖ref‖‖`` over the last axis ([Z] Appendix C; 0 where either is 0).
+    """``‖θ/‖θ‖ − ref/‖ref‖‖`` over the last axis ([Z] Appendix C; NaN where either is 0), by
+    :func:`shiftkit.diagnostics.direction_gaps`.
 
     >>> round(float(direction_gap(np.array([2.0, 0.0]), np.array([0.0, 5.0]))), 6)   # √2
     1.414214
     """
-    return norm(_unit(theta) - _unit(ref))
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    length = norm(v)
-    return v / np.where(length > 0, length, 1.0)[..., None]
+    return diagnostics.direction_gaps(torch.from_numpy(theta), torch.from_numpy(ref)).numpy()
 
 
 def positive_settings(settings: Dict, keys: Sequence[str], allow_zero: Sequence[str] = ()) -> None:
