@@ -102,3 +102,41 @@ def test_summary_markdown_states_scale_rows_claims_and_figures(toy, tmp_path):
     assert "| value | 1.0 | 1.0 |" in text
     assert "- **holds**: value is positive (n = 2)" in text
     assert "![toy.png](toy.png)" in text
+
+
+def _cli(*args, cwd):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "shiftkit.cli", "reproduce", *args], cwd=cwd, capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def test_command_line_lists_runs_and_reports(tmp_path):
+    listed = _cli(cwd=tmp_path)
+    assert listed.returncode == 0
+    assert [line.split(":")[0] for line in listed.stdout.splitlines()] == experiments.names()
+    done = _cli("wang2022-fig1", "--scale", "tiny", "--out", str(tmp_path / "fig1"), "--set", "epochs=50", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "boundary angle, CE" in done.stdout and f"are in {tmp_path / 'fig1'}/" in done.stdout
+    payload = json.loads((tmp_path / "fig1" / "summary.json").read_text())
+    assert payload["settings"]["epochs"] == 50 and payload["command"].startswith("shiftkit reproduce wang2022-fig1")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nope"], "unknown reproduction 'nope'; choose one of: "),
+        (["wang2022-fig1", "--scale", "huge"], "unknown scale 'huge'"),
+        (["wang2022-fig1", "--set", "nope=1"], "--set takes key=value with a key among: "),
+        (["wang2022-fig1", "--set", "epochs=many"], "--set epochs: expected a int"),
+        (["wang2022-fig1", "--device", "nope"], "device 'nope' is not available here"),
+    ],
+)
+def test_command_line_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+    res = _cli(*args, "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith("shiftkit: error: ") and message in res.stderr
+    assert not (tmp_path / "out").exists()

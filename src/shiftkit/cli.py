@@ -156,7 +156,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     out = args.out or f"results/reproduce/{args.name}"
     runs = args.runs or (None if args.out else "results/reproduce/runs")
     summary = experiments.reproduce(args.name, args.scale, out, args.device, args.set, runs=runs)
-    console = Console()
+    console = Console(soft_wrap=True)  # paths and claims stay whole lines
     for quantity, paper, ours in summary.rows:
         console.print(f"{quantity}: ours {ours} (paper {paper})")
     for claim in summary.claims:
