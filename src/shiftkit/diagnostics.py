@@ -107,8 +107,8 @@ def interpolation_epoch(history: List[dict]) -> Optional[int]:
     return next((r["epoch"] for r in history if r["train"]["acc"] == 1.0), None)
 
 
-def load_reference(path: str) -> Tensor:
-    """The flat parameters of a reference: a run directory with ``model.pt``, or such a file."""
+def reference_file(path: str) -> Path:
+    """The ``model.pt`` a reference names (a run directory, or the file itself), or a one-line error."""
     file = Path(path)
     file = file / WEIGHTS_FILE if file.is_dir() else file
     if not file.is_file():
@@ -116,7 +116,12 @@ def load_reference(path: str) -> Tensor:
             f"diagnostics.reference: no {WEIGHTS_FILE} at {file}; give a run directory of a run with"
             " diagnostics.enabled=true, or its model.pt"
         )
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    return file
+
+
+def load_reference(path: str) -> Tensor:
+    """The flat parameters of a reference: a run directory with ``model.pt``, or such a file."""
+    state = torch.load(reference_file(path), map_location="cpu", weights_only=True)
     return torch.cat([v.reshape(-1).double() for v in state["parameters"]])
 
 

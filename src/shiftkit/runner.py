@@ -133,16 +133,17 @@ def validate(cfg: Dict[str, Any]) -> None:
     check_schedule(train["epochs"], train["batch_size"], train["eval_every"], train["amp"])
     parse_select(train["select"])
     resolve_device(cfg["device"])
-    make_probe(cfg)
+    conf = cfg["diagnostics"]
+    if conf["reference"]:  # refused here, before anything trains; loaded by make_probe when the run starts
+        if not conf["enabled"]:
+            raise ShiftkitError("diagnostics.reference needs diagnostics.enabled=true")
+        diagnostics.reference_file(conf["reference"])
 
 
 def make_probe(cfg: Dict[str, Any]) -> Optional[diagnostics.Probe]:
-    """The run's :class:`~shiftkit.diagnostics.Probe` (``None`` unless ``diagnostics.enabled``); a reference
-    that cannot be read is refused here, before anything trains."""
+    """The run's :class:`~shiftkit.diagnostics.Probe` (``None`` unless ``diagnostics.enabled``)."""
     conf = cfg["diagnostics"]
     if not conf["enabled"]:
-        if conf["reference"]:
-            raise ShiftkitError("diagnostics.reference needs diagnostics.enabled=true")
         return None
     return diagnostics.Probe(diagnostics.load_reference(conf["reference"]) if conf["reference"] else None)
 
