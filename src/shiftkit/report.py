@@ -167,7 +167,8 @@ def _cell(value: Optional[Tuple[float, Optional[float]]]) -> str:
     return f"{mean:.3f} ± {sem:.3f}" if sem is not None else f"{mean:.3f}"
 
 
-def _p_cell(p: Optional[float]) -> str:
+def p_text(p: Optional[float]) -> str:
+    """A p-value as tables print it: ``–`` when there is none, scientific notation below 1e-3."""
     return "–" if p is None else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
 
 
@@ -196,7 +197,7 @@ def render(tables: Dict[str, List[dict]], columns: Sequence[Tuple[str, str]], co
         for row in rows:
             cells = [_cell(row[f"{s}/{m}"]) for s, m in columns]
             if baseline is not None:
-                cells.append(_p_cell(row["p"]))
+                cells.append(p_text(row["p"]))
             table.add_row(row["method"], *([] if same else [str(row["n"])]), *cells)
         console.print(table)
 

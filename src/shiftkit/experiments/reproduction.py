@@ -33,6 +33,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import ShiftkitError
 from ..registry import Registry
+from ..report import mean_sem
+# Re-exported for the reproductions, beside by_method and cell: p-values as tables print them, and the
+# one-sided paired t-test over shared seeds (SPEC §9.1).
+from ..report import p_text, paired_p as paired  # noqa: F401
 
 SCALES = ("tiny", "quick", "paper")
 REPRODUCTIONS = Registry("reproduction")
@@ -293,8 +297,6 @@ def by_method(records: List[dict], split: str = "test", metric: str = "balanced_
 
 def cell(values: Dict[int, float], digits: int = 3, scale: float = 1.0) -> str:
     """``mean ± s.e.m.`` over seeds (just the mean for one seed)."""
-    from ..report import mean_sem
-
     if not values:
         return "–"
     mean, sem = mean_sem([v * scale for v in values.values()])
@@ -305,12 +307,3 @@ def mean(values: Dict[int, float]) -> float:
     return sum(values.values()) / len(values) if values else math.nan
 
 
-def paired(better: Dict[int, float], than: Dict[int, float], lower_is_better: bool = False) -> Optional[float]:
-    """One-sided paired t-test over shared seeds that ``better`` beats ``than`` (SPEC §9.1)."""
-    from ..report import paired_p
-
-    return paired_p(better, than, lower_is_better)
-
-
-def p_text(p: Optional[float]) -> str:
-    return "–" if p is None else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
