@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from .reproduction import Claim, Reproduction, Summary, mean, p_text, paired, register
 from .wang2022_protocol import (
-    FIG34_PAIRS, PAPER_FIG3, bars, curves, interpolation_note, pair_rows, scales, train_presets, values,
+    FIG34_PAIRS, PAPER_FIG3, bars, curves, interpolation_note, pair_rows, scales, train_accuracy, train_presets,
+    values,
 )
 
 #: One-sided p below which a difference counts as shown.
@@ -53,7 +54,7 @@ class WangFig3(Reproduction):
             Claim("without IW, Poly is no better than CE (p of Poly > CE is not < 0.05)",
                   not_shown(ps["no_iw"]), f"p = {p_text(ps['no_iw'])}"),
         ]
-        train_acc = {runs[p][0]["method"]: mean(values(runs[p], "final", "acc", "train")) for p in presets}
+        train_acc = train_accuracy(runs)
         groups = [(s, {"CE": values(runs[c], "final"), "Poly": values(runs[p], "final")}) for s, _, c, p in FIG34_PAIRS]
         figures = [
             bars(ctx, groups, paper_means(PAPER_FIG3), "Figure 3: final weights (x: [W] on CIFAR-10)",

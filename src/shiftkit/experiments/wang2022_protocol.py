@@ -96,9 +96,14 @@ def values(records: List[dict], which: str, metric: str = "balanced_acc", split:
     return per_seed
 
 
+def train_accuracy(runs: Dict[str, List[dict]]) -> Dict[str, float]:
+    """``{method: mean final training accuracy}``."""
+    return {records[0]["method"]: mean(values(records, "final", "acc", "train")) for records in runs.values()}
+
+
 def interpolation_note(runs: Dict[str, List[dict]]) -> str:
     """A note on whether every run fits its training data at the end (the regime [W] studies)."""
-    accs = {records[0]["method"]: mean(values(records, "final", "acc", "train")) for records in runs.values()}
+    accs = train_accuracy(runs)
     short = [f"{m} {a:.3f}" for m, a in accs.items() if a < 1.0]
     if not short:
         return "Every run ends at training accuracy 1.000: all interpolate, as in [W]."
