@@ -73,6 +73,22 @@ def _ids(column):
     return ids.astype(np.int64).reshape(-1), [_python(v) for v in names]
 
 
+def _check_classes(y: np.ndarray, classes: list, label: str, file: Path) -> None:
+    """At least two classes, and integer ids ``0..K-1`` with every id present in the file."""
+    present = np.unique(y).tolist()
+    if len(present) < 2:
+        raise ShiftkitError(
+            f"tabular: label column '{label}' of {file} holds a single class "
+            f"({', '.join(str(classes[k]) for k in present)}); a classifier needs at least 2"
+        )
+    absent = sorted(set(range(len(classes))) - set(present))
+    if absent:
+        raise ShiftkitError(
+            f"tabular: label column '{label}' of {file} holds integer ids up to {len(classes) - 1} but no row of "
+            f"class(es) {', '.join(map(str, absent))}; number the classes 0..K-1 (or use text labels)"
+        )
+
+
 def _read(path: Optional[str]):
     import pandas as pd
 
@@ -88,8 +104,45 @@ def _read(path: Optional[str]):
             except ImportError:
                 raise ShiftkitError("tabular: reading Parquet needs pyarrow: pip install pyarrow") from None
         return file, pd.read_csv(file, sep="\t" if ".tsv" in file.suffixes else ",")
+    except pd.errors.EmptyDataError:
+        raise ShiftkitError(f"tabular: {file} is empty; it needs a header line and data rows") from None
     except (ValueError, OSError) as exc:
         raise ShiftkitError(f"tabular: cannot read {file}: {' '.join(str(exc).split())}") from None
+
+
+def _where(file: Path, row: int) -> str:
+    """Where data row ``row`` (0-based, header excluded) sits in ``file``, as its user finds it."""
+    return f"row {row + 1}" if file.suffix in (".parquet", ".pq") else f"line {row + 2}"
+
+
+def _check_values(table, features: List[str], file: Path) -> None:
+    """Refuse infinite numbers, and text in a column whose values are otherwise numbers (a typo would
+    silently turn the column into categories), naming the column, the value and where it is."""
+    import pandas as pd
+
+    for col in features:
+        column = table[col]
+        if pd.api.types.is_bool_dtype(column):
+            continue
+        if pd.api.types.is_numeric_dtype(column):
+            values = column.to_numpy(dtype=np.float64)
+            bad = np.flatnonzero(np.isinf(values))
+            if len(bad):
+                raise ShiftkitError(
+                    f"tabular: column '{col}' of {file} holds {len(bad)} infinite value(s), the first on "
+                    f"{_where(file, int(bad[0]))}; replace them with finite numbers or list the column in ignore=[...]"
+                )
+        elif pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column):
+            present = column.notna().to_numpy()
+            numbers = pd.to_numeric(column, errors="coerce").notna().to_numpy()
+            text = np.flatnonzero(present & ~numbers)
+            if len(text) and numbers.sum() > present.sum() / 2:
+                first = int(text[0])
+                raise ShiftkitError(
+                    f"tabular: column '{col}' of {file} holds numbers but {len(text)} non-numeric value(s), "
+                    f"the first '{column.iloc[first]}' on {_where(file, first)}; fix them (leave a missing "
+                    "value empty) or list the column in ignore=[...]"
+                )
 
 
 def _split_ids(column, file: Path) -> np.ndarray:
@@ -100,6 +153,18 @@ def _split_ids(column, file: Path) -> np.ndarray:
             f"tabular: split column '{column.name}' of {file} holds {', '.join(unknown)}; use 0/1/2 or train/val/test"
         )
     return np.array([_SPLIT_NAMES[k] for k in keys], dtype=np.int64)
+
+
+def _fill_hint(part: int, split: Optional[str], val_fraction: float, test_fraction: float) -> str:
+    """How to give split ``part`` (0 train, 1 val, 2 test) some rows."""
+    if split:
+        return f"mark some rows {('train', 'val', 'test')[part]} in the column '{split}'"
+    if part == 0:
+        return "add rows"
+    key, value = ("val_fraction", val_fraction) if part == 1 else ("test_fraction", test_fraction)
+    if value == 0:
+        return f"set {key} > 0"
+    return f"add rows or raise {key} (now {value}): each (class, group) cell gives round({key} * its rows)"
 
 
 def _encode(table, features: List[str], train: np.ndarray, info: dict) -> np.ndarray:
@@ -114,8 +179,6 @@ def _encode(table, features: List[str], train: np.ndarray, info: dict) -> np.nda
             raise ShiftkitError(f"tabular: column '{col}' has type {column.dtype}; list it in ignore=[...]")
         if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
             values = column.to_numpy(dtype=np.float64)
-            if not np.isfinite(values).all():
-                raise ShiftkitError(f"tabular: column '{col}' holds infinite values")
             mean, std = float(values[train].mean()), float(values[train].std())
             std = std if std > 0 else 1.0  # a constant training column stays finite (all zeros)
             blocks.append(((values - mean) / std)[:, None])
@@ -153,7 +216,9 @@ def tabular(
 
     ``nan="error"`` refuses a missing value in any used column, naming the column; ``nan="drop"`` drops
     those rows (counted in ``info["dropped"]``). ``val_fraction`` / ``test_fraction`` / ``split_seed``
-    apply only without a ``split`` column.
+    apply only without a ``split`` column. Refused with the column and line named: infinite numbers,
+    text in a column of numbers, a single class, integer labels that skip a class, and a split left
+    without rows.
     """
     if nan not in _NAN:
         raise ShiftkitError(f"tabular: nan must be one of {', '.join(_NAN)}, got '{nan}'")
@@ -172,18 +237,25 @@ def tabular(
     features = [c for c in (features or table.columns) if c not in set(roles) | set(ignore)]
     if not features:
         raise ShiftkitError(f"tabular: {file} has no feature column besides {', '.join(roles)}")
+    if table.empty:
+        raise ShiftkitError(f"tabular: {file} has a header but no data row")
+    _check_values(table, features, file)
     used = roles + features
     missing = table[used].isna()
     dropped = int(missing.any(axis=1).sum())
     if dropped and nan == "error":
         col = used[int(np.argmax(missing.any(axis=0).to_numpy()))]
+        first = int(np.argmax(missing[col].to_numpy()))
         raise ShiftkitError(
-            f"tabular: column '{col}' of {file} has {int(missing[col].sum())} missing value(s) (NaN); "
-            "clean the file or set nan=drop"
+            f"tabular: column '{col}' of {file} has {int(missing[col].sum())} missing value(s) (NaN), the first "
+            f"on {_where(file, first)}; clean the file or set nan=drop"
         )
     table = table[~missing.any(axis=1)].reset_index(drop=True)
+    if table.empty:
+        raise ShiftkitError(f"tabular: every row of {file} has a missing value; nan=drop leaves no row")
 
     y, classes = _ids(table[label])
+    _check_classes(y, classes, label, file)
     info = {"path": str(file), "label": label, "classes": classes, "dropped": dropped}
     if attribute:
         a, values = _ids(table[attribute])
@@ -204,8 +276,10 @@ def tabular(
         parts = _split_ids(table[split], file)
     else:
         parts = stratified_split(y * num_groups + g, val_fraction, test_fraction, split_seed)
-    if not (parts == 0).any():
-        raise ShiftkitError(f"tabular: {file} leaves no training row")
+    for k, name in enumerate(("training", "validation", "test")):
+        if not (parts == k).any():
+            hint = _fill_hint(k, split, val_fraction, test_fraction)
+            raise ShiftkitError(f"tabular: {file} leaves no {name} row; {hint}")
     info["split"] = split or f"stratified by (class, group), seed {split_seed}"
     x = torch.from_numpy(_encode(table, features, parts == 0, info))
     y, g = torch.from_numpy(y), torch.from_numpy(g)
