@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from shiftkit import data
-from shiftkit.data.base import Split
+from shiftkit.data.base import Split, Splits
 from shiftkit.errors import ShiftkitError
 
 
@@ -54,3 +54,17 @@ def test_split_validation():
         Split(torch.tensor([[float("nan")]]), torch.tensor([0]), torch.tensor([0]), 2, 2)
     with pytest.raises(ShiftkitError, match="same length"):
         Split(torch.zeros(2, 1), torch.tensor([0]), torch.tensor([0, 0]), 2, 2)
+
+
+def test_splits_validation():
+    two = Split(torch.zeros(2, 1), torch.tensor([0, 1]), torch.tensor([0, 1]), 2, 2)
+    empty = Split(torch.zeros(0, 1), torch.zeros(0), torch.zeros(0), 2, 2)
+    one = Split(torch.zeros(2, 1), torch.tensor([0, 0]), torch.tensor([0, 0]), 1, 1)
+    with pytest.raises(ShiftkitError, match=r"the data has 1 class\(es\); a classifier needs at least 2"):
+        Splits(one, one, one)
+    with pytest.raises(ShiftkitError, match=r"no example of class\(es\) \[1\] of 2"):
+        Splits(two.subset(torch.tensor([0])), two, two)
+    with pytest.raises(ShiftkitError, match="the validation split is empty"):
+        Splits(two, empty, two)
+    with pytest.raises(ShiftkitError, match="the test split is empty"):
+        Splits(two, two, empty)

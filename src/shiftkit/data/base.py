@@ -73,9 +73,19 @@ class Splits:
     pipeline: Pipeline = field(default_factory=Pipeline)
 
     def __post_init__(self) -> None:
+        if self.train.num_classes < 2:
+            raise ShiftkitError(
+                f"the data has {self.train.num_classes} class(es); a classifier needs at least 2 (check the labels)"
+            )
         empty = [k for k, n in enumerate(self.train.class_counts) if n == 0]
         if empty:
-            raise ShiftkitError(f"the training split has no example of class(es) {empty}")
+            raise ShiftkitError(
+                f"the training split has no example of class(es) {empty} of {self.train.num_classes}; "
+                "every class needs training examples"
+            )
+        for name, split in (("validation", self.val), ("test", self.test)):
+            if len(split) == 0:
+                raise ShiftkitError(f"the {name} split is empty; the metrics and model selection need {name} examples")
 
     @property
     def input_shape(self) -> tuple:

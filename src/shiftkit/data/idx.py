@@ -50,8 +50,11 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim).reshape(dims)
 
 
-def load_idx(name: str, root: Optional[str], how: str, system=()) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
-    """``{"train": (images uint8 [N, 1, H, W], labels int64 [N]), "test": ...}``, read once per folder."""
+def load_idx(
+    name: str, root: Optional[str], how: str, system=(), num_classes: int = 10
+) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """``{"train": (images uint8 [N, 1, H, W], labels int64 [N]), "test": ...}``, read once per folder.
+    A label outside ``0..num_classes-1`` is refused, naming the file and its position."""
     folder = find_root(name, root, [f for pair in FILES.values() for f in pair], how, system)
     out = {}
     for split, (images_file, labels_file) in FILES.items():
@@ -62,5 +65,11 @@ def load_idx(name: str, root: Optional[str], how: str, system=()) -> Dict[str, T
         images, labels = _CACHE[(str(folder.resolve()), images_file)], _CACHE[(str(folder.resolve()), labels_file)]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise ShiftkitError(f"{folder}: {split} images {images.shape} and labels {labels.shape} do not match")
+        bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+        if len(bad):
+            raise ShiftkitError(
+                f"{folder / labels_file}: label {int(labels[bad[0]])} at position {int(bad[0])} is outside "
+                f"0..{num_classes - 1} ({len(bad)} such label(s)); {name} has {num_classes} classes"
+            )
         out[split] = (images[:, None, :, :], labels.astype(np.int64))
     return out
