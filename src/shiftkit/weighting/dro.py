@@ -64,8 +64,8 @@ class GroupDRO(Weighting):
         group_counts: Optional[Sequence[int]] = None,
     ):
         super().__init__()
-        if not eta >= 0:
-            raise ShiftkitError(f"weighting 'group_dro': eta must be >= 0, got {eta}")
+        if not 0 <= eta < math.inf:
+            raise ShiftkitError(f"weighting 'group_dro': eta must be >= 0 and finite, got {eta}")
         if not adjustment >= 0:
             raise ShiftkitError(f"weighting 'group_dro': adjustment must be >= 0, got {adjustment}")
         n = category_counts("group_dro", by, class_counts, group_counts)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from ..errors import ShiftkitError
 from . import Weighting, category_counts, category_index, normalized_inverse_counts, register
 
 
@@ -36,6 +38,10 @@ class ImportanceWeighting(Weighting):
         group_counts: Optional[Sequence[int]] = None,
     ):
         super().__init__()
+        if not 0 <= exponent < math.inf:
+            raise ShiftkitError(
+                f"weighting 'iw': exponent must be >= 0 and finite (0 is ERM, 1 classical IW), got {exponent}"
+            )
         counts = category_counts("iw", by, class_counts, group_counts)
         self.exponent, self.by = float(exponent), by
         self.register_buffer("table", normalized_inverse_counts(counts.tolist(), self.exponent))
