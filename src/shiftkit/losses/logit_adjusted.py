@@ -26,8 +26,16 @@ def positive_counts(loss: str, option: str, counts: Optional[Sequence[int]]) -> 
     if counts is None:
         raise ShiftkitError(f"loss '{loss}' needs {option} (computed from the training data)")
     n = torch.as_tensor(list(counts), dtype=torch.float64)
-    if n.ndim != 1 or n.numel() == 0 or not bool((n > 0).all()):
-        raise ShiftkitError(f"loss '{loss}': every entry of {option} must be > 0, got {list(counts)}")
+    if n.ndim != 1 or n.numel() == 0:
+        raise ShiftkitError(f"loss '{loss}': {option} must be a non-empty list of counts, got {list(counts)}")
+    if not bool((n > 0).all()):
+        kind = option.split("_")[0]
+        empty = ", ".join(str(i) for i in torch.nonzero(n <= 0).flatten().tolist())
+        raise ShiftkitError(
+            f"loss '{loss}': every entry of {option} must be > 0, got {list(counts)}: {kind}(s) {empty} have no "
+            f"training example; give each {kind} training data or choose a loss that does not use {option} "
+            "(ce, focal, poly)"
+        )
     return n
 
 
