@@ -64,6 +64,50 @@ def paired_p(values: Dict[int, float], baseline: Dict[int, float], lower_is_bett
     return float(stats.ttest_1samp(diffs, 0.0, alternative="greater").pvalue)
 
 
+#: What a report reads from a run record: key -> the keys it needs inside it.
+_RECORD_KEYS = {
+    "method": (),
+    "group_key": (),
+    "config": ("seed",),
+    "data": ("name", "counts"),
+    "selected": ("train", "val", "test"),
+    "final": ("train", "val", "test"),
+}
+
+
+def _check_record(record: object, path: Path) -> None:
+    """A one-line error for a ``run.json`` that is not a finished shiftkit run's record."""
+    fix = "delete it (or the done marker beside it) and run it again"
+    if not isinstance(record, dict):
+        raise ShiftkitError(f"{path} is not a shiftkit run record (a JSON {type(record).__name__}); {fix}")
+    for key, inner in _RECORD_KEYS.items():
+        value = record.get(key)
+        if value is None or (inner and not isinstance(value, dict)):
+            raise ShiftkitError(f"{path} is not a shiftkit run record (no '{key}'); {fix}")
+        for k in inner:
+            if k not in value:
+                raise ShiftkitError(f"{path} is not a shiftkit run record (no '{key}.{k}'); {fix}")
+
+
+def _metric_lines(run: dict) -> List[dict]:
+    """The records of a run's ``metrics.jsonl``, or a one-line error naming the file."""
+    path = Path(run["_dir"]) / "metrics.jsonl"
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ShiftkitError(f"cannot read {path}: {exc.strerror or exc}; the run's directory is incomplete") from None
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise ShiftkitError(f"{path}: line {number} is not valid JSON") from None
+        if not isinstance(record, dict) or "epoch" not in record:
+            raise ShiftkitError(f"{path}: line {number} is not an evaluation record (no 'epoch')")
+        records.append(record)
+    return records
+
+
 def load_runs(root: Path) -> List[dict]:
     """Every finished run under ``root``, oldest first; ``_dir`` holds where it was found."""
     root = Path(root)
@@ -74,8 +118,9 @@ def load_runs(root: Path) -> List[dict]:
         if (path.parent / "done").exists():
             try:
                 record = json.loads(path.read_text())
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 raise ShiftkitError(f"{path} is not valid JSON") from None
+            _check_record(record, path)
             record["_dir"] = str(path.parent)
             runs.append(record)
     if not runs:
@@ -144,9 +189,8 @@ def curves(runs: List[dict], split: str = "test", metric: str = "balanced_acc") 
         for label, members in methods.items():
             per_epoch: Dict[int, List[float]] = {}
             for m in members:
-                for line in (Path(m["_dir"]) / "metrics.jsonl").read_text().splitlines():
-                    record = json.loads(line)
-                    value = record[split].get(metric)
+                for record in _metric_lines(m):
+                    value = record.get(split, {}).get(metric)
                     if value is not None:
                         per_epoch.setdefault(record["epoch"], []).append(value)
             out.setdefault(dataset, {})[label] = [(e, *mean_sem(v)) for e, v in sorted(per_epoch.items())]
