@@ -106,6 +106,16 @@ class DiagnosticsConf:
 
 
 @dataclass
+class CheckpointConf:
+    """Checkpoints (:mod:`shiftkit.checkpoint`): written every ``every`` epochs (0: never) to the run
+    directory's ``checkpoint.pt``; a rerun of the same command resumes from it. A finished run deletes its
+    checkpoint unless ``keep``; a failed one keeps its last good checkpoint."""
+
+    every: int = 1
+    keep: bool = False
+
+
+@dataclass
 class Config:
     data: Any = MISSING
     model: Any = MISSING
@@ -116,6 +126,7 @@ class Config:
     train: TrainConf = field(default_factory=TrainConf)
     search: SearchConf = field(default_factory=SearchConf)
     diagnostics: DiagnosticsConf = field(default_factory=DiagnosticsConf)
+    checkpoint: CheckpointConf = field(default_factory=CheckpointConf)
     seed: int = 0
     device: str = "auto"
     out: str = "results"
@@ -207,6 +218,7 @@ def _unknown_option(full_key: str, msg: str) -> Optional[str]:
         "TrainConf": ("train", TrainConf),
         "SearchConf": ("search", SearchConf),
         "DiagnosticsConf": ("diagnostics", DiagnosticsConf),
+        "CheckpointConf": ("checkpoint", CheckpointConf),
     }
     if owner in fixed:
         where, node = fixed[owner]

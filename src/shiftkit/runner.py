@@ -28,7 +28,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import __version__, data, diagnostics, losses, models, optim, sampling, weighting
+from . import __version__, data, diagnostics, distributed, losses, models, optim, sampling, weighting
+from .checkpoint import FILE as CHECKPOINT_FILE
+from .checkpoint import Checkpoint
 from .config import GROUPS, DiagnosticsConf, options, schema
 from .errors import ShiftkitError
 from .autobalance import DEFAULT_UPPER, search_and_retrain
@@ -55,7 +57,7 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 #: Keys that say how and where a run executes, not what it computes: left out of run identities.
-EXECUTION_KEYS = ("out", "device", "ensemble")
+EXECUTION_KEYS = ("out", "device", "ensemble", "checkpoint")
 #: Keys left out of run identities while they hold their defaults, so that adding them kept the
 #: identities (and ``done`` markers) of runs made before they existed.
 _NEUTRAL_DEFAULTS = {"diagnostics": dataclasses.asdict(DiagnosticsConf())}
@@ -181,11 +183,16 @@ def _finished(out: Path) -> Optional[Dict[str, Any]]:
     return record
 
 
-def _open_log(out: Path):
-    """A fresh ``metrics.jsonl`` (a rerun of an unfinished run starts it over)."""
+def _open_log(out: Path, history: List[dict] = ()):
+    """A fresh ``metrics.jsonl`` holding ``history`` (the evaluations of the checkpoint a run resumes
+    from; a rerun without a checkpoint starts over). Only the primary process writes files."""
+    if not distributed.is_primary():
+        return open(os.devnull, "w")
     out.mkdir(parents=True, exist_ok=True)
     (out / "done").unlink(missing_ok=True)
-    return open(out / "metrics.jsonl", "w")
+    log = open(out / "metrics.jsonl", "w")
+    log.writelines(json.dumps(record) + "\n" for record in history)
+    return log
 
 
 def _log_writer(log, on_eval: Optional[Callable[[dict], None]]) -> Callable[[dict], None]:
@@ -198,12 +205,36 @@ def _log_writer(log, on_eval: Optional[Callable[[dict], None]]) -> Callable[[dic
     return write
 
 
-def _write_record(plain, out: Path, splits: data.Splits, result: FitResult, device: str, started: float, **extra):
-    """``run.json`` (atomically), then the ``done`` marker; returns the record."""
-    record = {
+def _identity(plain: Dict[str, Any], out: Path, started: float) -> Dict[str, Any]:
+    return {
         "method": method_label(plain),
         "group_key": config_hash(plain, drop=(*EXECUTION_KEYS, "seed")),
         "config": plain,
+        "started": started,
+        "environment": environment(),
+        "run_dir": str(out),
+    }
+
+
+def _write_failure(plain, out: Path, started: float, exc: BaseException) -> None:
+    """``run.json`` of a run that stopped (no ``done`` marker: nothing reads it as a result)."""
+    if not distributed.is_primary():
+        return
+    checkpoint = out / CHECKPOINT_FILE
+    record = {
+        **_identity(plain, out, started),
+        "status": "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+        "error": str(exc) or type(exc).__name__,
+        "checkpoint": CHECKPOINT_FILE if checkpoint.exists() else None,
+    }
+    atomic_write(out / "run.json", json.dumps(record, indent=2))
+
+
+def _write_record(plain, out: Path, splits: data.Splits, result: FitResult, device: str, started: float, **extra):
+    """``run.json`` (atomically), then the ``done`` marker; returns the record."""
+    record = {
+        "status": "finished",
+        **_identity(plain, out, started),
         "data": {
             "name": plain["data"]["name"],
             "counts": splits.counts(),
@@ -216,13 +247,11 @@ def _write_record(plain, out: Path, splits: data.Splits, result: FitResult, devi
         "train_seconds": round(result.seconds, 3),
         "steps": result.steps,
         "device": device,
-        "started": started,
-        "environment": environment(),
-        "run_dir": str(out),
         **extra,
     }
-    atomic_write(out / "run.json", json.dumps(record, indent=2))
-    atomic_write(out / "done", "")
+    if distributed.is_primary():
+        atomic_write(out / "run.json", json.dumps(record, indent=2))
+        atomic_write(out / "done", "")
     return record
 
 
@@ -236,26 +265,44 @@ def run(
     done = None if force else _finished(out)
     if done is not None:
         return done
-    device = resolve_device(plain["device"])
+    device = distributed.setup(resolve_device(plain["device"]))
     splits = load_data(plain["data"])
     torch.manual_seed(plain["seed"])
     parts = build_parts(cfg, splits)
     probe = make_probe(plain)
     started = time.time()
-    with _open_log(out) as log:
-        if plain["search"]["enabled"]:
-            result, extra, model = _search(cfg, plain, splits, parts, device, _log_writer(log, on_eval), probe)
-            plot_alpha(extra["alpha_history"], out / "alpha.png")
-        else:
-            extra, model = {}, parts["model"]
-            result = fit(
-                splits=splits, **parts, **plain["train"], seed=plain["seed"], device=device,
-                on_eval=_log_writer(log, on_eval), probe=probe,
-            )
-    if probe is not None:
+    # An AutoBalance search restarts from its beginning (its checkpoints would need the outer state too).
+    ck = None if plain["search"]["enabled"] else Checkpoint(
+        out / CHECKPOINT_FILE, plain["checkpoint"]["every"], write=distributed.is_primary()
+    )
+    if ck is not None and force:
+        ck.remove()
+    state = ck.load() if ck is not None else None
+    extra = {"resumed_from_epoch": state["epoch"]} if state is not None else {}
+    try:
+        with _open_log(out, state["selection"]["history"] if state is not None else []) as log:
+            if plain["search"]["enabled"]:
+                result, found, model = _search(cfg, plain, splits, parts, device, _log_writer(log, on_eval), probe)
+                extra.update(found)
+                if distributed.is_primary():
+                    plot_alpha(extra["alpha_history"], out / "alpha.png")
+            else:
+                model = parts["model"]
+                result = fit(
+                    splits=splits, **parts, **plain["train"], seed=plain["seed"], device=device,
+                    on_eval=_log_writer(log, on_eval), probe=probe, checkpoint=ck,
+                )
+    except (ShiftkitError, KeyboardInterrupt) as exc:
+        _write_failure(plain, out, started, exc)
+        raise
+    if probe is not None and distributed.is_primary():
         diagnostics.save_weights(model, out / diagnostics.WEIGHTS_FILE)
+    if probe is not None:
         extra["interpolation_epoch"] = diagnostics.interpolation_epoch(result.history)
-    return _write_record(plain, out, splits, result, device, started, **extra)
+    record = _write_record(plain, out, splits, result, device, started, **extra)
+    if ck is not None and not plain["checkpoint"]["keep"]:
+        ck.remove()
+    return record
 
 
 def _search(cfg, plain, splits, parts, device, write, probe=None) -> tuple:

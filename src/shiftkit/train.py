@@ -17,6 +17,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
+from . import distributed
+from .checkpoint import Checkpoint, rng_states, set_rng_states
 from .data.base import Split, Splits
 from .data.pipeline import Pipeline
 from .errors import ShiftkitError
@@ -64,13 +66,17 @@ def evaluate_model(
     pipeline: Optional[Pipeline] = None,
 ) -> Dict[str, object]:
     """Metrics of ``model`` on ``split`` (SPEC §10), accumulated over batches; inputs go through
-    ``pipeline`` (without augmentation) when given."""
+    ``pipeline`` (without augmentation) when given. Under ``torchrun`` each rank counts its shard of the
+    split and the counts are summed over ranks."""
     pipeline = pipeline or Pipeline()
     was_training = model.training
     model.eval()
     acc = Accumulator(split.num_classes, split.num_groups, device=split.y.device)
-    for idx in torch.arange(len(split), device=split.y.device).split(batch_size):
+    lo, hi = distributed.my_shard(len(split))
+    for idx in torch.arange(lo, hi, device=split.y.device).split(batch_size):
         acc.update(model(pipeline(split.x[idx])), split.y[idx], split.g[idx])
+    distributed.sum_(acc.total)
+    distributed.sum_(acc.correct)
     model.train(was_training)
     return acc.compute(train_group_counts)
 
@@ -99,6 +105,12 @@ class Selection:
             return False
         self.best_value, self.best_record = record["val"][self.metric], record
         return True
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "best_value": self.best_value, "best_record": self.best_record}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history, self.best_value, self.best_record = state["history"], state["best_value"], state["best_record"]
 
     def result(self, seconds: float, steps: int) -> FitResult:
         final = self.history[-1]
@@ -168,12 +180,15 @@ def train_epoch(
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
     for idx in order.split(batch_size):
         y, g = train.y[idx], train.g[idx]
-        with autocast(device, amp):
-            per_example = loss(forward(pipeline(train.x[idx], train=True, generator=generator)), y, g).float()
-        w = weighting.weights(per_example.detach(), y, g)
-        objective = (w * per_example).mean()
+        if distributed.active():
+            objective, local = _sharded_objective(forward, loss, weighting, train, idx, pipeline, generator, device, amp)
+        else:
+            with autocast(device, amp):
+                per_example = loss(forward(pipeline(train.x[idx], train=True, generator=generator)), y, g).float()
+            w = weighting.weights(per_example.detach(), y, g)
+            objective = local = (w * per_example).mean()
         opt.zero_grad(set_to_none=True)
-        objective.backward()
+        local.backward()
         opt.step()
         bad = ~torch.isfinite(objective.detach())
         first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
@@ -182,6 +197,23 @@ def train_epoch(
             after_step(step)
         step += 1
     return total, first_bad, step
+
+
+def _sharded_objective(forward, loss, weighting, train: Split, idx: Tensor, pipeline, generator, device, amp):
+    """This rank's share of a global batch's objective (:mod:`shiftkit.distributed`): the objective's
+    value over the whole batch, and the local term whose DDP-averaged gradient is the whole batch's."""
+    n, world = idx.numel(), distributed.world_size()
+    lo, hi = distributed.my_shard(n)
+    y, g = train.y[idx], train.g[idx]
+    if generator is None:  # deterministic inputs: transform only the shard
+        x = pipeline(train.x[idx[lo:hi]], train=True)
+    else:  # every rank draws the whole batch's augmentation, so the draws match one process's
+        x = pipeline(train.x[idx], train=True, generator=generator)[lo:hi]
+    with autocast(device, amp):
+        mine = loss(forward(x), y[lo:hi], g[lo:hi]).float()
+    per_example = distributed.gather(mine.detach(), n)
+    w = weighting.weights(per_example, y, g)
+    return (w * per_example).mean(), (w[lo:hi] * mine).sum() * (world / n)
 
 
 def fit(
@@ -203,6 +235,7 @@ def fit(
     on_eval: Optional[Callable[[dict], None]] = None,
     outer=None,
     probe: Optional[Callable[[nn.Module, Split, Pipeline], dict]] = None,
+    checkpoint: Optional[Checkpoint] = None,
 ) -> FitResult:
     """Train ``model`` in place for ``epochs`` epochs; ``batch_size=0`` means full batch.
 
@@ -214,7 +247,10 @@ def fit(
     SPEC §5.2): ``outer.start_epoch(epoch)`` before each epoch and ``outer.after_step(step)`` after each
     optimizer step; it never builds an optimizer for the model or a loop of its own. ``probe(model, train,
     pipeline)`` (e.g. :class:`shiftkit.diagnostics.Probe`) adds its dict to each evaluation record as
-    ``"diagnostics"``.
+    ``"diagnostics"``. With a ``checkpoint`` (:class:`shiftkit.checkpoint.Checkpoint`) the loop saves its
+    whole state at the end of due epochs and, if the checkpoint holds a loaded state, resumes from it: the
+    run then finishes exactly as one never interrupted. Under ``torchrun`` the model trains data-parallel
+    (:mod:`shiftkit.distributed`).
 
     >>> import torch
     >>> from shiftkit import data, losses, models, optim, weighting
@@ -227,12 +263,13 @@ def fit(
     1.0
     """
     check_schedule(epochs, batch_size, eval_every, amp)
+    if outer is not None and distributed.active():
+        raise ShiftkitError("an AutoBalance search runs in one process: start it without torchrun")
     selection = Selection(select)
     sampler = sampler or Shuffle()
     model.to(device)
     loss.to(device)
     weighting.to(device)
-    forward = torch.compile(model) if compile else model
     train, val, test = (s.to(device) for s in (splits.train, splits.val, splits.test))
     train_counts = splits.train.group_counts
     opt, schedule = optim.make(model.parameters(), epochs)
@@ -241,10 +278,23 @@ def fit(
     # Augmentation draws on the training device, from its own generator: reproducible per seed.
     aug_gen = torch.Generator(device=device).manual_seed(seed) if pipeline.augments else None
     bs = batch_size or len(train)
-    best_state = None
-    step = 0
+    parts = {"model": model, "optimizer": opt, "schedule": schedule, "loss": loss, "weighting": weighting,
+             "sampler": sampler, "selection": selection}
+    state = checkpoint.state if checkpoint is not None else None
+    if state is not None:
+        for key, part in parts.items():
+            part.load_state_dict(state[key])
+        gen.set_state(state["order_generator"])
+        if aug_gen is not None:
+            aug_gen.set_state(state["augment_generator"])
+        set_rng_states(state["rng"])
+    best_state = state["best_state"] if state is not None else None
+    step, first_epoch = (state["step"], state["epoch"]) if state is not None else (0, 0)
+    earlier = state["seconds"] if state is not None else 0.0
+    net = distributed.wrap(model, device)
+    forward = torch.compile(net) if compile else net
     start = time.perf_counter()
-    for epoch in range(epochs):
+    for epoch in range(first_epoch, epochs):
         model.train()
         weighting.train()
         weighting.start_epoch(epoch)
@@ -257,24 +307,30 @@ def fit(
         )
         schedule.step()
         check_finite(first_bad, epoch)
-        if not is_eval_epoch(epoch, epochs, eval_every):
-            continue
-        record = {
-            "epoch": epoch + 1,
-            "step": step,
-            "lr": opt.param_groups[0]["lr"],
-            "train_loss": float(total) / max(order.numel(), 1),
-            **{
-                name: evaluate_model(model, split, train_group_counts=train_counts, pipeline=pipeline)
-                for name, split in (("train", train), ("val", val), ("test", test))
-            },
-        }
-        if probe is not None:
-            record["diagnostics"] = probe(model, train, pipeline)
-        if selection.offer(record):
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if on_eval is not None:
-            on_eval(record)
+        if is_eval_epoch(epoch, epochs, eval_every):
+            record = {
+                "epoch": epoch + 1,
+                "step": step,
+                "lr": opt.param_groups[0]["lr"],
+                "train_loss": float(total) / max(order.numel(), 1),
+                **{
+                    name: evaluate_model(model, split, train_group_counts=train_counts, pipeline=pipeline)
+                    for name, split in (("train", train), ("val", val), ("test", test))
+                },
+            }
+            if probe is not None:
+                record["diagnostics"] = probe(model, train, pipeline)
+            if selection.offer(record):
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if on_eval is not None:
+                on_eval(record)
+        if checkpoint is not None and checkpoint.due(epoch, epochs):
+            checkpoint.save({
+                **{key: part.state_dict() for key, part in parts.items()},
+                "epoch": epoch + 1, "step": step, "seconds": earlier + time.perf_counter() - start,
+                "best_state": best_state, "order_generator": gen.get_state(),
+                "augment_generator": aug_gen.get_state() if aug_gen is not None else None, "rng": rng_states(),
+            })
     if best_state is not None:
         model.load_state_dict(best_state)
-    return selection.result(time.perf_counter() - start, step)
+    return selection.result(earlier + time.perf_counter() - start, step)

@@ -1,0 +1,97 @@
+"""Checkpoints that let a killed run resume and finish exactly as if it had never stopped (DESIGN.md,
+"Reliability").
+
+A checkpoint is written at the end of an epoch, after its evaluation, and holds everything the rest of
+the run depends on: the model, the optimizer and its learning-rate schedule, the loss's and the
+weighting's state (Group DRO's ``q``, DRW's epoch, ...), the sampler's state, the generators that draw the
+data order and the augmentation, the global RNG states, the model selection so far (its history and the
+selected weights), the step count and the training time. Data order is drawn once per epoch, so an epoch
+boundary fixes the sampler's position. Files are written through a temporary file and a rename: a kill
+while saving leaves the previous checkpoint whole.
+
+>>> import tempfile, torch
+>>> from pathlib import Path
+>>> ck = Checkpoint(Path(tempfile.mkdtemp()) / "checkpoint.pt")
+>>> ck.load() is None
+True
+>>> ck.save({"epoch": 3, "w": torch.ones(2)})
+>>> Checkpoint(ck.path).load()["epoch"]
+3
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from .errors import ShiftkitError
+
+#: The file name of a run's checkpoint inside its run directory.
+FILE = "checkpoint.pt"
+
+
+class Checkpoint:
+    """Where a run's checkpoint lives and how often it is written (every ``every`` epochs; 0: never).
+
+    ``load()`` reads an existing checkpoint once (``state`` then holds it); ``save()`` replaces it
+    atomically. Only the process that writes results saves (rank 0 under ``torchrun``); all load.
+    """
+
+    def __init__(self, path: Path, every: int = 1, write: bool = True):
+        if every < 0:
+            raise ShiftkitError(f"checkpoint.every must be >= 0 (0: no checkpoints), got {every}")
+        self.path, self.every, self.write = Path(path), int(every), write
+        self.state: Optional[Dict[str, Any]] = None
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        """Whether to save after 0-based ``epoch`` (never after the last one: the run is finishing)."""
+        return self.every > 0 and epoch + 1 < epochs and (epoch + 1) % self.every == 0
+
+    def load(self) -> Optional[Dict[str, Any]]:
+        if self.path.exists():
+            try:
+                self.state = torch.load(self.path, map_location="cpu", weights_only=False)
+            except Exception as exc:  # a foreign or corrupt file: say which, never resume from it silently
+                raise ShiftkitError(
+                    f"cannot read checkpoint {self.path} ({type(exc).__name__}); delete it to start the run over"
+                ) from None
+        return self.state
+
+    def save(self, state: Dict[str, Any]) -> None:
+        if not self.write:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def remove(self) -> None:
+        if self.write:
+            self.path.unlink(missing_ok=True)
+
+
+def rng_states() -> Dict[str, Any]:
+    """The global generators' states (torch CPU and CUDA, NumPy, Python)."""
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: Dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
