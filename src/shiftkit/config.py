@@ -201,8 +201,11 @@ def _one_line(exc: BaseException) -> str:
         if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
             msg = str(getattr(e, "msg", e) or e).strip().splitlines()[0]
             return _unknown_option(e.full_key, msg) or f"{e.full_key}: {msg}"
-    lines = [line.strip() for line in str(chain[-1]).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(chain[-1]).__name__
+    for e in reversed(chain):  # the deepest exception that says something (ANTLR's may say "None")
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip() not in ("", "None")]
+        if lines:
+            return lines[0]
+    return type(chain[-1]).__name__
 
 
 def _unknown_option(full_key: str, msg: str) -> Optional[str]:
@@ -232,9 +235,30 @@ def _unknown_option(full_key: str, msg: str) -> Optional[str]:
 
 def _parse(overrides: List[str]) -> list:
     try:
-        return OverridesParser.create().parse_overrides(list(overrides))
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as exc:
         raise ShiftkitError(f"cannot parse overrides: {_one_line(exc)}") from None
+    for o in parsed:
+        if not o.key_or_group:
+            raise ShiftkitError(f"override '{o.input_line}' has no key; write key=value")
+    return parsed
+
+
+def _check_added_keys(parsed: list, cfg: DictConfig) -> None:
+    """Refuse ``+key=value`` where ``key`` is not a field of its (structured) parent: Hydra would add it,
+    and the run would carry a setting that nothing reads. Free-form dicts (``search.objective_options``)
+    take new keys."""
+    for o in parsed:
+        if not (o.is_add() or o.is_force_add()) or o.key_or_group in GROUPS or "@" in o.key_or_group:
+            continue
+        parent, _, key = o.key_or_group.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        owner = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+        if owner is None or not dataclasses.is_dataclass(owner):
+            continue
+        if key not in {f.name for f in dataclasses.fields(owner)}:
+            known = _unknown_option(o.key_or_group, f"Key '{key}' not in '{owner.__name__}'")
+            raise ShiftkitError(f"'{o.input_line}' adds a key shiftkit does not read: {known or o.key_or_group}")
 
 
 def experiments() -> List[str]:
@@ -268,7 +292,8 @@ def compose(overrides: List[str] = ()) -> DictConfig:
         with initialize_config_module("shiftkit.conf", version_base="1.3"):
             cfg = hydra_compose("config", overrides=list(overrides))
         OmegaConf.resolve(cfg)
-    except (HydraException, OmegaConfBaseException) as exc:
+        _check_added_keys(parsed, cfg)
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ShiftkitError(_one_line(exc)) from None
     finally:
         GlobalHydra.instance().clear()
