@@ -1,0 +1,342 @@
+"""A scikit-learn classifier over shiftkit's one training loop, for tabular data.
+
+:class:`ShiftClassifier` names a loss, a weighting scheme, a sampler, a model and an optimizer from the
+registries (DESIGN.md, "The one idea"); ``fit`` computes the data statistics (class and group counts) from
+the training rows, builds the parts with them and trains with :func:`shiftkit.train.fit`, the same loop as
+``shiftkit train``. Any loss composes with any weighting and sampler, as on the command line: for example
+``loss="poly", weighting="iw"`` is [W]'s polynomially-tailed loss with importance weights (SPEC §1.2,
+§2.1), ``weighting="group_dro"`` with ``groups`` is Group DRO (SPEC §3). Hyperparameters are set at
+construction and checked in ``fit`` (DESIGN.md, "Style" 5), so the estimator clones, pickles and sits in
+pipelines and grid searches like any scikit-learn classifier. docs/SKLEARN.md has a walk-through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
+
+from . import losses, metrics, models, optim, sampling, weighting
+from .data.base import Split, Splits
+from .data.tabular import stratified_split
+from .registry import DATA_STATISTICS
+from .runner import resolve_device
+from .train import fit as train_fit, parse_select
+
+#: Options the estimator gives a model unless ``model_options`` sets them: the registry's MLP (2 x 512,
+#: [W]'s image MLP, SPEC §8.1) is far wider than tabular data needs and would make every fit slow.
+_MODEL_DEFAULTS = {"mlp": {"width": 128}}
+#: Rows per forward pass at prediction time.
+_PREDICT_BATCH = 4096
+
+
+def _encode(values: np.ndarray, known: np.ndarray, what: str) -> np.ndarray:
+    """Ids of ``values`` in the sorted array ``known``; a value never seen in ``fit`` is an error."""
+    ids = np.searchsorted(known, values).clip(0, len(known) - 1)
+    unseen = values != known[ids]
+    if unseen.any():
+        raise ValueError(f"{what} not seen in fit: {', '.join(map(repr, np.unique(values[unseen])[:5].tolist()))}")
+    return ids
+
+
+class ShiftClassifier(ClassifierMixin, BaseEstimator):
+    """A classifier trained to do well on every class and group: shiftkit's losses, weightings and
+    samplers behind scikit-learn's ``fit`` / ``predict`` / ``predict_proba`` / ``score``.
+
+    Training minimizes ``mean_i(w_i · loss(f(x_i), y_i, g_i))`` over the batches a sampler draws, where
+    the weights ``w_i`` come from the weighting scheme (DESIGN.md, "The one idea"); every part is built by
+    name from its registry with the training split's statistics (``Splits.statistics()``: class and group
+    counts, number of classes and groups, input shape).
+
+    Parameters
+    ----------
+    loss : str, default="ce"
+        A name in ``shiftkit.losses.names()`` (SPEC §1): ``ce``, ``poly``, ``ldam``, ``la``, ``cdt``, ``vs``,
+        ``vs_group``, ``focal``, ``autobalance`` (its parameters stay at their initial values: the bilevel
+        search is not run here).
+    loss_options, weighting_options, sampler_options, model_options, optimizer_options : dict or None
+        Hyperparameters of the named part, e.g. ``loss_options={"alpha": 2.0}`` (SPEC §1.2). Data
+        statistics (``class_counts``, ``group_counts``, ...) are computed in ``fit`` and may not be given.
+        ``model_options=None`` is the registry's defaults, except that the ``mlp`` is 128 wide.
+    weighting : str, default="erm"
+        A name in ``shiftkit.weighting.names()`` (SPEC §2-4): ``erm``, ``iw``, ``group_dro``, ``rgd``,
+        ``cvar``, ``cb``, ``drw``, ...
+    sampler : str, default="none"
+        A name in ``shiftkit.sampling.names()``: ``none`` (shuffled epochs), ``undersample``, ``resample``,
+        ``balanced`` (SPEC §2.2-2.3).
+    model : str, default="mlp"
+        A name in ``shiftkit.models.names()`` that accepts flat inputs: ``mlp`` or ``linear``.
+    optimizer : str, default="adam"
+        A name in ``shiftkit.optim.names()``: ``adam`` or ``sgd`` (momentum, weight decay and the schedule go
+        in ``optimizer_options``).
+    lr : float or None, default=None
+        Learning rate; ``None`` is the optimizer's default (``adam`` 1e-3, ``sgd`` 0.01).
+    epochs : int, default=50
+        Passes over the training rows (as the sampler draws them).
+    batch_size : int, default=128
+        Rows per step; 0 means full batch.
+    val_fraction : float, default=0.0
+        Fraction of every (class, group) cell held out for validation (``stratified_split``, as in
+        ``data=tabular``). Needed only for ``select="best:<metric>"``.
+    select : str, default="last"
+        ``"last"`` keeps the final weights; ``"best:<metric>"`` the epoch with the best validation metric
+        (SPEC §2.4; [W]'s IW-ES is ``"best:group_balanced_acc"``).
+    standardize : bool, default=True
+        Scale each feature by the training rows' mean and (population) standard deviation, kept in
+        ``mean_`` and ``scale_``; a constant feature is only centred.
+    random_state : int, RandomState or None, default=None
+        Seeds the model's initialization, the data order and the validation split; a fixed value gives
+        identical predictions on the CPU (DESIGN.md, "Reliability"). The global torch RNG is left as it was.
+    device : str, default="cpu"
+        Where training and prediction run (``"cuda"``, ``"auto"``: as ``shiftkit train device=...``).
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The sorted labels; column ``k`` of ``predict_proba`` is ``classes_[k]``.
+    groups_ : ndarray or None
+        The sorted group ids given to ``fit``; ``None`` without ``groups``, when each row's group is its
+        class (DESIGN.md, "Groups").
+    class_counts_, group_counts_ : list of int
+        Training counts per class and per group, as handed to the registries.
+    mean_, scale_ : ndarray of shape (n_features,)
+        The standardization (zeros and ones when ``standardize=False``).
+    model_ : torch.nn.Module
+        The trained network in evaluation mode, in float64 (see ``decision_function``).
+    weighting_ : shiftkit.weighting.Weighting
+        The trained weighting scheme with its state (Group DRO's ``q``).
+    fit_result_ : shiftkit.train.FitResult
+        Metrics of SPEC §10 on the training rows (``fit_result_.final["train"]``) and the validation rows
+        (``["val"]``: the training rows again when ``val_fraction=0``; ``["test"]`` repeats ``["val"]``).
+    n_features_in_, feature_names_in_ :
+        As set by scikit-learn's ``validate_data``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(200, 2))
+    >>> y = np.where(X[:, 0] + X[:, 1] > 0, "yes", "no")
+    >>> clf = ShiftClassifier(loss="poly", weighting="iw", epochs=20, random_state=0).fit(X, y)
+    >>> clf.classes_.tolist(), clf.predict_proba(X[:3]).shape
+    (['no', 'yes'], (3, 2))
+    >>> bool(clf.score(X, y) > 0.9)
+    True
+    """
+
+    def __init__(
+        self,
+        loss: str = "ce",
+        loss_options: Optional[dict] = None,
+        weighting: str = "erm",
+        weighting_options: Optional[dict] = None,
+        sampler: str = "none",
+        sampler_options: Optional[dict] = None,
+        model: str = "mlp",
+        model_options: Optional[dict] = None,
+        optimizer: str = "adam",
+        optimizer_options: Optional[dict] = None,
+        lr: Optional[float] = None,
+        epochs: int = 50,
+        batch_size: int = 128,
+        val_fraction: float = 0.0,
+        select: str = "last",
+        standardize: bool = True,
+        random_state=None,
+        device: str = "cpu",
+    ):
+        self.loss = loss
+        self.loss_options = loss_options
+        self.weighting = weighting
+        self.weighting_options = weighting_options
+        self.sampler = sampler
+        self.sampler_options = sampler_options
+        self.model = model
+        self.model_options = model_options
+        self.optimizer = optimizer
+        self.optimizer_options = optimizer_options
+        self.lr = lr
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.select = select
+        self.standardize = standardize
+        self.random_state = random_state
+        self.device = device
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # Same seed, same predictions holds on the CPU only: GPU kernels may sum in any order.
+        tags.non_deterministic = self.device != "cpu"
+        return tags
+
+    def _options(self, param: str) -> dict:
+        value = getattr(self, param)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{param} must be a dict or None, got {type(value).__name__}")
+        computed = sorted(set(value) & set(DATA_STATISTICS))
+        if computed:
+            raise ValueError(f"{param}: {', '.join(computed)} are computed from the training data in fit; remove them")
+        return dict(value)
+
+    def _optimizer_options(self) -> dict:
+        options = self._options("optimizer_options")
+        if self.lr is not None:
+            if "lr" in options:
+                raise ValueError("set the learning rate once: lr or optimizer_options['lr'], not both")
+            options["lr"] = self.lr
+        return options
+
+    def _check_hyperparameters(self) -> None:
+        """What can be refused before touching the data; an unknown name is a one-line ValueError that lists
+        the choices (``Registry.get``)."""
+        for registry, name in ((losses.LOSSES, self.loss), (weighting.WEIGHTINGS, self.weighting),
+                               (sampling.SAMPLERS, self.sampler), (models.MODELS, self.model),
+                               (optim.OPTIMIZERS, self.optimizer)):
+            registry.get(name)
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if parse_select(self.select) is not None and self.val_fraction == 0:
+            raise ValueError(f"select='{self.select}' picks an epoch on validation rows: set val_fraction > 0")
+
+    def fit(self, X, y, groups=None) -> "ShiftClassifier":
+        """Train on ``X [n, d]``, labels ``y [n]`` of any type, optional ``groups [n]`` (group ids of any
+        type, for group-aware weightings, samplers and metrics; without them each row's group is its class).
+        Returns the estimator.
+        """
+        self._check_hyperparameters()
+        device = resolve_device(self.device)
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        classes, y_ids = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(f"ShiftClassifier needs at least 2 classes in y, got 1 class: {classes[0]!r}")
+        self.classes_ = classes
+        g_ids, num_groups = self._fit_groups(groups, y_ids)
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        splits = self._splits(X, y_ids, g_ids, num_groups, seed)
+        stats = splits.statistics()
+        self.class_counts_, self.group_counts_ = stats["class_counts"], stats["group_counts"]
+        # The model's initialization draws from torch's global RNG: seed it, and give the caller's state back.
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            parts = self._build(stats)
+        self.fit_result_ = train_fit(
+            splits=splits, **parts, epochs=self.epochs, batch_size=self.batch_size,
+            eval_every=self.epochs if self.select == "last" else 1, select=self.select, seed=seed, device=device,
+        )
+        # Float64 inference: a row's prediction then does not depend on the rows batched with it (float32
+        # matrix products may sum in a different order for another batch size).
+        self.model_ = parts["model"].to(torch.float64).eval()
+        self.weighting_ = parts["weighting"]
+        return self
+
+    def _splits(self, X: np.ndarray, y_ids: np.ndarray, g_ids: np.ndarray, num_groups: int, seed: int) -> Splits:
+        """Training rows and validation rows (``val_fraction`` of every (class, group) cell, drawn by
+        ``stratified_split`` as ``data=tabular`` does); sets ``mean_`` and ``scale_`` from the training rows."""
+        held_out = np.zeros(len(X), dtype=bool)
+        if self.val_fraction > 0:
+            held_out = stratified_split(y_ids * num_groups + g_ids, self.val_fraction, 0.0, seed) == 1
+        train = ~held_out
+        mean, scale = X[train].mean(0), X[train].std(0)
+        self.mean_ = mean if self.standardize else np.zeros_like(mean)
+        self.scale_ = np.where(scale > 0, scale, 1.0) if self.standardize else np.ones_like(scale)
+        x = torch.from_numpy(np.ascontiguousarray(self._standardize(X), dtype=np.float32))
+        y_t, g_t = torch.from_numpy(y_ids.astype(np.int64)), torch.from_numpy(g_ids.astype(np.int64))
+
+        def split(rows: np.ndarray) -> Split:
+            index = torch.from_numpy(np.flatnonzero(rows))
+            return Split(x[index], y_t[index], g_t[index], len(self.classes_), num_groups)
+
+        # Splits needs validation and test rows: without held-out rows validation repeats the training rows,
+        # and test repeats validation (the caller keeps its own test data).
+        training = split(train)
+        val = split(held_out) if self.val_fraction > 0 else training
+        return Splits(training, val, val)
+
+    def _fit_groups(self, groups, y_ids: np.ndarray) -> Tuple[np.ndarray, int]:
+        """``(group ids, number of groups)``; without ``groups`` the groups are the classes."""
+        if groups is None:
+            self.groups_ = None
+            return y_ids, len(self.classes_)
+        groups = column_or_1d(check_array(groups, ensure_2d=False, dtype=None, input_name="groups"))
+        if len(groups) != len(y_ids):
+            raise ValueError(f"groups has {len(groups)} entries for {len(y_ids)} examples")
+        self.groups_, g_ids = np.unique(groups, return_inverse=True)
+        return g_ids, len(self.groups_)
+
+    def _build(self, stats: Dict[str, object]) -> Dict[str, object]:
+        """The arguments of :func:`shiftkit.train.fit` that the names choose, built with ``stats``."""
+        model_options = {**_MODEL_DEFAULTS.get(self.model, {}), **self._options("model_options")}
+        return {
+            "model": models.build(self.model, **model_options, **stats),
+            "loss": losses.build(self.loss, **self._options("loss_options"), **stats),
+            "weighting": weighting.build(self.weighting, **self._options("weighting_options"), **stats),
+            "sampler": sampling.build(self.sampler, **self._options("sampler_options"), **stats),
+            "optim": optim.build(self.optimizer, **self._optimizer_options()),
+        }
+
+    def _standardize(self, X: np.ndarray) -> np.ndarray:
+        return (X - self.mean_) / self.scale_
+
+    @torch.no_grad()
+    def _logits(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        x = torch.from_numpy(np.ascontiguousarray(self._standardize(X), dtype=np.float64))
+        device = next(self.model_.parameters()).device
+        return torch.cat([self.model_(chunk.to(device)).cpu() for chunk in x.split(_PREDICT_BATCH)]).numpy()
+
+    def decision_function(self, X) -> np.ndarray:
+        """The network's logits ``f(x) [n, K]``; for two classes ``f_1 - f_0 [n]`` (positive means
+        ``classes_[1]``). Logit-adjusted losses (LA, LDAM, CDT, VS; SPEC §1.3-1.6) shift logits only during
+        training, so these are the unadjusted logits that predictions use."""
+        logits = self._logits(X)
+        return logits[:, 1] - logits[:, 0] if len(self.classes_) == 2 else logits
+
+    def predict_proba(self, X) -> np.ndarray:
+        """``softmax(f(x)) [n, K]``, columns in the order of ``classes_``. A probability in the sense of a
+        likelihood only for ``loss="ce"`` with ``weighting="erm"``: other losses and weightings move the
+        logits on purpose (SPEC §1-2), so read it then as a score with the same ranking as the logits."""
+        return torch.softmax(torch.from_numpy(self._logits(X)), dim=1).numpy()
+
+    def predict(self, X) -> np.ndarray:
+        """The label with the largest logit, ``classes_[argmax_k f_k(x)]``."""
+        best = self._logits(X).argmax(1)  # before reading classes_: unfitted, _logits raises NotFittedError
+        return self.classes_[best]
+
+    def evaluate(self, X, y, groups=None) -> Dict[str, object]:
+        """All metrics of SPEC §10 (accuracy, balanced, worst-class, group-balanced and worst-group
+        accuracy, DEO, per-group accuracy) of the predictions on ``X`` (:func:`shiftkit.metrics.evaluate`).
+
+        Groups: with ``groups`` given to ``fit``, ``groups`` here must use those ids (``per_group_acc``
+        follows ``groups_``, and ``train_weighted_acc`` re-weights by the training group counts); a model
+        fitted without groups takes any group ids here, in sorted order, and without them the groups are
+        the classes.
+        """
+        logits = torch.from_numpy(self._logits(X))
+        y = column_or_1d(check_array(y, ensure_2d=False, dtype=None, input_name="y"))
+        y_ids = _encode(y, self.classes_, "labels")
+        g_ids, train_counts = self._evaluation_groups(groups, y_ids)
+        if not len(logits) == len(y_ids) == len(g_ids):
+            raise ValueError(f"X has {len(logits)} rows, y {len(y_ids)} and groups {len(g_ids)}")
+        return metrics.evaluate(logits, torch.from_numpy(y_ids), torch.from_numpy(g_ids), train_counts)
+
+    def _evaluation_groups(self, groups, y_ids: np.ndarray) -> Tuple[np.ndarray, Optional[list]]:
+        """``(group ids, training group counts or None)`` for :meth:`evaluate`."""
+        if groups is None:
+            if self.groups_ is not None:
+                raise ValueError("this model was fitted with groups: pass groups to evaluate")
+            return y_ids, self.class_counts_
+        groups = column_or_1d(check_array(groups, ensure_2d=False, dtype=None, input_name="groups"))
+        if self.groups_ is None:
+            return np.unique(groups, return_inverse=True)[1], None
+        return _encode(groups, self.groups_, "groups"), self.group_counts_
