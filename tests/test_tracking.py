@@ -256,3 +256,29 @@ def test_mlflow_deleted_experiment_is_a_clear_error(store):
     client.delete_experiment(client.get_experiment_by_name("shiftkit").experiment_id)
     with pytest.raises(ShiftkitError, match="is deleted"):
         tracking.build("mlflow").start(*store, NAME, CONFIG)
+
+
+def _train(out, *overrides):
+    from shiftkit.config import compose
+    from shiftkit.runner import run
+
+    return run(compose(["train.epochs=6", "train.eval_every=2", "device=cpu", f"out={out}", *overrides]))
+
+
+def test_a_run_with_logger_tensorboard_streams_every_evaluation_beside_its_metrics(tmp_path):
+    record = _train(tmp_path, "logger=tensorboard")
+    acc = _events(tmp_path.joinpath(record["run_dir"]) / "tensorboard")
+    assert [s for s, _ in _series(acc, "val/balanced_acc")] == [2, 4, 6]
+    assert _series(acc, "selected/test/balanced_acc") == [(6, record["selected"]["test"]["balanced_acc"])]
+    assert record["run_dir"] == _train(tmp_path, "logger=none")["run_dir"]  # the logger is not in the run's identity
+
+
+def test_a_run_with_logger_mlflow_lands_in_the_results_store_and_a_failed_run_is_failed(store):
+    _, out = store
+    record = _train(out, "logger=mlflow")
+    client, run = _mlflow_run(out)
+    assert run.info.status == "FINISHED" and run.data.tags["shiftkit.run_dir"] == record["run_dir"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test/acc")] == [2, 4, 6]
+    with pytest.raises(ShiftkitError, match="non-finite"):
+        _train(out, "logger=mlflow", "logger.experiment=diverged", "optim.lr=1e30")
+    assert _mlflow_run(out, "diverged")[1].info.status == "FAILED"

@@ -37,7 +37,7 @@ from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from . import data, losses, models, optim, sampling, weighting
+from . import data, losses, models, optim, sampling, tracking, weighting
 from .errors import ShiftkitError
 from .registry import Registry, hyperparameters
 
@@ -49,6 +49,7 @@ GROUPS: Dict[str, Registry] = {
     "weighting": weighting.WEIGHTINGS,
     "sampler": sampling.SAMPLERS,
     "optim": optim.OPTIMIZERS,
+    "logger": tracking.LOGGERS,
 }
 _SCALARS = (int, float, bool, str)
 
@@ -123,6 +124,7 @@ class Config:
     weighting: Any = MISSING
     sampler: Any = MISSING
     optim: Any = MISSING
+    logger: Any = MISSING
     train: TrainConf = field(default_factory=TrainConf)
     search: SearchConf = field(default_factory=SearchConf)
     diagnostics: DiagnosticsConf = field(default_factory=DiagnosticsConf)

@@ -38,7 +38,10 @@ def world_size() -> int:
 
 
 def rank() -> int:
-    return dist.get_rank() if active() else 0
+    """This process's rank: the process group's, or before it is joined, the one ``torchrun`` set."""
+    if active():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0")) if requested() else 0
 
 
 def is_primary() -> bool:

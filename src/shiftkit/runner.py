@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import __version__, data, diagnostics, distributed, losses, models, optim, sampling, weighting
+from . import __version__, data, diagnostics, distributed, losses, models, optim, sampling, tracking, weighting
 from .checkpoint import FILE as CHECKPOINT_FILE
 from .checkpoint import Checkpoint
 from .config import GROUPS, DiagnosticsConf, options, schema
@@ -57,7 +57,7 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 #: Keys that say how and where a run executes, not what it computes: left out of run identities.
-EXECUTION_KEYS = ("out", "device", "ensemble", "checkpoint")
+EXECUTION_KEYS = ("out", "device", "ensemble", "checkpoint", "logger")
 #: Keys left out of run identities while they hold their defaults, so that adding them kept the
 #: identities (and ``done`` markers) of runs made before they existed.
 _NEUTRAL_DEFAULTS = {"diagnostics": dataclasses.asdict(DiagnosticsConf())}
@@ -172,6 +172,7 @@ def check(cfg: DictConfig) -> None:
     validate(plain)
     splits = load_data(plain["data"])
     build_parts(cfg, splits, model_device="meta")
+    make_logger(plain)
 
 
 def _finished(out: Path) -> Optional[Dict[str, Any]]:
@@ -195,10 +196,18 @@ def _open_log(out: Path, history: List[dict] = ()):
     return log
 
 
-def _log_writer(log, on_eval: Optional[Callable[[dict], None]]) -> Callable[[dict], None]:
+def make_logger(plain: Dict[str, Any]) -> tracking.Logger:
+    """The run's tracking logger (:mod:`shiftkit.tracking`); under ``torchrun`` only rank 0 logs."""
+    node = dict(plain["logger"]) if distributed.is_primary() else {"name": "none"}
+    return tracking.build(node.pop("name"), **node)
+
+
+def _log_writer(log, on_eval: Optional[Callable[[dict], None]], tracker=None) -> Callable[[dict], None]:
     def write(record: dict) -> None:
         log.write(json.dumps(record) + "\n")
         log.flush()
+        if tracker is not None:
+            tracker.log(record)
         if on_eval is not None:
             on_eval(record)
 
@@ -279,10 +288,16 @@ def run(
         ck.remove()
     state = ck.load() if ck is not None else None
     extra = {"resumed_from_epoch": state["epoch"]} if state is not None else {}
+    history = state["selection"]["history"] if state is not None else []
+    tracker = make_logger(plain)
     try:
-        with _open_log(out, state["selection"]["history"] if state is not None else []) as log:
+        tracker.start(out, Path(plain["out"]), f"{method_label(plain)} seed {plain['seed']}", plain)
+        for record in history:  # a resumed run's tracking shows its whole curve too
+            tracker.log(record)
+        with _open_log(out, history) as log:
+            write = _log_writer(log, on_eval, tracker)
             if plain["search"]["enabled"]:
-                result, found, model = _search(cfg, plain, splits, parts, device, _log_writer(log, on_eval), probe)
+                result, found, model = _search(cfg, plain, splits, parts, device, write, probe)
                 extra.update(found)
                 if distributed.is_primary():
                     plot_alpha(extra["alpha_history"], out / "alpha.png")
@@ -290,16 +305,18 @@ def run(
                 model = parts["model"]
                 result = fit(
                     splits=splits, **parts, **plain["train"], seed=plain["seed"], device=device,
-                    on_eval=_log_writer(log, on_eval), probe=probe, checkpoint=ck,
+                    on_eval=write, probe=probe, checkpoint=ck,
                 )
     except (ShiftkitError, KeyboardInterrupt) as exc:
         _write_failure(plain, out, started, exc)
+        tracker.finish("failed")
         raise
     if probe is not None and distributed.is_primary():
         diagnostics.save_weights(model, out / diagnostics.WEIGHTS_FILE)
     if probe is not None:
         extra["interpolation_epoch"] = diagnostics.interpolation_epoch(result.history)
     record = _write_record(plain, out, splits, result, device, started, **extra)
+    tracker.finish("finished", record)
     if ck is not None and not plain["checkpoint"]["keep"]:
         ck.remove()
     return record
@@ -351,6 +368,8 @@ def run_ensemble(
     """Run configs that differ only in their seed as one vectorized ensemble (:mod:`shiftkit.ensemble`);
     every member writes its own run directory, exactly as its sequential run would."""
     plains = [OmegaConf.to_container(c, resolve=True) for c in cfgs]
+    if distributed.requested():
+        raise EnsembleUnsupported("under torchrun the processes share one model's batches")
     for p in plains:
         validate(p)
         if p["diagnostics"]["enabled"]:
@@ -372,7 +391,10 @@ def run_ensemble(
         parts.append(build_parts(cfgs[i], splits))
     started = time.time()
     logs = [_open_log(outs[i]) for i in todo]
-    writers = [_log_writer(log, on_eval) for log in logs]
+    trackers = [make_logger(plains[i]) for i in todo]
+    for i, tracker in zip(todo, trackers):
+        tracker.start(outs[i], Path(plains[i]["out"]), f"{method_label(plains[i])} seed {plains[i]['seed']}", plains[i])
+    writers = [_log_writer(log, on_eval, tracker) for log, tracker in zip(logs, trackers)]
     try:
         results = fit_ensemble(
             [p["model"] for p in parts], splits, parts[0]["loss"], [p["weighting"] for p in parts], parts[0]["optim"],
@@ -380,9 +402,14 @@ def run_ensemble(
             **{k: v for k, v in plains[0]["train"].items()}, device=device,
             on_eval=lambda s, record: writers[s](record),
         )
+    except BaseException:
+        for tracker in trackers:
+            tracker.finish("failed")
+        raise
     finally:
         for log in logs:
             log.close()
-    for i, result in zip(todo, results):
+    for i, result, tracker in zip(todo, results, trackers):
         records[i] = _write_record(plains[i], outs[i], splits, result, device, started, ensemble_size=len(todo))
+        tracker.finish("finished", records[i])
     return records
