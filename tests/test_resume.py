@@ -96,8 +96,18 @@ def test_checkpoint_every_and_none():
     ck = Checkpoint(Path("unused"), every=2)
     assert [e for e in range(7) if ck.due(e, 7)] == [1, 3, 5]
     assert not any(Checkpoint(Path("unused"), every=0).due(e, 7) for e in range(7))
-    with pytest.raises(ShiftkitError, match="checkpoint.every must be >= 0"):
-        Checkpoint(Path("unused"), every=-1)
+    for bad in ({"every": -1}, {"interval": -1.0}, {"interval": float("nan")}):
+        with pytest.raises(ShiftkitError, match="checkpoint.every .* must be >= 0"):
+            Checkpoint(Path("unused"), **bad)
+
+
+def test_checkpoints_wait_for_their_interval(monkeypatch):
+    clock = iter([0.0, 10.0, 59.0, 61.0, 100.0, 121.0])
+    monkeypatch.setattr("shiftkit.checkpoint.time.monotonic", lambda: next(clock))
+    ck = Checkpoint(Path("unused"), every=1, interval=60)  # starts at t = 0
+    assert [ck.due(e, 9) for e in range(4)] == [False, False, True, True]  # t = 10, 59, 61, 100
+    ck.last = 100.0
+    assert not ck.due(4, 9)  # t = 121 - 100 < 60
 
 
 def test_a_corrupt_checkpoint_is_refused_by_name(tmp_path):
@@ -107,7 +117,7 @@ def test_a_corrupt_checkpoint_is_refused_by_name(tmp_path):
 
 
 OVERRIDES = ["train.epochs=300", "train.eval_every=20", "weighting=group_dro", "train.select=best:balanced_acc",
-             "seed=2", "device=cpu"]
+             "seed=2", "device=cpu", "checkpoint.interval=0"]
 
 
 def _shiftkit(*args, **kwargs):

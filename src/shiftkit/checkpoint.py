@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -37,21 +38,28 @@ FILE = "checkpoint.pt"
 
 
 class Checkpoint:
-    """Where a run's checkpoint lives and how often it is written (every ``every`` epochs; 0: never).
+    """Where a run's checkpoint lives and how often it is written: after every ``every``-th epoch (0:
+    never) once ``interval`` seconds have passed since the last save (or the start), so that runs of many
+    short epochs do not spend their time saving (0: at every ``every``-th epoch).
 
     ``load()`` reads an existing checkpoint once (``state`` then holds it); ``save()`` replaces it
     atomically. Only the process that writes results saves (rank 0 under ``torchrun``); all load.
     """
 
-    def __init__(self, path: Path, every: int = 1, write: bool = True):
-        if every < 0:
-            raise ShiftkitError(f"checkpoint.every must be >= 0 (0: no checkpoints), got {every}")
-        self.path, self.every, self.write = Path(path), int(every), write
+    def __init__(self, path: Path, every: int = 1, interval: float = 0.0, write: bool = True):
+        if every < 0 or not interval >= 0:
+            raise ShiftkitError(
+                f"checkpoint.every (0: no checkpoints) and checkpoint.interval must be >= 0, got {every} and {interval}"
+            )
+        self.path, self.every, self.interval, self.write = Path(path), int(every), float(interval), write
         self.state: Optional[Dict[str, Any]] = None
+        self.last = time.monotonic()
 
     def due(self, epoch: int, epochs: int) -> bool:
         """Whether to save after 0-based ``epoch`` (never after the last one: the run is finishing)."""
-        return self.every > 0 and epoch + 1 < epochs and (epoch + 1) % self.every == 0
+        if self.every == 0 or epoch + 1 >= epochs or (epoch + 1) % self.every:
+            return False
+        return time.monotonic() - self.last >= self.interval
 
     def load(self) -> Optional[Dict[str, Any]]:
         if self.path.exists():
@@ -75,6 +83,7 @@ class Checkpoint:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        self.last = time.monotonic()
 
     def remove(self) -> None:
         if self.write:

@@ -108,11 +108,13 @@ class DiagnosticsConf:
 
 @dataclass
 class CheckpointConf:
-    """Checkpoints (:mod:`shiftkit.checkpoint`): written every ``every`` epochs (0: never) to the run
-    directory's ``checkpoint.pt``; a rerun of the same command resumes from it. A finished run deletes its
-    checkpoint unless ``keep``; a failed one keeps its last good checkpoint."""
+    """Checkpoints (:mod:`shiftkit.checkpoint`): written to the run directory's ``checkpoint.pt`` after
+    every ``every``-th epoch (0: never) once ``interval`` seconds have passed since the last one (0: at
+    every such epoch); a rerun of the same command resumes from it. A finished run deletes its checkpoint
+    unless ``keep``; a failed one keeps its last good checkpoint."""
 
     every: int = 1
+    interval: float = 60.0
     keep: bool = False
 
 

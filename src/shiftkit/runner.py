@@ -282,7 +282,8 @@ def run(
     started = time.time()
     # An AutoBalance search restarts from its beginning (its checkpoints would need the outer state too).
     ck = None if plain["search"]["enabled"] else Checkpoint(
-        out / CHECKPOINT_FILE, plain["checkpoint"]["every"], write=distributed.is_primary()
+        out / CHECKPOINT_FILE, plain["checkpoint"]["every"], plain["checkpoint"]["interval"],
+        write=distributed.is_primary(),
     )
     if ck is not None and force:
         ck.remove()
