@@ -52,6 +52,7 @@ def dirs(tmp_path, monkeypatch):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "results"
     return out / "digits_binary" / "poly+iw" / "seed0-0123456789", out
 
@@ -70,6 +71,7 @@ def first_store(tmp_path_factory):
     sources = [logging.getLogger(name) for name in ("mlflow", "alembic")]
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(cwd)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         for source in sources:
             source.addHandler(listener)
         try:
@@ -282,3 +284,11 @@ def test_a_run_with_logger_mlflow_lands_in_the_results_store_and_a_failed_run_is
     with pytest.raises(ShiftkitError, match="non-finite"):
         _train(out, "logger=mlflow", "logger.experiment=diverged", "optim.lr=1e30")
     assert _mlflow_run(out, "diverged")[1].info.status == "FAILED"
+
+
+def test_mlflow_without_a_tracking_uri_follows_mlflow_tracking_uri(store, tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'team.db'}"
+    shutil.copy(store[1] / "mlflow.db", tmp_path / "team.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    _run(tracking.build("mlflow"), store)
+    assert _mlflow_run(None, uri=uri)[1].info.status == "FINISHED"

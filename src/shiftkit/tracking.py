@@ -25,6 +25,7 @@ import importlib
 import json
 import logging
 import numbers
+import os
 import time
 from pathlib import Path
 from types import ModuleType
@@ -175,7 +176,8 @@ class MLflow(Logger):
     """An MLflow run per shiftkit run, in experiment ``experiment``: the flattened config as params, the
     scalars of every evaluation as metrics, the selected metrics at the selected epoch and the status
     ``FINISHED`` or ``FAILED``; the run is named by the method and seed and tagged with its run
-    directory. ``tracking_uri=None`` is a local SQLite store, ``sqlite:///<out>/mlflow.db`` (MLflow 3
+    directory. ``tracking_uri=None`` is ``$MLFLOW_TRACKING_URI`` where that is set (MLflow's own
+    convention, for a team's server), else a local SQLite store, ``sqlite:///<out>/mlflow.db`` (MLflow 3
     refuses its old file store by default); any other URI (a database, ``http://host:5000``) is used as
     given. An experiment created here keeps its artifacts under ``<out>/mlartifacts`` unless a server
     stores them, so that nothing is written to the current directory."""
@@ -191,7 +193,8 @@ class MLflow(Logger):
         from mlflow.entities import Param
         from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
-        uri = self.tracking_uri or f"sqlite:///{(out / 'mlflow.db').resolve().as_posix()}"
+        uri = (self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+               or f"sqlite:///{(out / 'mlflow.db').resolve().as_posix()}")
         client = _client(uri)
         run = client.create_run(
             self._experiment_id(client, uri, out), run_name=name, tags={"shiftkit.run_dir": str(run_dir)}
