@@ -165,6 +165,12 @@ CASES = [
     ("double-equals", ["train", "loss==poly"], {}, "cannot parse overrides: extraneous input '='"),
     ("no-equals", ["train", "loss"], {}, "cannot parse overrides: missing EQUAL"),
     ("sweep-without-m", ["train", "seed=1,2"], {}, "a sweep (a,b or range()) needs the -m flag"),
+    ("unclosed-parenthesis", ["train", "loss=poly("], {}, "cannot parse overrides: no viable alternative at input"),
+    ("override-without-key", ["train", "=3"], {}, "override '=3' has no key; write key=value"),
+    ("plus-adds-unread-key", ["train", "+nope=1"], {}, "'+nope=1' adds a key shiftkit does not read: top-level"),
+    ("plus-adds-unread-option", ["train", "loss=poly", "+loss.gamma=1"], {},
+     "adds a key shiftkit does not read: loss 'poly' has no option 'gamma'; its options: alpha"),
+    ("negative-checkpoint-interval", ["train", "checkpoint.interval=-1"], {}, "checkpoint.interval must be >= 0"),
     # tabular files
     ("tabular-no-path", ["train", "data=tabular"], {}, "tabular: set path=<a .csv or .parquet file>"),
     ("tabular-missing-file", ["train", "data=tabular", "data.path={dir}/absent.csv"], {}, "tabular: no file "),

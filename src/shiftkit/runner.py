@@ -135,6 +135,7 @@ def validate(cfg: Dict[str, Any]) -> None:
     check_schedule(train["epochs"], train["batch_size"], train["eval_every"], train["amp"])
     parse_select(train["select"])
     resolve_device(cfg["device"])
+    Checkpoint(Path(CHECKPOINT_FILE), cfg["checkpoint"]["every"], cfg["checkpoint"]["interval"], write=False)
     conf = cfg["diagnostics"]
     if conf["reference"]:  # refused here, before anything trains; loaded by make_probe when the run starts
         if not conf["enabled"]:
