@@ -112,9 +112,14 @@ def run_many(override_lists: List[List[str]], label: str = "runs") -> List[dict]
 
 def _train(args: argparse.Namespace) -> int:
     from .config import expand_sweep
+    from .launch import launch, launcher_name
 
-    lists = expand_sweep(args.overrides) if args.multirun else [list(args.overrides)]
-    for record in run_many(lists, label="sweep" if args.multirun else "run"):
+    if args.multirun and launcher_name(args.overrides) is not None:  # through Hydra's launcher plugin
+        records = launch(args.overrides)
+    else:
+        lists = expand_sweep(args.overrides) if args.multirun else [list(args.overrides)]
+        records = run_many(lists, label="sweep" if args.multirun else "run")
+    for record in records:
         print(record["run_dir"])
     return 0
 
@@ -184,9 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="train one run, or a sweep with -m (Hydra override syntax)",
         epilog="Groups: data, model, loss, weighting, sampler, optim (their names: shiftkit list); "
         "experiment=NAME applies a preset. Other keys: train.{epochs,batch_size,eval_every,select,amp,compile}, "
-        "search.* (AutoBalance), diagnostics.{enabled,reference}, seed, device, out, name, ensemble.",
+        "search.* (AutoBalance), diagnostics.{enabled,reference}, seed, device, out, name, ensemble. "
+        "With -m, hydra/launcher=NAME runs the sweep through Hydra's launcher instead of in-process: joblib "
+        "(hydra.launcher.n_jobs), submitit_slurm (hydra.launcher.partition, timeout_min, gpus_per_node, "
+        "array_parallelism) or ray (hydra.launcher.ray.init.address); runs already done are not launched again "
+        "(docs/SWEEPS.md).",
     )
-    train.add_argument("-m", "--multirun", action="store_true", help="sweep over comma lists and range()")
+    train.add_argument(
+        "-m", "--multirun", action="store_true",
+        help="sweep over comma lists and range(); in-process, or through hydra/launcher=joblib|submitit_slurm|ray",
+    )
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss=poly weighting.exponent=1.5")
     train.set_defaults(func=_train)
     rep = sub.add_parser("report", help="tables (mean ± s.e.m. over seeds) and a bar chart of finished runs")

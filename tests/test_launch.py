@@ -1,0 +1,223 @@
+"""Sweeps through Hydra's launcher plugins (shiftkit.launch): joblib end to end, submitit's local
+executor (the pickling path SLURM uses), SLURM and Ray launcher configs, bad input before launch."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from shiftkit import cli, launch
+from shiftkit.config import register_configs
+
+TINY = ["train.epochs=2", "train.eval_every=1", "model.width=8", "device=cpu"]
+
+
+def shiftkit(*args, cwd, pythonpath=(), warn=False):
+    env = {**os.environ, "PYTHONWARNINGS": "default" if warn else "ignore"}
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), env.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-m", "shiftkit.cli", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def hydra_config(overrides):
+    """The composed config with its ``hydra`` node, as Hydra's launchers see it."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module("shiftkit.conf", job_name="shiftkit", version_base="1.3"):
+            return compose("config", overrides=launch.with_defaults(overrides), return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_joblib_sweep_runs_every_run_and_a_repeat_trains_nothing(tmp_path):
+    from shiftkit.config import compose as compose_run, expand_sweep
+    from shiftkit.runner import run_dir
+
+    cwd, out = tmp_path / "cwd", tmp_path / "results"
+    cwd.mkdir()
+    sweep = ["seed=0,1", "loss=ce,poly", f"out={out}", *TINY]
+    args = ["train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *sweep]
+    first = shiftkit(*args, cwd=cwd)
+    assert first.returncode == 0, first.stderr
+    runs = sorted(p.parent for p in out.rglob("done"))
+    assert len(runs) == 4 and sorted(first.stdout.split()) == [str(r) for r in runs]
+    # the same run directories as an in-process sweep, so either skips the other's finished runs
+    assert runs == sorted(run_dir(OmegaConf.to_container(compose_run(o))) for o in expand_sweep(sweep))
+    records = [json.loads((r / "run.json").read_text()) for r in runs]
+    assert sorted((r["config"]["loss"]["name"], r["config"]["seed"]) for r in records) == [
+        ("ce", 0), ("ce", 1), ("poly", 0), ("poly", 1)
+    ]
+    assert first.stderr.count("test balanced acc") == 4  # one line per finished run
+    assert os.listdir(cwd) == []  # Hydra's files went under the results root
+    (sweep_dir,) = (out / ".hydra").iterdir()
+    assert (sweep_dir / "multirun.yaml").exists() and not list(sweep_dir.rglob("*.log"))
+    stamps = {r: (r / "run.json").stat().st_mtime_ns for r in runs}
+
+    again = shiftkit(*args, cwd=cwd)
+    assert again.returncode == 0, again.stderr
+    assert "4 of 4 runs were already done and were skipped" in again.stderr
+    assert again.stderr.count("already done, skipped") == 4
+    assert sorted(again.stdout.split()) == sorted(first.stdout.split())
+    assert {r: (r / "run.json").stat().st_mtime_ns for r in runs} == stamps
+    assert list((out / ".hydra").iterdir()) == [sweep_dir]  # nothing was launched
+
+
+def test_submitit_local_runs_a_job_through_submitits_pickles(tmp_path):
+    out = tmp_path / "results"
+    res = shiftkit("train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "seed=3",
+                   f"out={out}", *TINY, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    (run,) = [p.parent for p in out.rglob("done")]
+    assert json.loads((run / "run.json").read_text())["config"]["seed"] == 3
+    logs = list((out / ".hydra").glob("*/.submitit/*/*_log.err"))
+    assert logs and "seed 3:" in "".join(p.read_text() for p in logs)  # the job's line, in submitit's log
+
+
+def test_slurm_launcher_config_composes_and_instantiates_without_a_cluster(tmp_path):
+    from hydra.utils import instantiate
+
+    cfg = hydra_config([
+        "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90",
+        "hydra.launcher.gpus_per_node=1", "hydra.launcher.array_parallelism=8", f"out={tmp_path}", "seed=1",
+    ])
+    conf = cfg.hydra.launcher
+    assert conf._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (conf.partition, conf.timeout_min, conf.gpus_per_node, conf.array_parallelism) == ("gpu", 90, 1, 8)
+    assert conf.submitit_folder.startswith(f"{tmp_path}/.hydra/")  # on the results root's filesystem
+    assert cfg.hydra.output_subdir is None and cfg.hydra.job.chdir is False and cfg.seed == 1
+    launcher = instantiate(conf)
+    assert type(launcher).__name__ == "SlurmLauncher" and launcher.params["partition"] == "gpu"
+    assert launcher.params["array_parallelism"] == 8 and launcher.params["gpus_per_node"] == 1
+
+
+def test_ray_launcher_config_composes_from_shiftkits_copy():
+    cfg = hydra_config(["hydra/launcher=ray", "hydra.launcher.ray.init.address=ray://head:10001",
+                        "+hydra.launcher.ray.remote.num_gpus=1"])
+    conf = cfg.hydra.launcher
+    assert conf._target_ == "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
+    assert OmegaConf.to_container(conf.ray) == {"init": {"address": "ray://head:10001"}, "remote": {"num_gpus": 1}}
+    assert hydra_config(["hydra/launcher=ray"]).hydra.launcher.ray.init.address is None
+
+
+FAKE_RAY = {
+    "_config.py": """
+        from dataclasses import dataclass, field
+        from typing import Any, Dict
+        from hydra.core.config_store import ConfigStore
+
+        @dataclass
+        class RayConf:
+            init: Dict[str, Any] = field(default_factory=lambda: {"address": None})
+            remote: Dict[str, Any] = field(default_factory=dict)
+
+        @dataclass
+        class RayLauncherConf:
+            _target_: str = "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
+            ray: RayConf = field(default_factory=RayConf)
+
+        ConfigStore.instance().store(group="hydra/launcher", name="ray", node=RayLauncherConf, provider="ray_launcher")
+    """,
+    "ray_launcher.py": """
+        from hydra.core.utils import run_job, setup_globals
+        from hydra.plugins.launcher import Launcher
+        from omegaconf import OmegaConf, open_dict
+
+        from . import _config  # noqa: F401  (registers hydra/launcher/ray, as the plugin's modules do)
+
+        class RayLauncher(Launcher):  # runs each job here, as Ray's would on a worker
+            def __init__(self, ray):
+                self.ray = OmegaConf.to_container(ray)
+
+            def setup(self, *, hydra_context, task_function, config):
+                self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+
+            def launch(self, job_overrides, initial_job_idx):
+                print("fake ray.init", self.ray["init"], flush=True)
+                setup_globals()
+                runs = []
+                for i, overrides in enumerate(job_overrides):
+                    cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+                    with open_dict(cfg):
+                        cfg.hydra.job.num = initial_job_idx + i
+                    runs.append(run_job(hydra_context=self.hydra_context, task_function=self.task_function,
+                                        config=cfg, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
+                return runs
+    """,
+}
+
+
+def test_ray_sweep_launches_where_the_plugin_is_installed(tmp_path):
+    package = tmp_path / "plugins" / "hydra_plugins" / "hydra_ray_launcher"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    for name, text in FAKE_RAY.items():
+        (package / name).write_text(textwrap.dedent(text))
+    res = shiftkit("train", "-m", "hydra/launcher=ray", "hydra.launcher.ray.init.address=ray://head:10001",
+                   "seed=0", f"out={tmp_path / 'results'}", *TINY, cwd=tmp_path, pythonpath=[tmp_path / "plugins"],
+                   warn=True)
+    assert res.returncode == 0, res.stderr
+    assert "fake ray.init {'address': 'ray://head:10001'}" in res.stdout
+    assert len(list((tmp_path / "results").rglob("done"))) == 1
+    # shiftkit's ray.yaml is checked against the plugin's schema of the same name, without Hydra's warning
+    assert "ConfigStore schema" not in res.stderr
+
+
+def test_a_failing_run_does_not_stop_the_others_and_a_rerun_launches_only_it(tmp_path):
+    out = tmp_path / "results"
+    args = ["train", "-m", "hydra/launcher=basic", "optim.lr=0.1,1e38", "seed=0", f"out={out}", *TINY]
+    res = shiftkit(*args, cwd=tmp_path)
+    assert res.returncode == 2 and "became non-finite" in res.stderr
+    assert res.stderr.splitlines()[-1].startswith("shiftkit: error: 1 of 2 runs failed (the first: ")
+    assert len(list(out.rglob("done"))) == 1
+    again = shiftkit(*args, cwd=tmp_path)
+    assert again.returncode == 2 and "already done, skipped" in again.stderr
+    assert "Launching 1 jobs" in again.stderr
+
+
+RAY_MISSING = importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["hydra/launcher=joblib", "loss=ce,nope", "seed=0,1"], "unknown loss 'nope'; choose one of: "),
+        (["hydra/launcher=joblib", "seed=0,-1"], "seed must be a non-negative integer"),
+        (["hydra/launcher=nope", "seed=0,1"], "unknown launcher 'nope'; choose one of: basic, joblib, ray, "),
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=two", "seed=0,1"], "hydra.launcher.n_jobs"),
+        (["hydra/launcher=submitit_slurm", "hydra.launcher.partiton=gpu", "seed=0,1"], "hydra.launcher.partiton"),
+        (["hydra/launcher=submitit_slurm", "seed=0,1"], "this machine has no srun"),
+        (["hydra/launcher=joblib", "hydra/sweeper=basic", "seed=0,1"], "hydra/sweeper is not supported"),
+        pytest.param(["hydra/launcher=ray", "seed=0,1"], "pip install 'shiftkit[ray]'",
+                     marks=pytest.mark.skipif(not RAY_MISSING, reason="the Ray plugin is installed")),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_launches_nothing(tmp_path, capsys, monkeypatch, args, message):
+    import shutil
+
+    if args[0] == "hydra/launcher=submitit_slurm":  # srun as on a login node, or none
+        found = "hydra.launcher.partiton=gpu" in args
+        monkeypatch.setattr(shutil, "which", lambda cmd: f"/usr/bin/{cmd}" if found else None)
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["train", "-m", *args, f"out={tmp_path / 'out'}", *TINY])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("shiftkit: error: ") and message in err, err
+    assert err.count("\n") == 1
+    assert os.listdir(tmp_path) == []
+
+
+def test_launcher_name_and_split():
+    assert launch.launcher_name(["seed=0,1", "loss=ce,poly"]) is None
+    assert launch.launcher_name(["hydra/launcher=joblib", "seed=0,1"]) == "joblib"
+    assert launch.split(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1"]) == (
+        ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], ["seed=0,1"]
+    )
