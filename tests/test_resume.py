@@ -196,3 +196,14 @@ def test_same_seed_twice_gives_identical_metrics(tmp_path):
         assert first[key] == second[key]
     read = [(Path(r["run_dir"]) / "metrics.jsonl").read_text() for r in (first, second)]
     assert read[0] == read[1]
+
+
+def test_a_diverging_run_on_the_command_line_is_one_line_naming_the_step_and_exit_2(tmp_path, capsys):
+    from shiftkit.cli import main
+
+    assert main(["train", "optim.lr=1e30", "train.epochs=3", "device=cpu", f"out={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("shiftkit: error: the training loss became non-finite at step ")
+    assert not list(tmp_path.rglob("done"))
+    (record,) = [json.loads(p.read_text()) for p in tmp_path.rglob("run.json")]
+    assert record["status"] == "failed"

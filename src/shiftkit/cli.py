@@ -28,8 +28,11 @@ class _Parser(argparse.ArgumentParser):
 def _progress(console):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    # Live bars on a terminal only, gone when done: the one line per finished run is what stays (and all
+    # that a log gets).
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+        transient=True, disable=not console.is_terminal,
     )
 
 
@@ -40,10 +43,12 @@ def _describe(record: dict) -> str:
     )
 
 
-def _finished(record: dict) -> str:
-    sel = record["selected"]
+def finished(record: dict) -> str:
+    if record.get("failed"):
+        return f"failed: {record['failed']}"
     if record.get("skipped"):
         return "already done, skipped"
+    sel = record["selected"]
     return (
         f"train acc {sel['train']['acc']:.3f}, test balanced acc {sel['test']['balanced_acc']:.3f}, "
         f"worst class {sel['test']['worst_class_acc']:.3f} ({record['train_seconds']:.1f} s)"
@@ -67,9 +72,12 @@ def _batches(configs: list) -> List[list]:
 def run_many(override_lists: List[List[str]], label: str = "runs") -> List[dict]:
     """Compose and check every run first (so bad input stops before anything trains), then run them,
     with a live progress bar on a terminal and one line per finished run everywhere (logs included).
-    With ``ensemble=true``, runs that differ only in their seed train together as one ensemble."""
+    With ``ensemble=true``, runs that differ only in their seed train together as one ensemble. A run of a
+    sweep that fails (e.g. diverges) does not stop the others; the sweep then ends in an error naming how
+    many failed (their ``run.json`` says why), and the same command retries only them."""
     from rich.console import Console
 
+    from . import distributed
     from .config import compose
     from .ensemble import EnsembleUnsupported
     from .runner import check, run, run_ensemble
@@ -77,7 +85,7 @@ def run_many(override_lists: List[List[str]], label: str = "runs") -> List[dict]
     configs = [compose(o) for o in override_lists]
     for cfg in configs:
         check(cfg)
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    console = Console(stderr=True, highlight=False, soft_wrap=True, quiet=not distributed.is_primary())
     records = []
     with _progress(console) as progress:
         task = progress.add_task(label, total=len(configs))
@@ -96,18 +104,42 @@ def run_many(override_lists: List[List[str]], label: str = "runs") -> List[dict]
                     done = run_ensemble(batch, on_eval=on_eval)
                 except EnsembleUnsupported as exc:
                     progress.console.print(f"{title}: {exc}; running the seeds one by one")
+                except ShiftkitError as exc:
+                    done = [{"failed": str(exc)}] * len(batch)
             if done is None:
-                done = [run(cfg, on_eval=on_eval) for cfg in batch]
+                done = [_attempt(run, cfg, on_eval, alone=len(configs) == 1) for cfg in batch]
             progress.remove_task(epochs)
             for cfg, record in zip(batch, done):
                 progress.advance(task)
                 records.append(record)
                 name = cfg.name or cfg.loss.name + "+" + cfg.weighting.name
-                progress.console.print(f"[{len(records)}/{len(configs)}] {name} seed {cfg.seed}: {_finished(record)}")
+                progress.console.print(f"[{len(records)}/{len(configs)}] {name} seed {cfg.seed}: {finished(record)}")
+    return conclude(records, console.print)
+
+
+def conclude(records: List[dict], say) -> List[dict]:
+    """The end of a sweep (in-process or launched): ``say`` how many runs were skipped, and raise if any
+    failed (the others are done: the same command reruns only the failed ones)."""
     skipped = sum(bool(r.get("skipped")) for r in records)
     if skipped:
-        console.print(f"{skipped} of {len(records)} runs were already done and were skipped")
+        say(f"{skipped} of {len(records)} runs were already done and were skipped")
+    failed = [r["failed"] for r in records if r.get("failed")]
+    if failed:
+        raise ShiftkitError(
+            f"{len(failed)} of {len(records)} runs failed (the first: {failed[0]}); the others finished, and the"
+            " same command reruns only the failed ones"
+        )
     return records
+
+
+def _attempt(run, cfg, on_eval, alone: bool) -> dict:
+    """One run of a sweep: its record, or ``{"failed": message}``. A run on its own fails as itself."""
+    try:
+        return run(cfg, on_eval=on_eval)
+    except ShiftkitError as exc:
+        if alone:
+            raise
+        return {"failed": str(exc)}
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -119,7 +151,9 @@ def _train(args: argparse.Namespace) -> int:
     else:
         lists = expand_sweep(args.overrides) if args.multirun else [list(args.overrides)]
         records = run_many(lists, label="sweep" if args.multirun else "run")
-    for record in records:
+    from . import distributed
+
+    for record in records if distributed.is_primary() else ():  # under torchrun, rank 0 reports
         print(record["run_dir"])
     return 0
 

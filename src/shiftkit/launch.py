@@ -124,16 +124,10 @@ def _line(record: Dict[str, Any]) -> str:
     """One line for a run's record (as ``shiftkit train`` prints them)."""
     from .runner import method_label
 
-    head = f"{method_label(record['config'])} seed {record['config']['seed']}"
-    if record.get("failed"):
-        return f"{head}: failed: {record['failed']}"
-    if record.get("skipped"):
-        return f"{head}: already done, skipped ({record['run_dir']})"
-    sel = record["selected"]
-    return (
-        f"{head}: train acc {sel['train']['acc']:.3f}, test balanced acc {sel['test']['balanced_acc']:.3f}, "
-        f"worst class {sel['test']['worst_class_acc']:.3f} ({record['train_seconds']:.1f} s, {record['run_dir']})"
-    )
+    from .cli import finished
+
+    where = f" ({record['run_dir']})" if "run_dir" in record else ""
+    return f"{method_label(record['config'])} seed {record['config']['seed']}: {finished(record)}{where}"
 
 
 def task(cfg: Any) -> Dict[str, Any]:
@@ -239,13 +233,6 @@ def launch(overrides: List[str]) -> List[Dict[str, Any]]:
         raise ShiftkitError(_one_line(exc)) from None
     finally:
         GlobalHydra.instance().clear()
-    skipped = sum(bool(r.get("skipped")) for r in records)
-    if skipped:
-        print(f"{skipped} of {len(records)} runs were already done and were skipped", file=sys.stderr)
-    failed = [r["failed"] for r in records if r.get("failed")]
-    if failed:  # worded as for an in-process sweep (shiftkit.cli.run_many)
-        raise ShiftkitError(
-            f"{len(failed)} of {len(records)} runs failed (the first: {failed[0]}); the others finished, and the"
-            " same command reruns only the failed ones"
-        )
-    return records
+    from .cli import conclude
+
+    return conclude(records, lambda line: print(line, file=sys.stderr))
