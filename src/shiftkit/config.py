@@ -195,7 +195,7 @@ def register_configs() -> None:
             store.store(group=group, name=name, node=schema(group, name, registry.get(name)))
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     """The most specific message in an exception chain, on one line."""
     chain, e = [], exc
     while e is not None and e not in chain:
@@ -237,11 +237,11 @@ def _unknown_option(full_key: str, msg: str) -> Optional[str]:
     return f"{group} '{name}' has no option '{key}'; its options: {listed}"
 
 
-def _parse(overrides: List[str]) -> list:
+def parse_overrides(overrides: List[str]) -> list:
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as exc:
-        raise ShiftkitError(f"cannot parse overrides: {_one_line(exc)}") from None
+        raise ShiftkitError(f"cannot parse overrides: {one_line(exc)}") from None
     for o in parsed:
         if not o.key_or_group:
             raise ShiftkitError(f"override '{o.input_line}' has no key; write key=value")
@@ -286,7 +286,7 @@ def _check_group_choices(parsed: list) -> None:
 
 def compose(overrides: List[str] = ()) -> DictConfig:
     """Compose and type-check one run's configuration from command-line style overrides."""
-    parsed = _parse(list(overrides))
+    parsed = parse_overrides(list(overrides))
     _check_group_choices(parsed)
     if any(o.is_sweep_override() for o in parsed):
         raise ShiftkitError("a sweep (a,b or range()) needs the -m flag: shiftkit train -m ...")
@@ -298,7 +298,7 @@ def compose(overrides: List[str] = ()) -> DictConfig:
         OmegaConf.resolve(cfg)
         _check_added_keys(parsed, cfg)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        raise ShiftkitError(_one_line(exc)) from None
+        raise ShiftkitError(one_line(exc)) from None
     finally:
         GlobalHydra.instance().clear()
     return cfg
@@ -311,7 +311,7 @@ def expand_sweep(overrides: List[str]) -> List[List[str]]:
     [['loss=ce', 'seed=0'], ['loss=ce', 'seed=1'], ['loss=poly', 'seed=0'], ['loss=poly', 'seed=1']]
     """
     choices = []
-    for o in _parse(list(overrides)):
+    for o in parse_overrides(list(overrides)):
         if o.is_sweep_override():
             key = o.get_key_element()
             choices.append([f"{key}={v}" for v in o.sweep_string_iterator()])

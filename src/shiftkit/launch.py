@@ -52,9 +52,9 @@ _GROUP = "hydra/launcher"
 
 
 def _parsed(overrides: List[str]) -> list:
-    from .config import _parse
+    from .config import parse_overrides
 
-    return _parse(list(overrides))
+    return parse_overrides(list(overrides))
 
 
 def _key(override: Any) -> str:
@@ -156,7 +156,7 @@ def plan(overrides: List[str]) -> Tuple[List[List[str]], List[Optional[Dict[str,
     from omegaconf import OmegaConf
 
     from .config import compose, expand_sweep
-    from .runner import _finished, check, run_dir
+    from .runner import finished_record, check, run_dir
 
     runs = expand_sweep(split(overrides)[1])
     configs = [compose(one) for one in runs]
@@ -165,7 +165,7 @@ def plan(overrides: List[str]) -> Tuple[List[List[str]], List[Optional[Dict[str,
         check(cfg)
         plain = OmegaConf.to_container(cfg, resolve=True)
         plain["out"] = os.path.abspath(plain["out"])
-        records.append(_finished(run_dir(plain)))  # what runner.run would skip
+        records.append(finished_record(run_dir(plain)))  # what runner.run would skip
     return runs, records
 
 
@@ -202,7 +202,7 @@ def launch(overrides: List[str]) -> List[Dict[str, Any]]:
     from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
-    from .config import _one_line, register_configs
+    from .config import one_line, register_configs
 
     name = launcher_name(overrides)
     if name is None:
@@ -230,7 +230,7 @@ def launch(overrides: List[str]) -> List[Dict[str, Any]]:
                 for i, record in zip(pending, _launch(hydra, cfg, [runs[i] for i in pending])):
                     records[i] = record
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ShiftkitError(_one_line(exc)) from None
+        raise ShiftkitError(one_line(exc)) from None
     finally:
         GlobalHydra.instance().clear()
     from .cli import conclude

@@ -176,7 +176,7 @@ def check(cfg: DictConfig) -> None:
     make_logger(plain)
 
 
-def _finished(out: Path) -> Optional[Dict[str, Any]]:
+def finished_record(out: Path) -> Optional[Dict[str, Any]]:
     """The record of a finished run directory (marked ``skipped``), or None."""
     if not (out / "done").exists():
         return None
@@ -272,7 +272,7 @@ def run(
     plain = OmegaConf.to_container(cfg, resolve=True)
     validate(plain)
     out = run_dir(plain)
-    done = None if force else _finished(out)
+    done = None if force else finished_record(out)
     if done is not None:
         return done
     device = distributed.setup(resolve_device(plain["device"]))
@@ -381,7 +381,7 @@ def run_ensemble(
     if len({config_hash(p, drop=(*EXECUTION_KEYS, "seed")) for p in plains}) > 1:
         raise ShiftkitError("an ensemble's runs must differ only in their seed")
     outs = [run_dir(p) for p in plains]
-    records = [None if force else _finished(o) for o in outs]
+    records = [None if force else finished_record(o) for o in outs]
     todo = [i for i, r in enumerate(records) if r is None]
     if not todo:
         return records
