@@ -122,9 +122,8 @@ def require(name: str, overrides: List[str] = ()) -> None:
 
 def _line(record: Dict[str, Any]) -> str:
     """One line for a run's record (as ``shiftkit train`` prints them)."""
-    from .runner import method_label
-
     from .cli import finished
+    from .runner import method_label
 
     where = f" ({record['run_dir']})" if "run_dir" in record else ""
     return f"{method_label(record['config'])} seed {record['config']['seed']}: {finished(record)}{where}"
