@@ -2,6 +2,8 @@
 
     shiftkit train loss=poly weighting=iw weighting.exponent=1.5 seed=3
     shiftkit train -m seed=0,1,2 loss=ce,poly weighting=erm,iw       # a sweep: every combination
+    shiftkit train -m hydra/launcher=joblib seed=0,1,2,3             # ... through a Hydra launcher
+    torchrun --nproc_per_node=2 -m shiftkit train                     # one run over two processes (DDP)
     shiftkit report results/
     shiftkit reproduce wang2022-fig1 --scale quick --out results/fig1   # a paper's figure or table
     shiftkit demo
@@ -223,7 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="train one run, or a sweep with -m (Hydra override syntax)",
         epilog="Groups: data, model, loss, weighting, sampler, optim (their names: shiftkit list); "
         "experiment=NAME applies a preset. Other keys: train.{epochs,batch_size,eval_every,select,amp,compile}, "
-        "search.* (AutoBalance), diagnostics.{enabled,reference}, seed, device, out, name, ensemble. "
+        "search.* (AutoBalance), diagnostics.{enabled,reference}, checkpoint.{every,interval,keep}, "
+        "logger=none|tensorboard|mlflow (logger.*), seed, device, out, name, ensemble. A killed run resumes from "
+        "its checkpoint when the same command runs again; torchrun --nproc_per_node=N -m shiftkit train ... "
+        "trains one run over N processes (docs/RUNS.md). "
         "With -m, hydra/launcher=NAME runs the sweep through Hydra's launcher instead of in-process: joblib "
         "(hydra.launcher.n_jobs), submitit_slurm (hydra.launcher.partition, timeout_min, gpus_per_node, "
         "array_parallelism) or ray (hydra.launcher.ray.init.address); runs already done are not launched again "
