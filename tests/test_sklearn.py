@@ -185,3 +185,17 @@ def test_groups_reach_fit_in_a_pipeline_and_through_metadata_routing():
         clf = ShiftClassifier(weighting="group_dro", epochs=3, random_state=0).set_fit_request(groups=True)
         search = GridSearchCV(clf, {"lr": [1e-3, 1e-2]}, cv=2).fit(X, y, groups=groups)
     assert search.best_estimator_.groups_.tolist() == [0, 1, 2, 3]
+
+
+def test_array_api_input_passes_when_scipy_array_api_is_set():
+    """scikit-learn skips its array API check unless SciPy's array API mode is on from the start; run it in a
+    process where it is, so that the check is not skipped silently here."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SCIPY_ARRAY_API": "1"}
+    cmd = [sys.executable, "-m", "pytest", __file__, "-o", "addopts=", "-q", "-p", "no:cacheprovider", "-k", "check_array_api"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=os.path.dirname(__file__))
+    assert res.returncode == 0, res.stdout[-2000:]
+    assert " passed" in res.stdout and "skipped" not in res.stdout, res.stdout[-2000:]
