@@ -26,7 +26,7 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,8 @@ from .errors import ShiftkitError
 
 #: The file name of a run's checkpoint inside its run directory.
 FILE = "checkpoint.pt"
+#: The file name of an ensemble's one checkpoint, in its first pending member's run directory.
+ENSEMBLE_FILE = "ensemble-checkpoint.pt"
 
 
 class Checkpoint:
@@ -104,3 +106,65 @@ def set_rng_states(states: Dict[str, Any]) -> None:
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class MembersCheckpoint(Checkpoint):
+    """The one checkpoint of an ensemble (:mod:`shiftkit.ensemble`): every save records ``members`` (the
+    run directories it covers), and ``load()`` ignores and removes a checkpoint saved for another set of
+    members, so that such a run starts over."""
+
+    def __init__(self, path: Path, members: Sequence[str], every: int = 1, interval: float = 0.0, write: bool = True):
+        super().__init__(path, every, interval, write)
+        self.members = list(members)
+
+    def load(self) -> Optional[Dict[str, Any]]:
+        if super().load() is not None and self.state.get("members") != self.members:
+            self.remove()
+            self.state = None
+        return self.state
+
+    def save(self, state: Dict[str, Any]) -> None:
+        super().save({**state, "members": self.members})
+
+
+class GeneratorPart:
+    """A ``torch.Generator`` as a checkpoint part: ``state_dict()`` is its state."""
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+
+    def state_dict(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def load_state_dict(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+
+class MemberParts:
+    """One part per ensemble member (weightings, samplers, generators...) as one checkpoint part: its
+    state is the list of the members' states."""
+
+    def __init__(self, parts: Sequence[Any]):
+        self.parts = list(parts)
+
+    def state_dict(self) -> List[Any]:
+        return [part.state_dict() for part in self.parts]
+
+    def load_state_dict(self, states: List[Any]) -> None:
+        if len(states) != len(self.parts):
+            raise ShiftkitError(f"a checkpoint of {len(states)} members cannot restore {len(self.parts)}")
+        for part, state in zip(self.parts, states):
+            part.load_state_dict(state)
+
+
+def capture(parts: Dict[str, Any], **values: Any) -> Dict[str, Any]:
+    """A checkpoint's state: every part's ``state_dict()`` under its key, the plain ``values`` (epoch,
+    step, seconds, selected weights...) and the global RNG states (``rng``)."""
+    return {**{key: part.state_dict() for key, part in parts.items()}, **values, "rng": rng_states()}
+
+
+def restore(parts: Dict[str, Any], state: Dict[str, Any]) -> None:
+    """The inverse of :func:`capture`: load every part's state, then the global RNG states."""
+    for key, part in parts.items():
+        part.load_state_dict(state[key])
+    set_rng_states(state["rng"])

@@ -8,7 +8,8 @@ member keeps what makes it the run of its seed: its own initialization (built af
 weighting-scheme state (one scheme per member) and its own model selection. SGD and Adam act
 element-wise, so one optimizer over the stacked parameters is S independent optimizers; the objective
 is the sum of the members' objectives, so no member's gradient sees another's loss. Losses are
-per-example and shared (they hold no training state).
+per-example and shared (they hold no training state). Like a single run, an ensemble checkpoints its
+whole state, every member's included, and resumes exactly (:mod:`shiftkit.checkpoint`).
 
 Models with BatchNorm cannot update running statistics under ``vmap``: use sequential runs for them.
 Samplers whose epochs differ in length between seeds (``undersample``) cannot be stacked either.
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from .checkpoint import Checkpoint, GeneratorPart, MemberParts, capture, restore
 from .data.base import Split, Splits
 from .errors import ShiftkitError
 from .metrics import Accumulator
@@ -79,6 +81,16 @@ class Stacked:
     def train(self, mode: bool = True) -> None:
         self.base.train(mode)
 
+    def state_dict(self) -> dict:
+        """The stacked parameters and buffers, ``[S, ...]`` each (a checkpoint part)."""
+        return {k: v.detach() for k, v in {**self.params, **self.buffers}.items()}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        """Copy ``state`` into the stacked tensors in place (the optimizer keeps referring to them)."""
+        for k, v in {**self.params, **self.buffers}.items():
+            v.copy_(state[k])
+
 
 @torch.no_grad()
 def _evaluate(stacked: Stacked, split: Split, pipeline, train_counts, batch_size: int = 4096) -> List[dict]:
@@ -101,6 +113,45 @@ def _epoch_orders(samplers: List[Sampler], split: Split, gens: List[torch.Genera
     return torch.stack(orders)
 
 
+def _train_epoch(stacked: Stacked, loss: nn.Module, weightings: List[Weighting], opt, train: Split, orders: Tensor,
+                 batch_size: int, pipeline, aug_gens, device: str, amp: str, step: int):
+    """One pass of every member over its row of ``orders`` ``[S, N]``; returns the members' summed
+    objectives (weighted by batch size), the first step whose objective was not finite (-1 if none), both
+    as device tensors ``[S]``, and the next step number."""
+    n = len(weightings)
+    totals = torch.zeros(n, device=device)
+    first_bad = torch.full((n,), -1, dtype=torch.long, device=device)
+    for idx in orders.split(batch_size or orders.shape[1], dim=1):  # idx: [S, B]
+        y, g = train.y[idx], train.g[idx]
+        x = train.x[idx]
+        if aug_gens is None:
+            x = pipeline(x.flatten(0, 1)).unflatten(0, idx.shape)
+        else:  # each member's augmentation from its own generator, as in its sequential run
+            x = torch.stack([pipeline(x[s], train=True, generator=aug_gens[s]) for s in range(n)])
+        with autocast(device, amp):
+            logits = stacked(x)
+            per_example = loss(logits.flatten(0, 1), y.flatten(), g.flatten()).float().view(idx.shape)
+        detached = per_example.detach()
+        w = torch.stack([weightings[s].weights(detached[s], y[s], g[s]) for s in range(n)])
+        objectives = (w * per_example).mean(1)
+        opt.zero_grad(set_to_none=True)
+        objectives.sum().backward()
+        opt.step()
+        bad = ~torch.isfinite(objectives.detach())
+        first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
+        totals = totals + objectives.detach() * idx.shape[1]
+        step += 1
+    return totals, first_bad, step
+
+
+def _records(stacked: Stacked, splits: dict, pipeline, train_counts, head: dict, mean_loss: List[float]) -> List[dict]:
+    """Every member's evaluation record: ``head`` (epoch, step, lr), its mean training loss and its
+    metrics on each of ``splits``."""
+    evaluated = {name: _evaluate(stacked, split, pipeline, train_counts) for name, split in splits.items()}
+    return [{**head, "train_loss": mean_loss[s], **{name: evaluated[name][s] for name in evaluated}}
+            for s in range(len(mean_loss))]
+
+
 def fit_ensemble(
     models: List[nn.Module],
     splits: Splits,
@@ -118,10 +169,14 @@ def fit_ensemble(
     amp: str = "none",
     compile: bool = False,
     on_eval: Optional[Callable[[int, dict], None]] = None,
+    checkpoint: Optional[Checkpoint] = None,
 ) -> List[FitResult]:
     """Train ``models[s]`` with ``weightings[s]``, ``samplers[s]`` and ``seeds[s]`` for every member ``s``,
     as :func:`shiftkit.train.fit` would one by one; ``on_eval(s, record)`` per member and evaluation.
-    The members end holding their final (or selected) weights. ``compile`` is ignored here."""
+    The members end holding their final (or selected) weights. ``compile`` is ignored here. With a
+    ``checkpoint`` the ensemble saves its whole state at the end of due epochs (the stacked weights, the
+    optimizer and schedule, the loss, and every member's weighting, sampler, selection, selected weights
+    and generators) and resumes from the state the checkpoint holds, finishing as if never interrupted."""
     check_schedule(epochs, batch_size, eval_every, amp)
     n = len(models)
     if not len(weightings) == len(seeds) == n:
@@ -133,58 +188,46 @@ def fit_ensemble(
     for w in weightings:
         w.to(device)
     train, val, test = (s.to(device) for s in (splits.train, splits.val, splits.test))
-    train_counts = splits.train.group_counts
     pipeline = splits.pipeline
     opt, schedule = optim.make(list(stacked.params.values()), epochs)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     aug_gens = [torch.Generator(device=device).manual_seed(s) for s in seeds] if pipeline.augments else None
-    best = [None] * n
-    step = 0
+    parts = {"model": stacked, "optimizer": opt, "schedule": schedule, "loss": loss,
+             "weightings": MemberParts(weightings), "samplers": MemberParts(samplers),
+             "selections": MemberParts(selections), "order_generators": MemberParts(map(GeneratorPart, gens))}
+    if aug_gens is not None:
+        parts["augment_generators"] = MemberParts(map(GeneratorPart, aug_gens))
+    state = checkpoint.state if checkpoint is not None else None
+    if state is not None:
+        if state["seeds"] != list(seeds):
+            raise ShiftkitError(f"a checkpoint of seeds {state['seeds']} cannot resume seeds {list(seeds)}")
+        restore(parts, state)
+    best = state["best_states"] if state is not None else [None] * n
+    step, first_epoch, earlier = (state["step"], state["epoch"], state["seconds"]) if state is not None else (0, 0, 0.0)
     start = time.perf_counter()
-    for epoch in range(epochs):
+    for epoch in range(first_epoch, epochs):
         for w in weightings:
             w.train()
             w.start_epoch(epoch)
         orders = _epoch_orders(samplers, splits.train, gens).to(device)
-        bs = batch_size or orders.shape[1]
-        totals = torch.zeros(n, device=device)
-        first_bad = torch.full((n,), -1, dtype=torch.long, device=device)
-        for idx in orders.split(bs, dim=1):  # idx: [S, B]
-            y, g = train.y[idx], train.g[idx]
-            x = train.x[idx]
-            if aug_gens is None:
-                x = pipeline(x.flatten(0, 1)).unflatten(0, idx.shape)
-            else:  # each member's augmentation from its own generator, as in its sequential run
-                x = torch.stack([pipeline(x[s], train=True, generator=aug_gens[s]) for s in range(n)])
-            with autocast(device, amp):
-                logits = stacked(x)
-                per_example = loss(logits.flatten(0, 1), y.flatten(), g.flatten()).float().view(idx.shape)
-            detached = per_example.detach()
-            w = torch.stack([weightings[s].weights(detached[s], y[s], g[s]) for s in range(n)])
-            objectives = (w * per_example).mean(1)
-            opt.zero_grad(set_to_none=True)
-            objectives.sum().backward()
-            opt.step()
-            bad = ~torch.isfinite(objectives.detach())
-            first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
-            totals = totals + objectives.detach() * idx.shape[1]
-            step += 1
+        totals, first_bad, step = _train_epoch(stacked, loss, weightings, opt, train, orders, batch_size, pipeline,
+                                               aug_gens, device, amp, step)
         schedule.step()
         for s in range(n):
             check_finite(first_bad[s], epoch, who=f" of seed {seeds[s]}")
-        if not is_eval_epoch(epoch, epochs, eval_every):
-            continue
-        evaluated = {name: _evaluate(stacked, split, pipeline, train_counts) for name, split in
-                     (("train", train), ("val", val), ("test", test))}
-        mean_loss = (totals / orders.shape[1]).tolist()
-        for s in range(n):
-            record = {"epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"], "train_loss": mean_loss[s],
-                      **{name: evaluated[name][s] for name in evaluated}}
-            if selections[s].offer(record):
-                best[s] = stacked.state(s)
-            if on_eval is not None:
-                on_eval(s, record)
-    seconds = time.perf_counter() - start
+        if is_eval_epoch(epoch, epochs, eval_every):
+            head = {"epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"]}
+            records = _records(stacked, {"train": train, "val": val, "test": test}, pipeline,
+                               splits.train.group_counts, head, (totals / orders.shape[1]).tolist())
+            for s, record in enumerate(records):
+                if selections[s].offer(record):
+                    best[s] = stacked.state(s)
+                if on_eval is not None:
+                    on_eval(s, record)
+        if checkpoint is not None and checkpoint.due(epoch, epochs):
+            checkpoint.save(capture(parts, seeds=list(seeds), epoch=epoch + 1, step=step, best_states=best,
+                                    seconds=earlier + time.perf_counter() - start))
+    seconds = earlier + time.perf_counter() - start
     for s, model in enumerate(models):
         model.load_state_dict(best[s] if best[s] is not None else stacked.state(s))
     return [sel.result(seconds, step) for sel in selections]

@@ -368,7 +368,11 @@ def run_ensemble(
     cfgs: List[DictConfig], *, on_eval: Optional[Callable[[dict], None]] = None, force: bool = False
 ) -> List[Dict[str, Any]]:
     """Run configs that differ only in their seed as one vectorized ensemble (:mod:`shiftkit.ensemble`);
-    every member writes its own run directory, exactly as its sequential run would."""
+    every member writes its own run directory, exactly as its sequential run would. The ensemble keeps one
+    checkpoint, in its first pending member's directory, and the same call resumes from it when it covers
+    the same pending members (else it starts over)."""
+    from .checkpoint import ENSEMBLE_FILE, MembersCheckpoint
+
     plains = [OmegaConf.to_container(c, resolve=True) for c in cfgs]
     if distributed.requested():
         raise EnsembleUnsupported("under torchrun the processes share one model's batches")
@@ -392,17 +396,29 @@ def run_ensemble(
         torch.manual_seed(plains[i]["seed"])
         parts.append(build_parts(cfgs[i], splits))
     started = time.time()
-    logs = [_open_log(outs[i]) for i in todo]
+    conf = plains[0]["checkpoint"]
+    ck = MembersCheckpoint(
+        outs[todo[0]] / ENSEMBLE_FILE, [outs[i].relative_to(plains[i]["out"]).as_posix() for i in todo],
+        conf["every"], conf["interval"], write=distributed.is_primary(),
+    )
+    if force:
+        ck.remove()
+    state = ck.load()
+    extra = {"resumed_from_epoch": state["epoch"]} if state is not None else {}
+    histories = [sel["history"] for sel in state["selections"]] if state is not None else [[] for _ in todo]
+    logs = [_open_log(outs[i], history) for i, history in zip(todo, histories)]
     trackers = [make_logger(plains[i]) for i in todo]
-    for i, tracker in zip(todo, trackers):
+    for i, tracker, history in zip(todo, trackers, histories):
         tracker.start(outs[i], Path(plains[i]["out"]), f"{method_label(plains[i])} seed {plains[i]['seed']}", plains[i])
+        for record in history:  # a resumed member's tracking shows its whole curve too
+            tracker.log(record)
     writers = [_log_writer(log, on_eval, tracker) for log, tracker in zip(logs, trackers)]
     try:
         results = fit_ensemble(
             [p["model"] for p in parts], splits, parts[0]["loss"], [p["weighting"] for p in parts], parts[0]["optim"],
             samplers=[p["sampler"] for p in parts], seeds=[plains[i]["seed"] for i in todo],
             **{k: v for k, v in plains[0]["train"].items()}, device=device,
-            on_eval=lambda s, record: writers[s](record),
+            on_eval=lambda s, record: writers[s](record), checkpoint=ck,
         )
     except BaseException:
         for tracker in trackers:
@@ -412,6 +428,9 @@ def run_ensemble(
         for log in logs:
             log.close()
     for i, result, tracker in zip(todo, results, trackers):
-        records[i] = _write_record(plains[i], outs[i], splits, result, device, started, ensemble_size=len(todo))
+        records[i] = _write_record(plains[i], outs[i], splits, result, device, started, ensemble_size=len(todo),
+                                   **extra)
         tracker.finish("finished", records[i])
+    if not conf["keep"]:
+        ck.remove()
     return records
