@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +23,7 @@ from torch.func import functional_call, vmap
 
 from . import objectives, weighting
 from .bilevel import output_hypergradient
+from .checkpoint import Checkpoint, rng_states, set_rng_states
 from .data.base import Split, Splits
 from .errors import ShiftkitError
 from .optim import OptimSpec
@@ -160,6 +162,30 @@ class AutoBalanceSearch:
         self.last_hypergradient = hyper
         self.updates += 1
 
+    # ---- checkpoints (fit saves and restores the outer update with the rest of the loop) --------------
+    def state_dict(self) -> dict:
+        """Everything the search carries between steps: the upper optimizer and its schedule, the bilevel
+        clock, the α history, the last hypergradient and the generators that draw the hyper-batches and
+        their augmentation. α itself lives in the loss's state."""
+        return {
+            "optimizer": self.opt.state_dict(), "schedule": self.schedule.state_dict(),
+            "epoch": self.epoch, "updates": self.updates, "history": copy.deepcopy(self.history),
+            "last_hypergradient": self.last_hypergradient, "generator": self.gen.get_state(),
+            "augment_generator": self.aug_gen.get_state() if self.aug_gen is not None else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.epoch, self.updates, self.history = state["epoch"], state["updates"], copy.deepcopy(state["history"])
+        # The flag PyTorch's schedulers read to warn of a schedule step before any optimizer step; it is not
+        # in the optimizer's state, so a resumed search would warn where the uninterrupted one did not.
+        self.opt._opt_called = self.updates > 0
+        self.last_hypergradient = state["last_hypergradient"]
+        self.gen.set_state(state["generator"])
+        if self.aug_gen is not None:
+            self.aug_gen.set_state(state["augment_generator"])
+
     # ---- pieces, public for tests and for custom loops -----------------------------------------------
     def draw(self):
         """Index tensors ``[b, batch_size]`` into train and validation: each row one batch, drawn without
@@ -261,6 +287,7 @@ def search_and_retrain(
     fit_options: Optional[dict] = None,
     retrain_on: str = "train+val",
     interpolate_clusters: bool = True,
+    checkpoint: Optional[Checkpoint] = None,
 ) -> SearchResult:
     """Algorithm 1 of SPEC §5.2 end to end with :func:`~shiftkit.train.fit` and ERM weighting.
 
@@ -275,17 +302,36 @@ def search_and_retrain(
     ``interpolate_clusters=False`` keeps the clusters' step function).
     ``loss`` is modified in place by the search. ``fit_options`` (eval_every, select, ...) go to both fits.
     The code retrains 200 epochs after a 300-epoch search on CIFAR (SPEC §5.6).
+
+    With a ``checkpoint`` (:class:`shiftkit.checkpoint.Checkpoint`, its state loaded or not) both phases
+    checkpoint into its one file, whose ``"phase"`` says which phase it resumes: the search saves its
+    loop with the outer update (:meth:`AutoBalanceSearch.state_dict`); once the search has finished, its
+    result (its :class:`FitResult`, the loss's state, α's history) is saved with ``"phase": "retrain"``
+    and stays in every later save, so a run killed while retraining resumes the retraining and never
+    redoes the search. Either way the result is exactly that of a run never interrupted.
     """
     if retrain_on not in ("train+val", "train"):
         raise ShiftkitError(f"search.retrain_on must be 'train+val' or 'train', got '{retrain_on}'")
     fit_options = dict(fit_options or {})
-    torch.manual_seed(seed)
-    model = make_model()
-    search = AutoBalanceSearch(model, loss, splits, epochs=search_epochs, batch_size=batch_size, seed=seed,
-                               device=device, **(search_options or {}))
-    searched = fit(model, splits, loss, weighting.build("erm"), optim, epochs=search_epochs,
-                   batch_size=batch_size, seed=seed, device=device, outer=search, **fit_options)
-    search.record(search_epochs)
+    state = checkpoint.state if checkpoint is not None else None
+    done = state["search"] if state is not None and state.get("phase") == "retrain" else None
+    if done is None:
+        torch.manual_seed(seed)
+        model = make_model()
+        search = AutoBalanceSearch(model, loss, splits, epochs=search_epochs, batch_size=batch_size, seed=seed,
+                                   device=device, **(search_options or {}))
+        searched = fit(model, splits, loss, weighting.build("erm"), optim, epochs=search_epochs,
+                       batch_size=batch_size, seed=seed, device=device, outer=search,
+                       checkpoint=_phase(checkpoint, "search"), **fit_options)
+        search.record(search_epochs)
+        kept = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in loss.state_dict().items()}
+        done = {"result": dataclasses.asdict(searched), "history": search.history, "loss": kept, "rng": rng_states()}
+        if checkpoint is not None and checkpoint.every:  # the phase boundary: never redo a finished search
+            checkpoint.save({"phase": "retrain", "search": done})
+    else:  # the search had finished: take its result and the RNG states it left
+        searched = FitResult(**done["result"])
+        loss.load_state_dict(done["loss"])
+        set_rng_states(done["rng"])
     alpha = {k: v.detach().cpu().tolist() for k, v in loss.hyperparameters().items()}
     if interpolate_clusters and hasattr(loss, "per_class"):
         frozen = loss.per_class()
@@ -296,6 +342,39 @@ def search_and_retrain(
     torch.manual_seed(seed)
     retrain_splits = merge_train_val(splits) if retrain_on == "train+val" else splits
     model = make_model()
-    retrained = fit(model, retrain_splits, frozen, weighting.build("erm"), optim,
-                    epochs=retrain_epochs, batch_size=batch_size, seed=seed, device=device, **fit_options)
-    return SearchResult(searched, retrained, alpha, search.history, model)
+    retrained = fit(model, retrain_splits, frozen, weighting.build("erm"), optim, epochs=retrain_epochs,
+                    batch_size=batch_size, seed=seed, device=device,
+                    checkpoint=_phase(checkpoint, "retrain", search=done), **fit_options)
+    return SearchResult(searched, retrained, alpha, done["history"], model)
+
+
+class _Phase:
+    """One phase's view of a search run's checkpoint, as :func:`~shiftkit.train.fit` uses it: the loaded
+    state only if it is this phase's loop, and saves tagged with the phase (and ``extra``, the finished
+    search's result while retraining)."""
+
+    def __init__(self, checkpoint: Checkpoint, phase: str, **extra):
+        self.checkpoint, self.phase, self.extra = checkpoint, phase, extra
+        state = checkpoint.state
+        self.state = state if state is not None and state.get("phase") == phase and "epoch" in state else None
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        return self.checkpoint.due(epoch, epochs)
+
+    def save(self, state: Dict[str, Any]) -> None:
+        self.checkpoint.save({**state, **self.extra, "phase": self.phase})
+
+
+def _phase(checkpoint: Optional[Checkpoint], phase: str, **extra) -> Optional[_Phase]:
+    return None if checkpoint is None else _Phase(checkpoint, phase, **extra)
+
+
+def resume_point(state: Dict[str, Any]) -> tuple:
+    """Where a search run's checkpoint state resumes, ``(phase, epoch)`` (the epochs done in that phase),
+    and the evaluations before it, each tagged with its ``"phase"`` as in ``metrics.jsonl``."""
+    if state.get("phase") not in ("search", "retrain"):
+        raise ShiftkitError("this checkpoint is not an AutoBalance search's; delete it to start the run over")
+    records = [] if "epoch" not in state else [{"phase": state["phase"], **r} for r in state["selection"]["history"]]
+    if state["phase"] == "retrain":
+        records = [{"phase": "search", **r} for r in state["search"]["result"]["history"]] + records
+    return state["phase"], state.get("epoch", 0), records

@@ -33,7 +33,7 @@ from .checkpoint import FILE as CHECKPOINT_FILE
 from .checkpoint import Checkpoint
 from .config import GROUPS, DiagnosticsConf, options, schema
 from .errors import ShiftkitError
-from .autobalance import DEFAULT_UPPER, search_and_retrain
+from .autobalance import DEFAULT_UPPER, resume_point, search_and_retrain
 from .ensemble import EnsembleUnsupported, fit_ensemble
 from .plots import plot_alpha
 from .train import FitResult, check_schedule, fit, parse_select
@@ -281,16 +281,19 @@ def run(
     parts = build_parts(cfg, splits)
     probe = make_probe(plain)
     started = time.time()
-    # An AutoBalance search restarts from its beginning (its checkpoints would need the outer state too).
-    ck = None if plain["search"]["enabled"] else Checkpoint(
+    ck = Checkpoint(
         out / CHECKPOINT_FILE, plain["checkpoint"]["every"], plain["checkpoint"]["interval"],
         write=distributed.is_primary(),
     )
-    if ck is not None and force:
+    if force:
         ck.remove()
-    state = ck.load() if ck is not None else None
-    extra = {"resumed_from_epoch": state["epoch"]} if state is not None else {}
-    history = state["selection"]["history"] if state is not None else []
+    state = ck.load()
+    extra, history = {}, []
+    if state is not None and plain["search"]["enabled"]:  # a search resumes in its search or its retraining
+        phase, epoch, history = resume_point(state)
+        extra = {"resumed_from_epoch": epoch, "resumed_from_phase": phase}
+    elif state is not None:
+        extra, history = {"resumed_from_epoch": state["epoch"]}, state["selection"]["history"]
     tracker = make_logger(plain)
     try:
         tracker.start(out, Path(plain["out"]), f"{method_label(plain)} seed {plain['seed']}", plain)
@@ -299,7 +302,7 @@ def run(
         with _open_log(out, history) as log:
             write = _log_writer(log, on_eval, tracker)
             if plain["search"]["enabled"]:
-                result, found, model = _search(cfg, plain, splits, parts, device, write, probe)
+                result, found, model = _search(cfg, plain, splits, parts, device, write, probe, ck)
                 extra.update(found)
                 if distributed.is_primary():
                     plot_alpha(extra["alpha_history"], out / "alpha.png")
@@ -319,21 +322,23 @@ def run(
         extra["interpolation_epoch"] = diagnostics.interpolation_epoch(result.history)
     record = _write_record(plain, out, splits, result, device, started, **extra)
     tracker.finish("finished", record)
-    if ck is not None and not plain["checkpoint"]["keep"]:
+    if not plain["checkpoint"]["keep"]:
         ck.remove()
     return record
 
 
-def _search(cfg, plain, splits, parts, device, write, probe=None) -> tuple:
+def _search(cfg, plain, splits, parts, device, write, probe=None, checkpoint: Optional[Checkpoint] = None) -> tuple:
     """AutoBalance (SPEC §5.2): search on train/val, retrain on train+val; the retraining's metrics are
     the run's, the search's and the learned α go into ``run.json`` too. Returns the retraining's result,
     the extra ``run.json`` entries and the retrained model. ``metrics.jsonl`` lines carry
-    ``"phase": "search"`` or ``"retrain"``."""
+    ``"phase": "search"`` or ``"retrain"``. With a ``checkpoint`` (its state loaded) both phases checkpoint
+    and the run resumes in the phase it was stopped in (:func:`~shiftkit.autobalance.search_and_retrain`)."""
     conf, train = plain["search"], dict(plain["train"])
     if cfg.weighting.name != "erm" or cfg.sampler.name != "none":
         raise ShiftkitError("search.enabled trains with ERM weighting and no sampler (SPEC §5.2)")
     epochs = train.pop("epochs")
-    phase = {"name": "search"}
+    state = checkpoint.state if checkpoint is not None else None
+    phase = {"name": state["phase"] if state is not None else "search"}
 
     def tagged(record: dict) -> None:
         write({"phase": phase["name"], **record})
@@ -354,7 +359,7 @@ def _search(cfg, plain, splits, parts, device, write, probe=None) -> tuple:
             "upper": optim.build("sgd", **{**DEFAULT_UPPER, "lr": conf["upper_lr"]}),
         },
         fit_options={**train, "on_eval": tagged, "probe": probe}, retrain_on=conf["retrain_on"],
-        interpolate_clusters=conf["interpolate_clusters"],
+        interpolate_clusters=conf["interpolate_clusters"], checkpoint=checkpoint,
     )
     extra = {
         "search": {"final": found.search.final, "selected": found.search.selected, "seconds": found.search.seconds},

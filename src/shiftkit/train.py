@@ -280,6 +280,8 @@ def fit(
     bs = batch_size or len(train)
     parts = {"model": model, "optimizer": opt, "schedule": schedule, "loss": loss, "weighting": weighting,
              "sampler": sampler, "selection": selection}
+    if outer is not None:  # an outer update's state (AutoBalance's upper optimizer, α history) resumes too
+        parts["outer"] = outer
     state = checkpoint.state if checkpoint is not None else None
     if state is not None:
         for key, part in parts.items():
