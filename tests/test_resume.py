@@ -207,3 +207,17 @@ def test_a_diverging_run_on_the_command_line_is_one_line_naming_the_step_and_exi
     assert not list(tmp_path.rglob("done"))
     (record,) = [json.loads(p.read_text()) for p in tmp_path.rglob("run.json")]
     assert record["status"] == "failed"
+
+
+def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path):
+    splits = data.build("digits_binary")
+    stats = splits.statistics()
+    ck = Checkpoint(tmp_path / "checkpoint.pt", every=1)
+    fit(models.build("mlp", width=16, **stats), splits, losses.build("ce"), weighting.build("erm"),
+        optim.build("sgd", lr=0.1), epochs=3, checkpoint=ck)
+    stale = Checkpoint(ck.path)
+    stale.load()
+    with pytest.raises(ShiftkitError, match=r"checkpoint .*checkpoint.pt does not fit this run \(RuntimeError: .*"
+                                            r"delete it to start the run over"):
+        fit(models.build("mlp", width=32, **stats), splits, losses.build("ce"), weighting.build("erm"),
+            optim.build("sgd", lr=0.1), epochs=3, checkpoint=stale)

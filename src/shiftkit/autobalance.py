@@ -354,7 +354,7 @@ class _Phase:
     search's result while retraining)."""
 
     def __init__(self, checkpoint: Checkpoint, phase: str, **extra):
-        self.checkpoint, self.phase, self.extra = checkpoint, phase, extra
+        self.checkpoint, self.phase, self.extra, self.path = checkpoint, phase, extra, checkpoint.path
         state = checkpoint.state
         self.state = state if state is not None and state.get("phase") == phase and "epoch" in state else None
 

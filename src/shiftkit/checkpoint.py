@@ -163,8 +163,17 @@ def capture(parts: Dict[str, Any], **values: Any) -> Dict[str, Any]:
     return {**{key: part.state_dict() for key, part in parts.items()}, **values, "rng": rng_states()}
 
 
-def restore(parts: Dict[str, Any], state: Dict[str, Any]) -> None:
-    """The inverse of :func:`capture`: load every part's state, then the global RNG states."""
-    for key, part in parts.items():
-        part.load_state_dict(state[key])
-    set_rng_states(state["rng"])
+def restore(parts: Dict[str, Any], state: Dict[str, Any], source: Optional[Path] = None) -> None:
+    """The inverse of :func:`capture`: load every part's state, then the global RNG states. A checkpoint
+    that does not fit (another model's weights, a file from another version) is one clear error naming
+    ``source``, never a half-restored run."""
+    try:
+        for key, part in parts.items():
+            part.load_state_dict(state[key])
+        set_rng_states(state["rng"])
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
+        where = f"checkpoint {source}" if source is not None else "the checkpoint"
+        detail = (str(exc).strip().splitlines() or ["missing state"])[0]
+        raise ShiftkitError(
+            f"{where} does not fit this run ({type(exc).__name__}: {detail}); delete it to start the run over"
+        ) from None

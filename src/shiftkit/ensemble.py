@@ -201,7 +201,7 @@ def fit_ensemble(
     if state is not None:
         if state["seeds"] != list(seeds):
             raise ShiftkitError(f"a checkpoint of seeds {state['seeds']} cannot resume seeds {list(seeds)}")
-        restore(parts, state)
+        restore(parts, state, checkpoint.path)
     best = state["best_states"] if state is not None else [None] * n
     step, first_epoch, earlier = (state["step"], state["epoch"], state["seconds"]) if state is not None else (0, 0, 0.0)
     start = time.perf_counter()

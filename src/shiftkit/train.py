@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed
-from .checkpoint import Checkpoint, rng_states, set_rng_states
+from .checkpoint import Checkpoint, GeneratorPart, capture, restore
 from .data.base import Split, Splits
 from .data.pipeline import Pipeline
 from .errors import ShiftkitError
@@ -279,17 +279,14 @@ def fit(
     aug_gen = torch.Generator(device=device).manual_seed(seed) if pipeline.augments else None
     bs = batch_size or len(train)
     parts = {"model": model, "optimizer": opt, "schedule": schedule, "loss": loss, "weighting": weighting,
-             "sampler": sampler, "selection": selection}
+             "sampler": sampler, "selection": selection, "order_generator": GeneratorPart(gen)}
+    if aug_gen is not None:
+        parts["augment_generator"] = GeneratorPart(aug_gen)
     if outer is not None:  # an outer update's state (AutoBalance's upper optimizer, α history) resumes too
         parts["outer"] = outer
     state = checkpoint.state if checkpoint is not None else None
     if state is not None:
-        for key, part in parts.items():
-            part.load_state_dict(state[key])
-        gen.set_state(state["order_generator"])
-        if aug_gen is not None:
-            aug_gen.set_state(state["augment_generator"])
-        set_rng_states(state["rng"])
+        restore(parts, state, checkpoint.path)
     best_state = state["best_state"] if state is not None else None
     step, first_epoch = (state["step"], state["epoch"]) if state is not None else (0, 0)
     earlier = state["seconds"] if state is not None else 0.0
@@ -327,12 +324,9 @@ def fit(
             if on_eval is not None:
                 on_eval(record)
         if checkpoint is not None and checkpoint.due(epoch, epochs):
-            checkpoint.save({
-                **{key: part.state_dict() for key, part in parts.items()},
-                "epoch": epoch + 1, "step": step, "seconds": earlier + time.perf_counter() - start,
-                "best_state": best_state, "order_generator": gen.get_state(),
-                "augment_generator": aug_gen.get_state() if aug_gen is not None else None, "rng": rng_states(),
-            })
+            checkpoint.save(capture(
+                parts, epoch=epoch + 1, step=step, seconds=earlier + time.perf_counter() - start, best_state=best_state
+            ))
     if best_state is not None:
         model.load_state_dict(best_state)
     return selection.result(earlier + time.perf_counter() - start, step)
