@@ -73,3 +73,15 @@ def test_report_errors(tmp_path):
         report.report(tmp_path, baseline="nope")
     with pytest.raises(ShiftkitError, match="unknown metric"):
         report.parse_columns(["test/nope"])
+
+
+def test_printed_tables_show_labels_with_brackets_verbatim(tmp_path):
+    from rich.console import Console
+
+    for key in ("fff4e1aa", "beef00aa"):  # hash suffixes rich would otherwise read as style tags
+        _fake_run(tmp_path / key, "chain(schemes=[iw,group_dro])", 0, key, 0.5)
+    console = Console(record=True, width=200)
+    report.report(tmp_path, console=console, show_curves=True)
+    text = console.export_text()
+    for key in ("fff4e1", "beef00"):
+        assert text.count(f"chain(schemes=[iw,group_dro]) [{key}]") == 2  # the table and the curves

@@ -220,6 +220,7 @@ def render(tables: Dict[str, List[dict]], columns: Sequence[Tuple[str, str]], co
     """Print each table with rich."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = console or Console()
     for dataset, rows in tables.items():
@@ -242,7 +243,7 @@ def render(tables: Dict[str, List[dict]], columns: Sequence[Tuple[str, str]], co
             cells = [_cell(row[f"{s}/{m}"]) for s, m in columns]
             if baseline is not None:
                 cells.append(p_text(row["p"]))
-            table.add_row(row["method"], *([] if same else [str(row["n"])]), *cells)
+            table.add_row(Text(row["method"]), *([] if same else [str(row["n"])]), *cells)  # labels hold [...]
         console.print(table)
 
 
@@ -250,6 +251,7 @@ def render_curves(curves_: Dict[str, Dict[str, list]], split: str, metric: str, 
     """Print the curves as a table of methods by (up to ``at_most``) evaluation epochs."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = console or Console()
     for dataset, methods in curves_.items():
@@ -262,7 +264,7 @@ def render_curves(curves_: Dict[str, Dict[str, list]], split: str, metric: str, 
             table.add_column(str(e), justify="right")
         for method, points in methods.items():
             at = {p[0]: p[1] for p in points}
-            table.add_row(method, *(f"{at[e]:.3f}" if e in at else "–" for e in shown))
+            table.add_row(Text(method), *(f"{at[e]:.3f}" if e in at else "–" for e in shown))
         console.print(table)
 
 
