@@ -87,7 +87,7 @@ def run_many(override_lists: List[List[str]], label: str = "runs") -> List[dict]
     configs = [compose(o) for o in override_lists]
     for cfg in configs:
         check(cfg)
-    console = Console(stderr=True, highlight=False, soft_wrap=True, quiet=not distributed.is_primary())
+    console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True, quiet=not distributed.is_primary())
     records = []
     with _progress(console) as progress:
         task = progress.add_task(label, total=len(configs))
