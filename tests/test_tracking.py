@@ -292,3 +292,14 @@ def test_mlflow_without_a_tracking_uri_follows_mlflow_tracking_uri(store, tmp_pa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     _run(tracking.build("mlflow"), store)
     assert _mlflow_run(None, uri=uri)[1].info.status == "FINISHED"
+
+
+def test_mlflow_a_rerun_of_a_killed_run_marks_the_run_it_left_running_killed(store):
+    run_dir, out = store
+    killed = tracking.build("mlflow")
+    killed.start(run_dir, out, NAME, CONFIG)
+    killed.log(RECORDS[1])  # the process dies here: no finish()
+    _run(tracking.build("mlflow"), store)
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("shiftkit").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]

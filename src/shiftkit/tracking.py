@@ -196,13 +196,23 @@ class MLflow(Logger):
         uri = (self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                or f"sqlite:///{(out / 'mlflow.db').resolve().as_posix()}")
         client = _client(uri)
-        run = client.create_run(
-            self._experiment_id(client, uri, out), run_name=name, tags={"shiftkit.run_dir": str(run_dir)}
-        )
+        experiment_id = self._experiment_id(client, uri, out)
+        self._close_killed(client, experiment_id, run_dir)
+        run = client.create_run(experiment_id, run_name=name, tags={"shiftkit.run_dir": str(run_dir)})
         self.client, self.run_id = client, run.info.run_id  # from here on, finish() closes the run
         params = [Param(key, str(value)[:MAX_PARAM_VAL_LENGTH]) for key, value in flatten(config).items()]
         for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
             client.log_batch(self.run_id, params=params[i : i + MAX_PARAMS_TAGS_PER_BATCH])
+
+    @staticmethod
+    def _close_killed(client, experiment_id: str, run_dir: Path) -> None:
+        """Mark ``KILLED`` the MLflow runs of this run directory that a killed process left ``RUNNING``: the
+        run starting now (resumed from its checkpoint, its curve replayed) replaces them."""
+        if "'" in str(run_dir):  # not expressible in MLflow's filter syntax; leave them
+            return
+        where = f"tags.`shiftkit.run_dir` = '{run_dir}' and attributes.status = 'RUNNING'"
+        for stale in client.search_runs([experiment_id], filter_string=where):
+            client.set_terminated(stale.info.run_id, status="KILLED")
 
     def _experiment_id(self, client, uri: str, out: Path) -> str:
         from mlflow.exceptions import MlflowException
