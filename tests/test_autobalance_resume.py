@@ -138,3 +138,29 @@ def test_search_and_retrain_resumes_exactly(tmp_path, crash_at):
     assert updates == sorted(set(updates)) and got.history[0]["l"] != got.alpha["l"]
     for a, b in zip(got.model.state_dict().values(), want.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_search_stopped_inside_an_epoch_resumes_at_its_step(tmp_path, reference, monkeypatch):
+    """Saved after every step (checkpoint.interval tiny), stopped after an outer update in the middle of a
+    search epoch: the rerun continues at that batch, with the outer update's state of that moment."""
+    from shiftkit.autobalance import AutoBalanceSearch
+
+    want, want_lines = reference
+    original, calls = AutoBalanceSearch.after_step, []
+
+    def crashing(self, step):
+        original(self, step)
+        calls.append(step)
+        if len(calls) == 8:  # the second step of the fourth search epoch (2 steps per epoch here)
+            raise Crash
+
+    overrides = [*OVERRIDES[:-1], "checkpoint.interval=1e-9", f"out={tmp_path}"]
+    with monkeypatch.context() as patch:
+        patch.setattr(AutoBalanceSearch, "after_step", crashing)
+        with pytest.raises(Crash):
+            run(compose(overrides))
+    record = run(compose(overrides))
+    assert (record["resumed_from_phase"], record["resumed_from_epoch"], record["resumed_from_batch"]) == ("search", 3, 1)
+    for key in KEYS:
+        assert record[key] == want[key], key
+    assert (Path(record["run_dir"]) / "metrics.jsonl").read_text() == want_lines

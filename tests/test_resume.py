@@ -221,3 +221,48 @@ def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path):
                                             r"delete it to start the run over"):
         fit(models.build("mlp", width=32, **stats), splits, losses.build("ce"), weighting.build("erm"),
             optim.build("sgd", lr=0.1), epochs=3, checkpoint=stale)
+
+
+class CrashAtCall(weighting.Weighting):
+    """Group DRO that raises at its ``at``-th call, once: a kill in the middle of an epoch."""
+
+    def __init__(self, at: int, **stats):
+        super().__init__()
+        self.inner = weighting.build("group_dro", eta=0.5, **stats)
+        self.calls, self.at = 0, at
+
+    def weights(self, losses, y, g):
+        self.calls += 1
+        if self.calls == self.at:
+            raise Crash
+        return self.inner.weights(losses, y, g)
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_a_run_stopped_inside_an_epoch_resumes_at_its_batch(tmp_path, augment):
+    splits = _image_splits() if augment else data.build("digits_binary")
+    stats = splits.statistics()
+
+    def train(crash_at=None, ck=None):
+        torch.manual_seed(0)
+        model = models.build("cnn" if augment else "mlp", **stats)
+        records = []
+        result = fit(model, splits, losses.build("ce"), CrashAtCall(crash_at or 0, **stats),
+                     optim.build("sgd", lr=0.05, schedule="multistep", milestones=[2]), sampler=sampling.build("resample"),
+                     epochs=4, batch_size=25, select="best:balanced_acc", seed=1, on_eval=records.append, checkpoint=ck)
+        return result, model, records
+
+    reference, ref_model, _ = train()
+    steps_per_epoch = -(-len(splits.train) // 25)
+    ck = Checkpoint(tmp_path / "checkpoint.pt", every=1, interval=1e-9)  # saves after every step
+    with pytest.raises(Crash):
+        train(crash_at=steps_per_epoch + 3, ck=ck)  # the 3rd batch of the 2nd epoch
+    resumed = Checkpoint(ck.path, every=1, interval=1e-9)
+    state = resumed.load()
+    assert (state["epoch"], state["batch"], state["step"]) == (1, 2, steps_per_epoch + 2)
+    result, model, records = train(ck=resumed)
+    assert [r["epoch"] for r in records] == [2, 3, 4]
+    assert result.final == reference.final and result.selected == reference.selected
+    assert result.history == reference.history and result.steps == reference.steps
+    for a, b in zip(model.state_dict().values(), ref_model.state_dict().values()):
+        assert torch.equal(a, b)

@@ -361,6 +361,9 @@ class _Phase:
     def due(self, epoch: int, epochs: int) -> bool:
         return self.checkpoint.due(epoch, epochs)
 
+    def due_within(self) -> bool:
+        return self.checkpoint.due_within()
+
     def save(self, state: Dict[str, Any]) -> None:
         self.checkpoint.save({**state, **self.extra, "phase": self.phase})
 

@@ -42,7 +42,9 @@ ENSEMBLE_FILE = "ensemble-checkpoint.pt"
 class Checkpoint:
     """Where a run's checkpoint lives and how often it is written: after every ``every``-th epoch (0:
     never) once ``interval`` seconds have passed since the last save (or the start), so that runs of many
-    short epochs do not spend their time saving (0: at every ``every``-th epoch).
+    short epochs do not spend their time saving (0: at every ``every``-th epoch); with ``interval`` > 0,
+    also inside an epoch that has run ``interval`` seconds since the last save (the saved state then holds
+    the epoch's data order and its position in it).
 
     ``load()`` reads an existing checkpoint once (``state`` then holds it); ``save()`` replaces it
     atomically. Only the process that writes results saves (rank 0 under ``torchrun``); all load.
@@ -56,6 +58,11 @@ class Checkpoint:
         self.path, self.every, self.interval, self.write = Path(path), int(every), float(interval), write
         self.state: Optional[Dict[str, Any]] = None
         self.last = time.monotonic()
+
+    def due_within(self) -> bool:
+        """Whether to save inside an epoch, after a step: when ``interval`` > 0 seconds have passed since
+        the last save, so that a long epoch never loses more than about ``interval`` seconds of training."""
+        return self.every > 0 and self.interval > 0 and time.monotonic() - self.last >= self.interval
 
     def due(self, epoch: int, epochs: int) -> bool:
         """Whether to save after 0-based ``epoch`` (never after the last one: the run is finishing)."""

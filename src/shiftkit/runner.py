@@ -294,6 +294,8 @@ def run(
         extra = {"resumed_from_epoch": epoch, "resumed_from_phase": phase}
     elif state is not None:
         extra, history = {"resumed_from_epoch": state["epoch"]}, state["selection"]["history"]
+    if state is not None and "batch" in state:  # saved inside an epoch: its batches done
+        extra["resumed_from_batch"] = state["batch"]
     tracker = make_logger(plain)
     try:
         tracker.start(out, Path(plain["out"]), f"{method_label(plain)} seed {plain['seed']}", plain)

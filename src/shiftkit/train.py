@@ -169,16 +169,21 @@ def train_epoch(
     amp: str = "none",
     step: int = 0,
     after_step: Optional[Callable[[int], None]] = None,
+    carry: Optional[tuple] = None,
+    on_step: Optional[Callable[[int, int, Tensor, Tensor], None]] = None,
 ):
     """One pass over ``order`` in batches: the loop's steps, with no host synchronization.
 
     ``after_step(step)`` runs after each optimizer step (an outer update such as AutoBalance's, SPEC
-    §5.2). Returns the summed objective (weighted by batch size), the first step whose objective was not
+    §5.2), then ``on_step(next step, batches done, total, first_bad)`` (a checkpoint inside the epoch).
+    ``carry=(batches done, total, first_bad)`` continues an epoch stopped after that many batches.
+    Returns the summed objective (weighted by batch size), the first step whose objective was not
     finite (-1 if none), both as device tensors, and the next step number.
     """
-    total = torch.zeros((), device=device)
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)
-    for idx in order.split(batch_size):
+    done, total, first_bad = carry if carry is not None else (
+        0, torch.zeros((), device=device), torch.full((), -1, dtype=torch.long, device=device)
+    )
+    for idx in order.split(batch_size)[done:]:
         y, g = train.y[idx], train.g[idx]
         if distributed.active():
             objective, local = _sharded_objective(forward, loss, weighting, train, idx, pipeline, generator, device, amp)
@@ -196,6 +201,9 @@ def train_epoch(
         if after_step is not None:
             after_step(step)
         step += 1
+        done += 1
+        if on_step is not None:
+            on_step(step, done, total, first_bad)
     return total, first_bad, step
 
 
@@ -293,16 +301,31 @@ def fit(
     net = distributed.wrap(model, device)
     forward = torch.compile(net) if compile else net
     start = time.perf_counter()
+    inside = state is not None and "batch" in state  # the checkpoint was saved inside an epoch
     for epoch in range(first_epoch, epochs):
         model.train()
         weighting.train()
-        weighting.start_epoch(epoch)
-        if outer is not None:
-            outer.start_epoch(epoch)
-        order = sampler.epoch(splits.train.y, splits.train.g, gen).to(device)
+        weighting.start_epoch(epoch)  # idempotent; the outer update's epoch start is in its restored state
+        if inside:
+            order = state["order"].to(device)
+            carry = (state["batch"], state["total"].to(device), state["first_bad"].to(device))
+            inside = False
+        else:
+            if outer is not None:
+                outer.start_epoch(epoch)
+            order = sampler.epoch(splits.train.y, splits.train.g, gen).to(device)
+            carry = None
+
+        def within(next_step: int, done: int, total: Tensor, first_bad: Tensor, epoch=epoch, order=order) -> None:
+            if checkpoint is not None and checkpoint.due_within():  # a host clock: no device sync per step
+                checkpoint.save(capture(
+                    parts, epoch=epoch, batch=done, order=order.cpu(), total=total, first_bad=first_bad,
+                    step=next_step, seconds=earlier + time.perf_counter() - start, best_state=best_state,
+                ))
+
         total, first_bad, step = train_epoch(
             forward, loss, weighting, opt, train, order, bs, pipeline, aug_gen, device, amp, step,
-            after_step=None if outer is None else outer.after_step,
+            after_step=None if outer is None else outer.after_step, carry=carry, on_step=within,
         )
         schedule.step()
         check_finite(first_bad, epoch)
