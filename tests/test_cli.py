@@ -80,3 +80,14 @@ def test_list_names_every_group(tmp_path):
     assert res.returncode == 0
     for group, registry in GROUPS.items():
         assert f"{group}: {', '.join(registry.names())}" in res.stdout
+
+
+def test_demo_trains_its_methods_and_reports(tmp_path):
+    res = shiftkit("demo", "--seeds", "2", "--out", str(tmp_path / "demo"), *TINY, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    methods = {row["method"] for rows in report["tables"].values() for row in rows}
+    assert {"ERM", "IW", "Poly+IW"} <= methods
+    assert all(row["n"] == 2 for rows in report["tables"].values() for row in rows)
+    for png in ("report.png", "curves.png"):
+        assert (tmp_path / "demo" / png).read_bytes()[:4] == b"\x89PNG"
