@@ -1,12 +1,12 @@
 """Checkpoints that let a killed run resume and finish exactly as if it had never stopped (DESIGN.md,
 "Reliability").
 
-A checkpoint is written at the end of an epoch, after its evaluation, and holds everything the rest of
-the run depends on: the model, the optimizer and its learning-rate schedule, the loss's and the
-weighting's state (Group DRO's ``q``, DRW's epoch, ...), the sampler's state, the generators that draw the
-data order and the augmentation, the global RNG states, the model selection so far (its history and the
-selected weights), the step count and the training time. Data order is drawn once per epoch, so an epoch
-boundary fixes the sampler's position. Files are written through a temporary file and a rename: a kill
+A checkpoint is written at the end of an epoch, after its evaluation, or inside a long epoch after a
+step, and holds everything the rest of the run depends on: the model, the optimizer and its learning-rate
+schedule, the loss's and the weighting's state (Group DRO's ``q``, DRW's epoch, ...), the sampler's state,
+the generators that draw the data order and the augmentation, the global RNG states, the model selection
+so far (its history and the selected weights), the step count and the training time; inside an epoch also
+that epoch's data order and position. Files are written through a temporary file and a rename: a kill
 while saving leaves the previous checkpoint whole.
 
 >>> import tempfile, torch
@@ -62,11 +62,12 @@ class Checkpoint:
     def due_within(self) -> bool:
         """Whether to save inside an epoch, after a step: when ``interval`` > 0 seconds have passed since
         the last save, so that a long epoch never loses more than about ``interval`` seconds of training."""
-        return self.every > 0 and self.interval > 0 and time.monotonic() - self.last >= self.interval
+        return self.write and self.every > 0 and self.interval > 0 and time.monotonic() - self.last >= self.interval
 
     def due(self, epoch: int, epochs: int) -> bool:
-        """Whether to save after 0-based ``epoch`` (never after the last one: the run is finishing)."""
-        if self.every == 0 or epoch + 1 >= epochs or (epoch + 1) % self.every:
+        """Whether to save after 0-based ``epoch`` (never after the last one: the run is finishing; never in
+        a process that does not write, so that it does not gather a state only to drop it)."""
+        if not self.write or self.every == 0 or epoch + 1 >= epochs or (epoch + 1) % self.every:
             return False
         return time.monotonic() - self.last >= self.interval
 
