@@ -301,6 +301,10 @@ def fit(
     net = distributed.wrap(model, device)
     forward = torch.compile(net) if compile else net
     start = time.perf_counter()
+
+    def save(**position) -> None:
+        checkpoint.save(capture(parts, **position, seconds=earlier + time.perf_counter() - start, best_state=best_state))
+
     inside = state is not None and "batch" in state  # the checkpoint was saved inside an epoch
     for epoch in range(first_epoch, epochs):
         model.train()
@@ -318,10 +322,7 @@ def fit(
 
         def within(next_step: int, done: int, total: Tensor, first_bad: Tensor, epoch=epoch, order=order) -> None:
             if checkpoint is not None and checkpoint.due_within():  # a host clock: no device sync per step
-                checkpoint.save(capture(
-                    parts, epoch=epoch, batch=done, order=order.cpu(), total=total, first_bad=first_bad,
-                    step=next_step, seconds=earlier + time.perf_counter() - start, best_state=best_state,
-                ))
+                save(epoch=epoch, batch=done, order=order.cpu(), total=total, first_bad=first_bad, step=next_step)
 
         total, first_bad, step = train_epoch(
             forward, loss, weighting, opt, train, order, bs, pipeline, aug_gen, device, amp, step,
@@ -347,9 +348,7 @@ def fit(
             if on_eval is not None:
                 on_eval(record)
         if checkpoint is not None and checkpoint.due(epoch, epochs):
-            checkpoint.save(capture(
-                parts, epoch=epoch + 1, step=step, seconds=earlier + time.perf_counter() - start, best_state=best_state
-            ))
+            save(epoch=epoch + 1, step=step)
     if best_state is not None:
         model.load_state_dict(best_state)
     return selection.result(earlier + time.perf_counter() - start, step)
