@@ -203,6 +203,14 @@ def make_logger(plain: Dict[str, Any]) -> tracking.Logger:
     return tracking.build(node.pop("name"), **node)
 
 
+def _start_tracker(tracker: tracking.Logger, plain: Dict[str, Any], out: Path, history: List[dict]) -> None:
+    """Start the run's logger and replay ``history`` (the evaluations a resumed run already has), so that
+    its tracking shows the whole curve."""
+    tracker.start(out, Path(plain["out"]), f"{method_label(plain)} seed {plain['seed']}", plain)
+    for record in history:
+        tracker.log(record)
+
+
 def _log_writer(log, on_eval: Optional[Callable[[dict], None]], tracker=None) -> Callable[[dict], None]:
     def write(record: dict) -> None:
         log.write(json.dumps(record) + "\n")
@@ -298,9 +306,7 @@ def run(
         extra["resumed_from_batch"] = state["batch"]
     tracker = make_logger(plain)
     try:
-        tracker.start(out, Path(plain["out"]), f"{method_label(plain)} seed {plain['seed']}", plain)
-        for record in history:  # a resumed run's tracking shows its whole curve too
-            tracker.log(record)
+        _start_tracker(tracker, plain, out, history)
         with _open_log(out, history) as log:
             write = _log_writer(log, on_eval, tracker)
             if plain["search"]["enabled"]:
@@ -416,9 +422,7 @@ def run_ensemble(
     logs = [_open_log(outs[i], history) for i, history in zip(todo, histories)]
     trackers = [make_logger(plains[i]) for i in todo]
     for i, tracker, history in zip(todo, trackers, histories):
-        tracker.start(outs[i], Path(plains[i]["out"]), f"{method_label(plains[i])} seed {plains[i]['seed']}", plains[i])
-        for record in history:  # a resumed member's tracking shows its whole curve too
-            tracker.log(record)
+        _start_tracker(tracker, plains[i], outs[i], history)
     writers = [_log_writer(log, on_eval, tracker) for log, tracker in zip(logs, trackers)]
     try:
         results = fit_ensemble(
