@@ -298,3 +298,50 @@ def test_retrain_data_and_cluster_interpolation(retrain_on):
     with pytest.raises(ShiftkitError, match="retrain_on"):
         search_and_retrain(lambda: models.build("linear", input_shape=(2,), num_classes=2), splits, loss,
                            optim.build("sgd", lr=0.1), search_epochs=1, retrain_epochs=1, retrain_on="val")
+
+
+@pytest.mark.parametrize("init, interpolate, retrain_cluster_size", [
+    ("ce", True, 1), ("la", True, 1), ("ce", False, 2), ("ce", "unless_la", 1), ("la", "unless_la", 2),
+])
+def test_interpolate_clusters_unless_la_follows_the_released_retraining(monkeypatch, init, interpolate,
+                                                                        retrain_cluster_size):
+    """The released retraining.py interpolates the clusters only when the search did not start from LA
+    (``ly_LA_tau`` unset); ``interpolate_clusters="unless_la"`` does the same, ``True`` always interpolates."""
+    import shiftkit.autobalance as ab
+
+    seen = []
+
+    def spy(model, splits, loss, *args, **kwargs):
+        seen.append(loss.cluster_size)
+        return fit(model, splits, loss, *args, **kwargs)
+
+    monkeypatch.setattr(ab, "fit", spy)
+    splits = toy(n0=60, n1=6)
+    loss = losses.build("autobalance", class_counts=splits.train.class_counts, cluster_size=2, init=init)
+    search_and_retrain(lambda: models.build("linear", input_shape=(2,), num_classes=2), splits, loss,
+                       optim.build("sgd", lr=0.1), search_epochs=1, retrain_epochs=1, batch_size=32,
+                       search_options=dict(start_epoch=0, every=2, batches=1), interpolate_clusters=interpolate)
+    assert seen == [2, retrain_cluster_size]  # the search on clusters, the retraining as chosen
+    with pytest.raises(ShiftkitError, match="interpolate_clusters"):
+        search_and_retrain(lambda: models.build("linear", input_shape=(2,), num_classes=2), splits, loss,
+                           optim.build("sgd", lr=0.1), search_epochs=1, retrain_epochs=1,
+                           interpolate_clusters="always")
+
+
+def test_the_released_extra_upper_step_moves_nothing():
+    """The released train_epoch's upper step on a validation CE that does not involve dy, ly (zero_grad,
+    backward, step): on PyTorch >= 2 zero_grad() leaves the gradients None and SGD skips them, so α and
+    its momentum stay put (with zero-filled gradients, as on PyTorch < 2, weight decay and momentum would
+    move α). AutoBalanceSearch has no such step."""
+    dy, ly = torch.ones(2, requires_grad=True), torch.zeros(2, requires_grad=True)
+    upper = torch.optim.SGD([{"params": dy}, {"params": ly}], lr=0.01, momentum=0.9, weight_decay=1e-4)
+    dy.grad, ly.grad = torch.full((2,), 0.5), torch.full((2,), -0.5)
+    upper.step()  # a hyper-update: momentum buffers now hold a nonzero step
+    before = [t.detach().clone() for t in (dy, ly, upper.state[dy]["momentum_buffer"])]
+    model = nn.Linear(3, 2)
+    up_loss = F.cross_entropy(model(torch.randn(4, 3)), torch.tensor([0, 1, 1, 0]), weight=torch.ones(2))
+    upper.zero_grad()
+    up_loss.backward()
+    upper.step()
+    assert dy.grad is None and ly.grad is None
+    assert all(torch.equal(b, a) for b, a in zip(before, (dy, ly, upper.state[dy]["momentum_buffer"])))

@@ -110,12 +110,50 @@ def test_per_class_keeps_tau_and_interpolates_the_log_prior():  # SPEC §5.4 ret
         (dict(init="group_la", group_counts=[30, 10, 4, 2]), "by='class_group'"),
         (dict(init="group_la", by="class_group", group_counts=[30, 10, 4, 3]), "not \\(class, attribute\\) cells"),
         (dict(init="group_la", by="class_group", group_counts=[30, 10, 6]), "multiple of the 2 classes"),
+        (dict(cluster_init="median"), "cluster_init must be 'mean' or 'centre'"),
     ],
 )
 def test_bad_options_are_one_line_errors(options, words):
     with pytest.raises(ShiftkitError, match=words) as info:
         losses.build("autobalance", class_counts=options.pop("class_counts", [40, 6]), **options)
     assert "\n" not in str(info.value)
+
+
+# ---- clustered initialization: the released get_LA_params keeps each cluster's centre class -------------
+
+def test_cluster_init_centre_gives_each_cluster_its_centre_class_log_prior():
+    counts = [5, 50, 20, 40, 10]  # ranks by count: classes 1, 3, 2, 4, 0 -> clusters {1, 3}, {2, 4}, {0}
+    log_pi = [math.log(c / sum(counts)) for c in counts]
+    centre = losses.build("autobalance", class_counts=counts, cluster_size=2, init="la", tau=2.0,
+                          cluster_init="centre")
+    # Centre ranks start + size // 2 = 1, 3, 4: classes 3, 4 and 0 (the short last block is its own centre).
+    assert centre.l[0].tolist() == pytest.approx([2.0 * log_pi[3], 2.0 * log_pi[4], 2.0 * log_pi[0]], rel=1e-6)
+    assert centre.delta[0].tolist() == [1.0, 1.0, 1.0]
+    mean = losses.build("autobalance", class_counts=counts, cluster_size=2, init="la", tau=2.0)  # the default
+    assert mean.l[0].tolist() == pytest.approx([log_pi[1] + log_pi[3], log_pi[2] + log_pi[4], 2.0 * log_pi[0]],
+                                               rel=1e-6)
+    logits, y = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 4, 0])
+    want = F.cross_entropy(SIGMOID_ONE * logits + centre.l[0, centre.cluster_of], y, reduction="none")
+    torch.testing.assert_close(centre(logits, y), want)
+
+    # Frequency-sorted labels, as in the released code: tau * log(pi) at the classes range(C//2, K, C).
+    ranked = [50, 40, 30, 20, 10, 5]
+    log_prior = torch.log(torch.tensor(ranked, dtype=torch.float64) / sum(ranked))
+    for size in (2, 3):
+        loss = losses.build("autobalance", class_counts=ranked, cluster_size=size, init="la", tau=1.5,
+                            cluster_init="centre")
+        torch.testing.assert_close(loss.l[0].double(), 1.5 * log_prior[list(range(size // 2, 6, size))],
+                                   rtol=1e-6, atol=1e-6)
+    by_tau = losses.build("autobalance", class_counts=ranked, cluster_size=3, init="la", learn=["tau"],
+                          cluster_init="centre")
+    torch.testing.assert_close(by_tau.log_prior[0].double(), log_prior[[1, 4]], rtol=1e-6, atol=1e-6)
+    cdt = losses.build("autobalance", class_counts=ranked, cluster_size=3, init="cdt", gamma=0.5,
+                       cluster_init="centre")  # Δ too: (n_centre / n_max)^gamma
+    torch.testing.assert_close(cdt.delta[0].double(), torch.tensor([40.0 / 50, 10.0 / 50], dtype=torch.float64).sqrt(),
+                               rtol=1e-6, atol=1e-6)
+    # One class per cluster: the two inits agree.
+    assert torch.equal(losses.build("autobalance", class_counts=counts, init="la", cluster_init="centre").l,
+                       losses.build("autobalance", class_counts=counts, init="la").l)
 
 
 # ---- Group-LA (SPEC §5.5, [INFERRED]): w_a·CE(f + log π_{·|a}, y), cells g = 2y + a --------------------------

@@ -15,7 +15,7 @@ import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -86,9 +86,15 @@ class AutoBalanceSearch:
     converges, bounded where it diverges, which on ``fmnist_spurious`` otherwise blew α up (measured,
     docs/REPRODUCTION.md).
 
-    Not reproduced: the released code's extra upper step after every iteration, on a validation loss
-    that does not depend on α (SPEC §11.6): with a zero gradient it moves α by weight decay and momentum
-    only, an artefact rather than part of Algorithm 1, so α here moves only at hyper-updates.
+    α moves only at hyper-updates, as in Algorithm 1. The released ``train_epoch`` (``core/trainer.py``)
+    also takes one more upper step after every training iteration of a bilevel epoch, on the plain
+    ``cross_entropy`` of one validation batch, which does not depend on ``dy`` or ``ly``
+    (``up_optimizer.zero_grad(); up_loss.backward(); up_optimizer.step()``). On PyTorch >= 2 that step
+    does nothing: ``zero_grad()`` sets the gradients to ``None``, the backward pass leaves them ``None``
+    and SGD skips parameters without a gradient, so neither α nor the momentum buffers change (the model
+    gradients it writes are cleared before the training step). Only on PyTorch < 2, where ``zero_grad()``
+    filled zeros, did it move α, by weight decay and the momentum of the last hyper-update. It has no
+    counterpart here.
 
     ``self.history``: one entry per :meth:`record` (each epoch start; :func:`search_and_retrain` adds the
     final state), ``{"epoch", "updates", <name>: nested list}`` for every hyperparameter, for run.json
@@ -286,7 +292,7 @@ def search_and_retrain(
     search_options: Optional[dict] = None,
     fit_options: Optional[dict] = None,
     retrain_on: str = "train+val",
-    interpolate_clusters: bool = True,
+    interpolate_clusters: Union[bool, str] = True,
     checkpoint: Optional[Checkpoint] = None,
 ) -> SearchResult:
     """Algorithm 1 of SPEC §5.2 end to end with :func:`~shiftkit.train.fit` and ERM weighting.
@@ -297,9 +303,18 @@ def search_and_retrain(
     ``retrain_epochs`` on :func:`merge_train_val` with a frozen copy of the loss (α* fixed, no gradient).
     ``retrain_on="train"`` retrains on the training split alone instead, so that the final model sees the
     same examples as baselines trained on ``train`` (the validation set then only steers α; SPEC §5.2
-    line 11 merges them, the default). With ``cluster_size > 1`` the retraining uses per-class values
-    interpolated between the clusters' centres (:meth:`AutoBalance.per_class`, the released retraining;
-    ``interpolate_clusters=False`` keeps the clusters' step function).
+    line 11 merges them, the default).
+
+    With ``cluster_size > 1``, ``interpolate_clusters`` says which per-class values the retraining uses:
+    ``True`` (default) always interpolates between the clusters' centres (:meth:`AutoBalance.per_class`);
+    ``False`` keeps the clusters' step function (each class its cluster's value); ``"unless_la"`` follows
+    the released ``retraining.py``, which interpolates only when the search did not start from LA: it
+    sets ``group_size = 1`` (and ``get_init_dy`` / ``get_init_ly`` then interpolate) only when
+    ``ly_LA_tau`` is unset, and a search from ``ly_init: LA`` retrains with the clusters' step function
+    (``loss_adjust_cross_entropy``'s ``repeat_interleave(group_size)``). Here "from LA" means the loss's
+    ``init`` is ``"la"`` or ``"group_la"``. ``True`` thus differs from the released code for searches
+    from LA only.
+
     ``loss`` is modified in place by the search. ``fit_options`` (eval_every, select, ...) go to both fits.
     The code retrains 200 epochs after a 300-epoch search on CIFAR (SPEC §5.6).
 
@@ -312,6 +327,13 @@ def search_and_retrain(
     """
     if retrain_on not in ("train+val", "train"):
         raise ShiftkitError(f"search.retrain_on must be 'train+val' or 'train', got '{retrain_on}'")
+    if isinstance(interpolate_clusters, str):
+        if interpolate_clusters != "unless_la":
+            raise ShiftkitError("search.interpolate_clusters must be true, false or 'unless_la', "
+                                f"got '{interpolate_clusters}'")
+        interpolate = getattr(loss, "init", None) not in ("la", "group_la")
+    else:
+        interpolate = bool(interpolate_clusters)
     fit_options = dict(fit_options or {})
     state = checkpoint.state if checkpoint is not None else None
     done = state["search"] if state is not None and state.get("phase") == "retrain" else None
@@ -333,7 +355,7 @@ def search_and_retrain(
         loss.load_state_dict(done["loss"])
         set_rng_states(done["rng"])
     alpha = {k: v.detach().cpu().tolist() for k, v in loss.hyperparameters().items()}
-    if interpolate_clusters and hasattr(loss, "per_class"):
+    if interpolate and hasattr(loss, "per_class"):
         frozen = loss.per_class()
     else:
         frozen = copy.deepcopy(loss).requires_grad_(False)

@@ -29,7 +29,8 @@ def _la_init(n: Tensor, groups, rows: int, gamma: float) -> tuple:
 
 
 def _cdt_init(n: Tensor, groups, rows: int, gamma: float) -> tuple:
-    """``dy_init: CDT``: ``Δ = (n/n_max)^gamma`` used without the sigmoid (``cdt_cross_entropy``)."""
+    """CDT's multiplier ``Δ = (n/n_max)^gamma`` used without the sigmoid (the form of the released
+    ``cdt_cross_entropy``, which its search never calls: see :class:`AutoBalance`)."""
     return (n / n.max()).pow(gamma), torch.zeros_like(n), torch.ones_like(n), False
 
 
@@ -54,6 +55,7 @@ def _group_la_init(n: Tensor, groups, rows: int, gamma: float) -> tuple:
 _INITS = {"ce": _ce_init, "la": _la_init, "cdt": _cdt_init, "group_la": _group_la_init}
 _BY = ("class", "class_group")
 _LEARNABLE = ("l", "delta", "tau")
+_CLUSTER_INITS = ("mean", "centre")
 
 
 def _check_learn(learn: Sequence[str], init: str) -> tuple:
@@ -84,14 +86,22 @@ class AutoBalance(Loss):
     configs' ``wy: false``). The training loop's optimizer sees only the model's parameters, so α stays
     fixed there. :meth:`offsets` gives ``l`` (``τ·log π`` with ``learn=[tau]``).
 
-    ``init`` (the released code's initializations; ``w = 1`` except for ``group_la``):
+    ``init``, the starting point of α (``w = 1`` except for ``group_la``):
 
     - ``"ce"`` (default, ``configs/cifar10/dyly_no_init/1.yaml``): ``delta = 1``, so every logit is
       scaled by σ(1) = 0.7311, and ``l = 0``;
     - ``"la"``: ``delta = 1`` and ``l = tau·log π`` (``ly_init: LA``, ``ly_LA_tau = tau``);
-    - ``"cdt"``: ``delta = (n/n_max)^gamma`` used **without** the sigmoid, as the code's
-      ``cdt_cross_entropy``: the multiplier is ``delta`` itself (attribute ``through_sigmoid`` is
-      ``False``), since a logit-domain init cannot reach the head class's Δ = 1;
+    - ``"cdt"`` (ours): the class-dependent temperatures of Ye et al. (loss ``cdt``) as the starting
+      point, ``delta = (n/n_max)^gamma`` and ``l = 0``, with Δ used **without** the sigmoid: the
+      multiplier is ``delta`` itself (attribute ``through_sigmoid`` is ``False``) in training, in the
+      search's hypergradient and in the retraining, so the search starts exactly at CDT and tunes the
+      multiplier itself. The sigmoid is dropped because σ(Δ) < 1 can never be the head class's
+      multiplier 1. This is **not** the released code's ``dy_init: CDT``: there
+      ``get_init_dy`` sets ``dy = (n/n_max)^gamma`` (``get_CDT_params``), but ``loss_search.py`` and
+      ``retraining.py`` always train with ``loss_adjust_cross_entropy`` (``logits * sigmoid(dy) + ly``),
+      whatever the init, so its multiplier is σ((n/n_max)^gamma), between σ(0) = 0.5 and σ(1) = 0.7311,
+      which is not CDT. ``core/utils.py`` defines ``cdt_cross_entropy`` (``logits * dy + ly``, the
+      form used here), but neither script calls it. The released ``dy_init: CDT`` is not offered here;
     - ``"group_la"`` (``by="class_group"``; ours): [AB]'s Group-LA baseline of Table 3 (SPEC §5.5),
       ``w_a · CE(f + tau·log π_{·|a}, y)`` for an example with attribute a: groups are the cells
       ``g = A·y + a`` of DESIGN.md ("Groups"; A = 2 for a binary attribute), ``π_{k|a}`` the class
@@ -101,13 +111,25 @@ class AutoBalance(Loss):
       reading, and dividing by A (mean weight 1 over the training set, as ``iw``) is ours.] Trained
       without the search it *is* that baseline; with the search, AutoBalance starts from it.
 
-    ``cluster_size`` C (SPEC §5.4, the dictionary D_π): classes sorted by decreasing training count
-    (ties by index) form consecutive blocks of C that share one entry of ``l`` and ``delta``;
+    ``cluster_size`` C (the released configs' ``group_size``): classes sorted by decreasing training
+    count (ties by index) form consecutive blocks of C that share one entry of ``l`` and ``delta``;
     K' = ceil(K/C). The code's ``repeat_interleave(C)`` over the sorted order is mapped back to class
     indices, so labels need not be frequency-sorted: entry ``cluster_of[k]`` of ``l`` and ``delta`` is
-    class k's (the identity when the classes are already sorted). A block starts at the mean of its
-    classes' init values [INFERRED: the released code has no clustered LA/CDT init]. ``w`` stays per
-    class, as in the code.
+    class k's (the identity when the classes are already sorted). ``w`` stays per class, as in the code.
+
+    ``cluster_init`` says where a block of several classes starts (with C = 1 both choices agree):
+
+    - ``"mean"`` (default; ours): the mean of its classes' init values, e.g. the mean of their
+      ``tau·log π_k`` for ``la``;
+    - ``"centre"``: the init value of the block's centre class, the one of rank ``start + size // 2``
+      in the sorted order (the rank at which :meth:`per_class` places the block's value). This is the
+      released code's clustered LA init: ``get_LA_params`` (``core/utils.py``) keeps ``tau·log π`` of
+      the classes ``range(C//2, K, C)`` only, one per cluster (its labels are frequency-sorted). For a
+      short last block (K not a multiple of C) we take that block's own centre; the released code takes
+      rank ``start + C//2`` if it exists and otherwise returns one entry fewer than there are clusters.
+      The released code clusters only the LA log-prior (``dy_init: Ones`` is constant and
+      ``get_CDT_params`` has no clustering); here ``"centre"`` applies to ``delta`` and the log-prior of
+      every init alike, so with ``ce`` and ``la`` (Δ = 1) only ``l`` differs from ``"mean"``.
 
     ``tau = 1`` is the paper's "LA init" row (``ly_LA_tau: 1``); the released configs leave
     ``ly_LA_tau`` and ``dy_CDT_gamma`` unset, so ``gamma = 0.3`` is the VS-Loss repo's CDT default.
@@ -138,6 +160,7 @@ class AutoBalance(Loss):
         by: str = "class",
         learn: List[str] = ("l", "delta"),
         learn_w: bool = False,
+        cluster_init: str = "mean",
     ):
         super().__init__()
         if init not in _INITS:
@@ -146,21 +169,28 @@ class AutoBalance(Loss):
             raise ShiftkitError(f"loss 'autobalance': by must be 'class' or 'class_group', got '{by}'")
         if not cluster_size >= 1:
             raise ShiftkitError(f"loss 'autobalance': cluster_size must be >= 1, got {cluster_size}")
+        if cluster_init not in _CLUSTER_INITS:
+            raise ShiftkitError(f"loss 'autobalance': cluster_init must be 'mean' or 'centre', got '{cluster_init}'")
         self.learn = _check_learn(learn, init)
         n = positive_counts("autobalance", "class_counts", class_counts)
         rows = self._rows(by, group_counts, num_groups)
-        self.by, self.cluster_size, self.num_classes = by, int(cluster_size), n.numel()
+        self.by, self.cluster_size, self.num_classes, self.init = by, int(cluster_size), n.numel(), init
 
         # Cluster of each class: its rank by decreasing count (stable for ties), in blocks of C.
         order = torch.sort(n, descending=True, stable=True).indices
         rank = torch.empty_like(order)
         rank[order] = torch.arange(n.numel())
         self.register_buffer("cluster_of", rank // self.cluster_size)
-        sizes = torch.bincount(self.cluster_of).to(torch.float64)
+        blocks = torch.bincount(self.cluster_of)  # classes per cluster
+        sizes = blocks.to(torch.float64)
 
         delta, prior, w, self.through_sigmoid = _INITS[init](n, group_counts, rows, gamma)
-        delta, prior = (torch.zeros(rows, len(sizes), dtype=torch.float64).index_add_(
-            1, self.cluster_of, v.expand(rows, -1)) / sizes for v in (delta, prior))
+        if cluster_init == "centre":  # each block takes its centre class's value: rank start + size // 2
+            centre = order[torch.cumsum(blocks, 0) - blocks + blocks // 2]
+            delta, prior = (v.expand(rows, -1)[:, centre] for v in (delta, prior))
+        else:  # "mean": each block starts at the mean of its classes' values
+            delta, prior = (torch.zeros(rows, len(sizes), dtype=torch.float64).index_add_(
+                1, self.cluster_of, v.expand(rows, -1)) / sizes for v in (delta, prior))
         self._keep("delta", delta, "delta" in self.learn)
         if "tau" in self.learn:  # l = τ · log-prior, with the log-prior fixed
             self.tau = nn.Parameter(torch.tensor([float(tau)]))
@@ -192,12 +222,17 @@ class AutoBalance(Loss):
         return self.tau * self.log_prior if "tau" in self.learn else self.l
 
     def per_class(self) -> "AutoBalance":
-        """A copy with one entry per class (``cluster_size = 1``), the released retraining's expansion of the
-        cluster values (SPEC §5.4): along the classes sorted by decreasing count, each cluster's value sits
-        at its centre, rank ``start + size // 2`` (the code's ``range(C//2, K, C)``), and every class takes
+        """A copy with one entry per class (``cluster_size = 1``): along the classes sorted by decreasing
+        count, each cluster's value sits at its centre, rank ``start + size // 2``, and every class takes
         the linear interpolation between the two nearest centres, extrapolated linearly beyond the first
         and last. A single cluster gives its value to all classes; ``w`` is already per class (with
         learn=tau, the log-prior is interpolated and τ kept). The copy's tensors are frozen (no gradient).
+
+        This is the expansion of the released ``retraining.py`` (the ``"Retrain"`` branch of
+        ``get_init_dy`` / ``get_init_ly`` in ``core/utils.py``: ``scipy.interpolate.interp1d`` at the
+        ranks ``range(C//2, K, C)``, ``fill_value="extrapolate"``), which the released code applies only
+        when the search did not start from LA; :func:`shiftkit.autobalance.search_and_retrain` says when
+        it is used here.
 
         >>> loss = AutoBalance(class_counts=[50, 40, 30, 20, 10, 5], cluster_size=2)
         >>> with torch.no_grad():
