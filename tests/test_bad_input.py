@@ -235,9 +235,10 @@ CASES = [
     ("report-dir-without-runs", ["report", "{dir}"], {}, "no finished runs (run.json with a done marker) under"),
     ("report-missing-dir", ["report", "{dir}/nowhere"], {}, "no such directory: {dir}/nowhere"),
     ("report-not-a-record", ["report", "{dir}/runs"], {"runs/r": _not_a_record},
-     "{dir}/runs/r/run.json is not a shiftkit run record (a JSON list)"),
+     "no finished runs (run.json with a done marker) under {dir}/runs; 1 damaged run(s) skipped, the first:"
+     " {dir}/runs/r/run.json is not a shiftkit run record (a JSON list)"),
     ("report-cut-off-metrics", ["report", "{dir}/runs"], {"runs/r": _run_record},
-     "{dir}/runs/r/metrics.jsonl: line 2 is not valid JSON"),
+     "1 damaged run(s) skipped, the first: {dir}/runs/r/metrics.jsonl: line 2 is not valid JSON"),
     ("report-unknown-metric", ["report", "{dir}", "--metrics", "test/worst_acc"], {},
      "unknown metric 'worst_acc'; choose one of: acc, balanced_acc"),
     ("report-bad-which", ["report", "{dir}", "--which", "best"], {}, "--which must be 'selected' or 'final'"),

@@ -3,10 +3,23 @@
 >>> from shiftkit import losses, weighting, metrics, data
 >>> "poly" in losses.names() and "iw" in weighting.names()
 True
+
+The subpackages load when first used (``shiftkit.losses``, ``from shiftkit import data``), so that the
+command line starts, and answers Ctrl-C, before PyTorch has loaded.
 """
+
+import importlib
 
 __version__ = "0.1.0"
 
-from . import data, losses, metrics, models, optim, sampling, weighting  # noqa: E402
-
 __all__ = ["data", "losses", "metrics", "models", "optim", "sampling", "weighting", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'shiftkit' has no attribute '{name}'")
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])

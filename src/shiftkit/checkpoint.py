@@ -21,9 +21,9 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -31,12 +31,18 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from . import files
 from .errors import ShiftkitError
 
 #: The file name of a run's checkpoint inside its run directory.
 FILE = "checkpoint.pt"
 #: The file name of an ensemble's one checkpoint, in its first pending member's run directory.
 ENSEMBLE_FILE = "ensemble-checkpoint.pt"
+
+
+#: The NumPy types of the RNG state in checkpoints of earlier versions (a uint32 array): allowed on
+#: load so that such runs still resume; an array can only be built from these, no other callable.
+_EARLIER_NUMPY = [np.ndarray, np.dtype, np.dtypes.UInt32DType, (np._core if hasattr(np, "_core") else np.core).multiarray._reconstruct]
 
 
 class Checkpoint:
@@ -72,27 +78,31 @@ class Checkpoint:
         return time.monotonic() - self.last >= self.interval
 
     def load(self) -> Optional[Dict[str, Any]]:
+        """The saved state, or ``None`` without a file. The file is read with ``weights_only=True``:
+        tensors, numbers, strings and containers, never code, so a checkpoint from elsewhere cannot run
+        anything when it is resumed. A file that is not one of our checkpoints is one error naming it."""
         if self.path.exists():
             try:
-                self.state = torch.load(self.path, map_location="cpu", weights_only=False)
-            except Exception as exc:  # a foreign or corrupt file: say which, never resume from it silently
+                with torch.serialization.safe_globals(_EARLIER_NUMPY):
+                    state = torch.load(self.path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # a foreign, corrupt or unsafe file: say which, never resume from it
+                detail = (str(exc).strip().splitlines() or [""])[0][:200]
                 raise ShiftkitError(
-                    f"cannot read checkpoint {self.path} ({type(exc).__name__}); delete it to start the run over"
+                    f"cannot read checkpoint {self.path} ({type(exc).__name__}{': ' + detail if detail else ''});"
+                    " delete it to start the run over"
                 ) from None
+            if not isinstance(state, dict):
+                raise ShiftkitError(
+                    f"checkpoint {self.path} does not fit this run (it holds a {type(state).__name__}, not a"
+                    " checkpoint's state); delete it to start the run over"
+                )
+            self.state = state
         return self.state
 
     def save(self, state: Dict[str, Any]) -> None:
         if not self.write:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        files.save_torch(state, self.path)
         self.last = time.monotonic()
 
     def remove(self) -> None:
@@ -101,8 +111,11 @@ class Checkpoint:
 
 
 def rng_states() -> Dict[str, Any]:
-    """The global generators' states (torch CPU and CUDA, NumPy, Python)."""
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The global generators' states (torch CPU and CUDA, NumPy, Python), as tensors, numbers and tuples
+    only, so that a checkpoint loads with ``weights_only=True``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+    states = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -110,7 +123,8 @@ def rng_states() -> Dict[str, Any]:
 
 def set_rng_states(states: Dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
+    kind, keys, *rest = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), *rest))
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -171,17 +185,34 @@ def capture(parts: Dict[str, Any], **values: Any) -> Dict[str, Any]:
     return {**{key: part.state_dict() for key, part in parts.items()}, **values, "rng": rng_states()}
 
 
-def restore(parts: Dict[str, Any], state: Dict[str, Any], source: Optional[Path] = None) -> None:
-    """The inverse of :func:`capture`: load every part's state, then the global RNG states. A checkpoint
-    that does not fit (another model's weights, a file from another version) is one clear error naming
-    ``source``, never a half-restored run."""
-    try:
+def restore(parts: Dict[str, Any], state: Dict[str, Any], source: Optional[Path] = None,
+            required: Sequence[str] = (), optional: Sequence[str] = ()) -> None:
+    """The inverse of :func:`capture`: load every part's state, then the global RNG states; ``required``
+    names plain values the caller reads next, ``optional`` parts that checkpoints of earlier versions lack
+    (they keep their fresh state). A checkpoint that does not fit (another model's weights, a
+    file from another version or of another kind of run) is one clear error naming ``source``, never a
+    half-restored run."""
+    with fitting(source):
+        if not isinstance(state, dict):
+            raise TypeError(f"it holds a {type(state).__name__}, not a checkpoint's state")
+        missing = [key for key in (*parts, *required, "rng") if key not in state and key not in optional]
+        if missing:
+            raise KeyError(", ".join(missing))
         for key, part in parts.items():
-            part.load_state_dict(state[key])
+            if key in state:
+                part.load_state_dict(state[key])
         set_rng_states(state["rng"])
-    except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
+
+
+@contextlib.contextmanager
+def fitting(source: Optional[Path] = None):
+    """Turn a failure to read a loaded checkpoint's state (a missing key, a wrong type or shape) into one
+    error naming ``source``: the file does not fit this run."""
+    try:
+        yield
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
         where = f"checkpoint {source}" if source is not None else "the checkpoint"
-        detail = (str(exc).strip().splitlines() or ["missing state"])[0]
+        detail = (str(exc).strip().splitlines() or ["missing state"])[0][:200]
         raise ShiftkitError(
             f"{where} does not fit this run ({type(exc).__name__}: {detail}); delete it to start the run over"
         ) from None

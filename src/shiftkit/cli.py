@@ -16,10 +16,33 @@ Bad input (an unknown name, a value of the wrong type, a missing directory) prin
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+import warnings
 from typing import List, Optional
 
-from .errors import ShiftkitError
+from .errors import ShiftkitError, ShiftkitWarning
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM and most schedulers send before they kill a job), raised where the process is
+    so that it ends as Ctrl-C does: the run records ``"status": "interrupted"`` and resumes when the same
+    command runs again."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated(f"stopped by {signal.Signals(signum).name}")
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, ShiftkitWarning):
+        print(f"shiftkit: warning: {message}", file=sys.stderr)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+_show_warning = warnings.showwarning
 
 
 class _Parser(argparse.ArgumentParser):
@@ -275,6 +298,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """The command line: 0 on success, 2 with one ``shiftkit: error:`` line for bad input or a failed
+    run, 130 (Ctrl-C) or 143 (SIGTERM) with one line when interrupted."""
+    main_thread = threading.current_thread() is threading.main_thread()  # signals are the main thread's
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        warnings.simplefilter("always", ShiftkitWarning)
+        try:
+            return _main(argv)
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Optional[List[str]]) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -285,9 +323,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ShiftkitError as exc:
         print(f"shiftkit: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("shiftkit: interrupted", file=sys.stderr)
-        return 130
+    except OSError as exc:  # a write that no layer below could name: say which file, never a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"shiftkit: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        how = f" ({exc})" if isinstance(exc, Terminated) else ""
+        print(f"shiftkit: interrupted{how}; the same command resumes unfinished runs", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

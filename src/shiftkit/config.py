@@ -57,7 +57,9 @@ _SCALARS = (int, float, bool, str)
 @dataclass
 class TrainConf:
     """The loop's settings (``batch_size=0``: full batch; ``select``: ``last`` or ``best:<metric>``;
-    ``amp``: ``none`` or ``bf16``; ``compile``: run the model through ``torch.compile``)."""
+    ``amp``: ``none`` or ``bf16``; ``compile``: run the model through ``torch.compile``; ``divergence``: a
+    run fails once an epoch's mean training loss exceeds this many times its initial level, 0 for never;
+    non-finite losses and weights always fail it, :mod:`shiftkit.divergence`)."""
 
     epochs: int = 100
     batch_size: int = 64
@@ -65,6 +67,7 @@ class TrainConf:
     select: str = "last"
     amp: str = "none"
     compile: bool = False
+    divergence: float = 1000.0
 
 
 @dataclass

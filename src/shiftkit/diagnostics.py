@@ -31,6 +31,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
+from . import files
 from .data.base import Split
 from .data.pipeline import Pipeline
 from .errors import ShiftkitError
@@ -127,10 +128,8 @@ def load_reference(path: str) -> Tensor:
 
 def save_weights(model: nn.Module, path: Path) -> None:
     """Write ``model``'s parameters (in ``parameters()`` order) and state dict to ``path`` atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
     state = {"parameters": [p.detach().cpu() for p in model.parameters()], "state_dict": model.state_dict()}
-    torch.save(state, tmp)
-    tmp.replace(path)
+    files.save_torch(state, path)
 
 
 class Probe:

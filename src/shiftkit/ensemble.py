@@ -34,7 +34,8 @@ from .errors import ShiftkitError
 from .metrics import Accumulator
 from .optim import OptimSpec
 from .sampling import Sampler, Shuffle
-from .train import FitResult, Selection, autocast, check_finite, check_schedule, is_eval_epoch
+from .divergence import DEFAULT_FACTOR, Tally, Watch
+from .train import FitResult, Selection, autocast, check_schedule, is_eval_epoch
 from .weighting import Weighting
 
 
@@ -114,13 +115,11 @@ def _epoch_orders(samplers: List[Sampler], split: Split, gens: List[torch.Genera
 
 
 def _train_epoch(stacked: Stacked, loss: nn.Module, weightings: List[Weighting], opt, train: Split, orders: Tensor,
-                 batch_size: int, pipeline, aug_gens, device: str, amp: str, step: int):
-    """One pass of every member over its row of ``orders`` ``[S, N]``; returns the members' summed
-    objectives (weighted by batch size), the first step whose objective was not finite (-1 if none), both
-    as device tensors ``[S]``, and the next step number."""
+                 batch_size: int, pipeline, aug_gens, device: str, amp: str, step: int) -> Tally:
+    """One pass of every member over its row of ``orders`` ``[S, N]``; returns the epoch's
+    :class:`~shiftkit.divergence.Tally`, each step's objectives and loss sums ``[S]`` on the device."""
     n = len(weightings)
-    totals = torch.zeros(n, device=device)
-    first_bad = torch.full((n,), -1, dtype=torch.long, device=device)
+    tally = Tally(first_step=step)
     for idx in orders.split(batch_size or orders.shape[1], dim=1):  # idx: [S, B]
         y, g = train.y[idx], train.g[idx]
         x = train.x[idx]
@@ -137,11 +136,8 @@ def _train_epoch(stacked: Stacked, loss: nn.Module, weightings: List[Weighting],
         opt.zero_grad(set_to_none=True)
         objectives.sum().backward()
         opt.step()
-        bad = ~torch.isfinite(objectives.detach())
-        first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
-        totals = totals + objectives.detach() * idx.shape[1]
-        step += 1
-    return totals, first_bad, step
+        tally.add(objectives, detached.sum(1), idx.shape[1])
+    return tally
 
 
 def _records(stacked: Stacked, splits: dict, pipeline, train_counts, head: dict, mean_loss: List[float]) -> List[dict]:
@@ -170,13 +166,16 @@ def fit_ensemble(
     compile: bool = False,
     on_eval: Optional[Callable[[int, dict], None]] = None,
     checkpoint: Optional[Checkpoint] = None,
+    divergence: float = DEFAULT_FACTOR,
 ) -> List[FitResult]:
     """Train ``models[s]`` with ``weightings[s]``, ``samplers[s]`` and ``seeds[s]`` for every member ``s``,
     as :func:`shiftkit.train.fit` would one by one; ``on_eval(s, record)`` per member and evaluation.
     The members end holding their final (or selected) weights. ``compile`` is ignored here. With a
     ``checkpoint`` the ensemble saves its whole state at the end of due epochs (the stacked weights, the
     optimizer and schedule, the loss, and every member's weighting, sampler, selection, selected weights
-    and generators) and resumes from the state the checkpoint holds, finishing as if never interrupted."""
+    and generators) and resumes from the state the checkpoint holds, finishing as if never interrupted.
+    Each member's epochs are checked for divergence as a single run's are (``divergence``,
+    :mod:`shiftkit.divergence`); a member that fails stops the ensemble, naming its seed."""
     check_schedule(epochs, batch_size, eval_every, amp)
     n = len(models)
     if not len(weightings) == len(seeds) == n:
@@ -195,13 +194,16 @@ def fit_ensemble(
     parts = {"model": stacked, "optimizer": opt, "schedule": schedule, "loss": loss,
              "weightings": MemberParts(weightings), "samplers": MemberParts(samplers),
              "selections": MemberParts(selections), "order_generators": MemberParts(map(GeneratorPart, gens))}
+    watch = Watch(divergence, members=n, who=[f" of seed {s}" for s in seeds])
+    parts["divergence"] = watch
     if aug_gens is not None:
         parts["augment_generators"] = MemberParts(map(GeneratorPart, aug_gens))
     state = checkpoint.state if checkpoint is not None else None
     if state is not None:
+        restore(parts, state, checkpoint.path, required=("seeds", "best_states", "step", "epoch", "seconds"),
+                optional=("divergence",))
         if state["seeds"] != list(seeds):
             raise ShiftkitError(f"a checkpoint of seeds {state['seeds']} cannot resume seeds {list(seeds)}")
-        restore(parts, state, checkpoint.path)
     best = state["best_states"] if state is not None else [None] * n
     step, first_epoch, earlier = (state["step"], state["epoch"], state["seconds"]) if state is not None else (0, 0, 0.0)
     start = time.perf_counter()
@@ -210,15 +212,15 @@ def fit_ensemble(
             w.train()
             w.start_epoch(epoch)
         orders = _epoch_orders(samplers, splits.train, gens).to(device)
-        totals, first_bad, step = _train_epoch(stacked, loss, weightings, opt, train, orders, batch_size, pipeline,
-                                               aug_gens, device, amp, step)
+        tally = _train_epoch(stacked, loss, weightings, opt, train, orders, batch_size, pipeline, aug_gens, device,
+                             amp, step)
+        step = tally.first_step + len(tally.sizes)
         schedule.step()
-        for s in range(n):
-            check_finite(first_bad[s], epoch, who=f" of seed {seeds[s]}")
+        mean_loss = watch.check(tally, epoch, stacked.params.values())  # before anything is evaluated or saved
         if is_eval_epoch(epoch, epochs, eval_every):
             head = {"epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"]}
             records = _records(stacked, {"train": train, "val": val, "test": test}, pipeline,
-                               splits.train.group_counts, head, (totals / orders.shape[1]).tolist())
+                               splits.train.group_counts, head, mean_loss)
             for s, record in enumerate(records):
                 if selections[s].offer(record):
                     best[s] = stacked.state(s)

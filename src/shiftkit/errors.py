@@ -7,3 +7,8 @@ bug: the command line prints ``shiftkit: error: <message>`` and exits with statu
 
 class ShiftkitError(ValueError):
     """A user-facing error: bad configuration, bad data or a missing file."""
+
+
+class ShiftkitWarning(UserWarning):
+    """Something the user should know that does not stop the command (a damaged run skipped, a report
+    that could not be written); the command line prints it as one line, ``shiftkit: warning: <message>``."""

@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
+from . import files
+
 #: Short names of the metrics, for table headers and legends.
 SHORT = {
     "acc": "acc",
@@ -29,11 +31,11 @@ def _pyplot():
 
 def _save(fig, path: Path) -> None:
     """Save through a temporary file and a rename, so a reader never sees half a PNG."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    _pyplot().close(fig)
-    tmp.replace(path)
+    try:
+        with files.atomic(Path(path), binary=True) as handle:
+            fig.savefig(handle, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        _pyplot().close(fig)
 
 
 def bar_chart(tables: Dict[str, List[dict]], columns: Sequence[Tuple[str, str]], path: Path) -> None:

@@ -10,11 +10,11 @@ metric over evaluation epochs) into ``DIR``.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from . import files, rundir
 from .errors import ShiftkitError
 from .metrics import LOWER_IS_BETTER, SCALAR_METRICS
 from .plots import SHORT, bar_chart, curve_plot
@@ -64,67 +64,29 @@ def paired_p(values: Dict[int, float], baseline: Dict[int, float], lower_is_bett
     return float(stats.ttest_1samp(diffs, 0.0, alternative="greater").pvalue)
 
 
-#: What a report reads from a run record: key -> the keys it needs inside it.
-_RECORD_KEYS = {
-    "method": (),
-    "group_key": (),
-    "config": ("seed",),
-    "data": ("name", "counts"),
-    "selected": ("train", "val", "test"),
-    "final": ("train", "val", "test"),
-}
-
-
-def _check_record(record: object, path: Path) -> None:
-    """A one-line error for a ``run.json`` that is not a finished shiftkit run's record."""
-    fix = "delete it (or the done marker beside it) and run it again"
-    if not isinstance(record, dict):
-        raise ShiftkitError(f"{path} is not a shiftkit run record (a JSON {type(record).__name__}); {fix}")
-    for key, inner in _RECORD_KEYS.items():
-        value = record.get(key)
-        if value is None or (inner and not isinstance(value, dict)):
-            raise ShiftkitError(f"{path} is not a shiftkit run record (no '{key}'); {fix}")
-        for k in inner:
-            if k not in value:
-                raise ShiftkitError(f"{path} is not a shiftkit run record (no '{key}.{k}'); {fix}")
-
-
-def _metric_lines(run: dict) -> List[dict]:
-    """The records of a run's ``metrics.jsonl``, or a one-line error naming the file."""
-    path = Path(run["_dir"]) / "metrics.jsonl"
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ShiftkitError(f"cannot read {path}: {exc.strerror or exc}; the run's directory is incomplete") from None
-    records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise ShiftkitError(f"{path}: line {number} is not valid JSON") from None
-        if not isinstance(record, dict) or "epoch" not in record:
-            raise ShiftkitError(f"{path}: line {number} is not an evaluation record (no 'epoch')")
-        records.append(record)
-    return records
-
-
 def load_runs(root: Path) -> List[dict]:
-    """Every finished run under ``root``, oldest first; ``_dir`` holds where it was found."""
+    """Every finished run under ``root``, oldest first; ``_dir`` holds where it was found. A run marked
+    done whose files are damaged (:func:`shiftkit.rundir.finished`) is skipped with one warning naming
+    it; its ``metrics.jsonl`` lines are in ``_metrics``."""
     root = Path(root)
     if not root.is_dir():
         raise ShiftkitError(f"no such directory: {root}")
-    runs = []
-    for path in root.rglob("run.json"):
-        if (path.parent / "done").exists():
-            try:
-                record = json.loads(path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise ShiftkitError(f"{path} is not valid JSON") from None
-            _check_record(record, path)
-            record["_dir"] = str(path.parent)
-            runs.append(record)
+    runs, damaged = [], []
+    for marker in sorted(root.rglob(rundir.DONE_FILE)):
+        try:
+            record = rundir.finished(marker.parent)
+            lines = rundir.read_metrics(marker.parent)
+        except rundir.Damaged as exc:
+            damaged.append(str(exc))
+            continue
+        record["_dir"], record["_metrics"] = str(marker.parent), lines
+        runs.append(record)
+    fix = "delete its done marker and run it again"
     if not runs:
-        raise ShiftkitError(f"no finished runs (run.json with a done marker) under {root}")
+        also = f"; {len(damaged)} damaged run(s) skipped, the first: {damaged[0]} ({fix})" if damaged else ""
+        raise ShiftkitError(f"no finished runs (run.json with a done marker) under {root}{also}")
+    for problem in damaged:
+        rundir.warn(f"skipped a damaged run: {problem}; {fix}")
     return sorted(runs, key=lambda r: r.get("started", 0))
 
 
@@ -189,7 +151,7 @@ def curves(runs: List[dict], split: str = "test", metric: str = "balanced_acc") 
         for label, members in methods.items():
             per_epoch: Dict[int, List[float]] = {}
             for m in members:
-                for record in _metric_lines(m):
+                for record in m["_metrics"]:
                     value = record.get(split, {}).get(metric)
                     if value is not None:
                         per_epoch.setdefault(record["epoch"], []).append(value)
@@ -293,9 +255,8 @@ def report(
     console=None,
 ) -> Dict[str, List[dict]]:
     """Load, summarize, print and save (``report.json``, ``report.png``, ``curves.png``) the runs under
-    ``root``."""
-    from .runner import atomic_write
-
+    ``root``. Where ``root`` cannot be written (a read-only results folder), the tables are still
+    printed and one warning says what was not saved."""
     if which not in ("selected", "final"):
         raise ShiftkitError(f"--which must be 'selected' or 'final', got '{which}'")
     root = Path(root)
@@ -309,7 +270,10 @@ def report(
     if show_curves:
         render_curves(lines, curve_split, curve_metric, console)
     payload = {"which": which, "columns": [list(c) for c in columns], "baseline": baseline, "tables": tables, "curves": lines}
-    atomic_write(root / "report.json", json.dumps(payload, indent=2))
-    bar_chart(tables, columns, root / "report.png")
-    curve_plot(lines, curve_split, curve_metric, root / "curves.png")
+    try:
+        files.write_text(root / "report.json", files.json_text(payload))
+        bar_chart(tables, columns, root / "report.png")
+        curve_plot(lines, curve_split, curve_metric, root / "curves.png")
+    except files.WriteError as exc:
+        rundir.warn(f"the report was printed but not saved: {exc}")
     return tables

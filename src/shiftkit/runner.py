@@ -19,7 +19,6 @@ import os
 import platform
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -28,13 +27,15 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import __version__, data, diagnostics, distributed, losses, models, optim, sampling, tracking, weighting
-from .checkpoint import FILE as CHECKPOINT_FILE
-from .checkpoint import Checkpoint
-from .config import GROUPS, DiagnosticsConf, options, schema
-from .errors import ShiftkitError
+from . import __version__, data, diagnostics, distributed, files, losses, models, optim, rundir, sampling, tracking
+from . import weighting
 from .autobalance import DEFAULT_UPPER, resume_point, search_and_retrain
+from .checkpoint import FILE as CHECKPOINT_FILE
+from .checkpoint import Checkpoint, fitting
+from .config import GROUPS, DiagnosticsConf, options, schema
+from .divergence import NonFiniteLoss, Watch
 from .ensemble import EnsembleUnsupported, fit_ensemble
+from .errors import ShiftkitError
 from .plots import plot_alpha
 from .train import FitResult, check_schedule, fit, parse_select
 
@@ -43,35 +44,55 @@ _DATA_CACHE: Dict[str, data.Splits] = {}
 _LABEL_GROUPS = ("loss", "weighting", "sampler")
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-#: Keys that say how and where a run executes, not what it computes: left out of run identities.
-EXECUTION_KEYS = ("out", "device", "ensemble", "checkpoint", "logger")
+#: Keys that say how and where a run executes, not what it computes: left out of run identities. Dotted
+#: keys name one option of a group (``train.divergence`` decides whether a run is accepted, not its numbers).
+EXECUTION_KEYS = ("out", "device", "ensemble", "checkpoint", "logger", "train.divergence")
 #: Keys left out of run identities while they hold their defaults, so that adding them kept the
 #: identities (and ``done`` markers) of runs made before they existed.
-_NEUTRAL_DEFAULTS = {"diagnostics": dataclasses.asdict(DiagnosticsConf())}
+_NEUTRAL_DEFAULTS = {"diagnostics": dataclasses.asdict(DiagnosticsConf()), "loss.cluster_init": "mean"}
+
+
+def _without(cfg: Dict[str, Any], key: str, unless: Any = None) -> None:
+    """Remove the (possibly dotted) ``key`` from ``cfg`` in place; with ``unless``, only while it holds
+    that value."""
+    *path, last = key.split(".")
+    node = cfg
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and last in node and (unless is None or node[last] == unless):
+        del node[last]
 
 
 def config_hash(cfg: Dict[str, Any], drop=EXECUTION_KEYS) -> str:
-    kept = {k: v for k, v in cfg.items() if k not in drop and _NEUTRAL_DEFAULTS.get(k, object()) != v}
+    kept = json.loads(json.dumps(cfg))
+    for key in drop:
+        _without(kept, key)
+    for key, default in _NEUTRAL_DEFAULTS.items():
+        _without(kept, key, unless=default)
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def _non_default(group: str, node: Dict[str, Any]) -> str:
+def _changed(group: str, node: Dict[str, Any]) -> List[str]:
+    """A group's options that differ from their defaults, as ``key=value``."""
     defaults = OmegaConf.to_container(OmegaConf.structured(schema(group, node["name"], GROUPS[group].get(node["name"]))))
-    changed = [f"{k}={_short(v)}" for k, v in node.items() if k != "name" and defaults.get(k) != v]
+    return [f"{k}={_short(v)}" for k, v in node.items() if k != "name" and defaults.get(k) != v]
+
+
+def _non_default(group: str, node: Dict[str, Any]) -> str:
+    changed = _changed(group, node)
     return f"{node['name']}({','.join(changed)})" if changed else node["name"]
+
+
+def divergence_hint(exc: NonFiniteLoss, plain: Dict[str, Any]) -> NonFiniteLoss:
+    """``exc`` with a hint that names this run's settings: a loss already non-finite at the first step,
+    before any update, comes from the loss, the weighting or the data, never from the learning rate."""
+    settings = [f"{g}.{c}" for g in ("loss", "weighting") for c in _changed(g, plain[g])]
+    named = " or ".join(settings) if settings else f"loss={plain['loss']['name']} and weighting={plain['weighting']['name']}"
+    if exc.at_start:
+        return exc.with_hint(f"it was so before any update, so the learning rate is not the cause: look at {named}"
+                             " and at the data")
+    lower = f"try a lower optim.lr (now {plain['optim']['lr']:g})"
+    return exc.with_hint(f"{lower}, or look at {', '.join(settings)}" if settings else lower)
 
 
 def _short(value: Any) -> str:
@@ -134,6 +155,7 @@ def validate(cfg: Dict[str, Any]) -> None:
     train = cfg["train"]
     check_schedule(train["epochs"], train["batch_size"], train["eval_every"], train["amp"])
     parse_select(train["select"])
+    Watch(train["divergence"])
     resolve_device(cfg["device"])
     Checkpoint(Path(CHECKPOINT_FILE), cfg["checkpoint"]["every"], cfg["checkpoint"]["interval"], write=False)
     conf = cfg["diagnostics"]
@@ -176,25 +198,25 @@ def check(cfg: DictConfig) -> None:
     make_logger(plain)
 
 
-def finished_record(out: Path) -> Optional[Dict[str, Any]]:
-    """The record of a finished run directory (marked ``skipped``), or None."""
-    if not (out / "done").exists():
+def finished_record(out: Path, keep_checkpoints: bool = True) -> Optional[Dict[str, Any]]:
+    """The record of a finished run directory (marked ``skipped``), or None. A directory marked done whose
+    files are damaged (:func:`shiftkit.rundir.finished`) loses its marker, with one warning, and counts as
+    unfinished: it trains again while the other runs of a sweep go on. A finished run's leftovers (the
+    temporary files of an interrupted save, and its checkpoints unless ``keep_checkpoints``) are removed."""
+    try:
+        record = rundir.finished(out)
+    except rundir.Damaged as exc:
+        rundir.warn(f"{exc}; the run will be trained again")
+        with contextlib.suppress(OSError):
+            rundir.unfinish(out)
         return None
-    record = json.loads((out / "run.json").read_text())
+    if record is None:
+        return None
+    if distributed.is_primary():
+        with contextlib.suppress(OSError):
+            rundir.tidy(out, keep_checkpoints)
     record["skipped"] = True
     return record
-
-
-def _open_log(out: Path, history: List[dict] = ()):
-    """A fresh ``metrics.jsonl`` holding ``history`` (the evaluations of the checkpoint a run resumes
-    from; a rerun without a checkpoint starts over). Only the primary process writes files."""
-    if not distributed.is_primary():
-        return open(os.devnull, "w")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "done").unlink(missing_ok=True)
-    log = open(out / "metrics.jsonl", "w")
-    log.writelines(json.dumps(record) + "\n" for record in history)
-    return log
 
 
 def make_logger(plain: Dict[str, Any]) -> tracking.Logger:
@@ -211,10 +233,9 @@ def _start_tracker(tracker: tracking.Logger, plain: Dict[str, Any], out: Path, h
         tracker.log(record)
 
 
-def _log_writer(log, on_eval: Optional[Callable[[dict], None]], tracker=None) -> Callable[[dict], None]:
+def _log_writer(log: rundir.MetricsLog, on_eval: Optional[Callable[[dict], None]], tracker=None) -> Callable[[dict], None]:
     def write(record: dict) -> None:
-        log.write(json.dumps(record) + "\n")
-        log.flush()
+        log.write(record)
         if tracker is not None:
             tracker.log(record)
         if on_eval is not None:
@@ -234,22 +255,48 @@ def _identity(plain: Dict[str, Any], out: Path, started: float) -> Dict[str, Any
     }
 
 
-def _write_failure(plain, out: Path, started: float, exc: BaseException) -> None:
-    """``run.json`` of a run that stopped (no ``done`` marker: nothing reads it as a result)."""
+def _write_failure(plain, out: Path, started: float, exc: BaseException, checkpoint: Optional[Path] = None) -> None:
+    """``run.json`` of a run that stopped (no ``done`` marker: nothing reads it as a result), naming the
+    checkpoint a rerun resumes from. Written when it can be: on a full disk the error line has to do."""
     if not distributed.is_primary():
         return
-    checkpoint = out / CHECKPOINT_FILE
+    checkpoint = checkpoint if checkpoint is not None else out / CHECKPOINT_FILE
     record = {
         **_identity(plain, out, started),
         "status": "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
         "error": str(exc) or type(exc).__name__,
-        "checkpoint": CHECKPOINT_FILE if checkpoint.exists() else None,
+        "checkpoint": os.path.relpath(checkpoint, out) if checkpoint.exists() else None,
     }
-    atomic_write(out / "run.json", json.dumps(record, indent=2))
+    with contextlib.suppress(OSError, ShiftkitError):
+        files.write_text(out / rundir.RUN_FILE, files.json_text(record))
+
+
+@contextlib.contextmanager
+def _failures(members: List[tuple], started: float, trackers: List[tracking.Logger], checkpoint: Optional[Path] = None):
+    """Record a failure of the block in every member's ``run.json`` (``members``: ``(plain, out)`` pairs;
+    one for a plain run) and re-raise it: a divergence with a hint naming the run's settings, an I/O error
+    as one line naming its file. Nothing is marked done."""
+    try:
+        yield
+    except (Exception, KeyboardInterrupt) as exc:
+        failure = exc
+        if isinstance(exc, NonFiniteLoss):
+            failure = divergence_hint(exc, members[0][0])
+        elif isinstance(exc, OSError):
+            failure = files.write_error(Path(exc.filename or members[0][1]), exc)
+        for plain, out in members:
+            _write_failure(plain, out, started, failure, checkpoint)
+        for tracker in trackers:
+            with contextlib.suppress(Exception):
+                tracker.finish("failed")
+        if failure is exc:
+            raise
+        raise failure from None
 
 
 def _write_record(plain, out: Path, splits: data.Splits, result: FitResult, device: str, started: float, **extra):
-    """``run.json`` (atomically), then the ``done`` marker; returns the record."""
+    """``run.json`` (atomically, strict JSON, with the digest of ``metrics.jsonl``), then the ``done``
+    marker; returns the record."""
     record = {
         "status": "finished",
         **_identity(plain, out, started),
@@ -268,9 +315,27 @@ def _write_record(plain, out: Path, splits: data.Splits, result: FitResult, devi
         **extra,
     }
     if distributed.is_primary():
-        atomic_write(out / "run.json", json.dumps(record, indent=2))
-        atomic_write(out / "done", "")
+        record["metrics_sha256"] = rundir.digest(out / rundir.METRICS_FILE)
+        record = files.finite(record)
+        files.write_text(out / rundir.RUN_FILE, files.json_text(record))
+        files.write_text(out / rundir.DONE_FILE, "")
     return record
+
+
+def _resume(state: Optional[dict], plain: Dict[str, Any], source: Path) -> tuple:
+    """What a run resumed from ``state`` already has: the ``run.json`` entries that say so, and the
+    evaluations to rewrite into ``metrics.jsonl``."""
+    if state is None:
+        return {}, []
+    with fitting(source):
+        if plain["search"]["enabled"]:  # a search resumes in its search or its retraining
+            phase, epoch, history = resume_point(state)
+            extra = {"resumed_from_epoch": epoch, "resumed_from_phase": phase}
+        else:
+            extra, history = {"resumed_from_epoch": state["epoch"]}, list(state["selection"]["history"])
+        if "batch" in state:  # saved inside an epoch: its batches done
+            extra["resumed_from_batch"] = state["batch"]
+    return extra, history
 
 
 def run(
@@ -280,7 +345,7 @@ def run(
     plain = OmegaConf.to_container(cfg, resolve=True)
     validate(plain)
     out = run_dir(plain)
-    done = None if force else finished_record(out)
+    done = None if force else finished_record(out, plain["checkpoint"]["keep"])
     if done is not None:
         return done
     device = distributed.setup(resolve_device(plain["device"]))
@@ -293,21 +358,15 @@ def run(
         out / CHECKPOINT_FILE, plain["checkpoint"]["every"], plain["checkpoint"]["interval"],
         write=distributed.is_primary(),
     )
-    if force:
-        ck.remove()
-    state = ck.load()
-    extra, history = {}, []
-    if state is not None and plain["search"]["enabled"]:  # a search resumes in its search or its retraining
-        phase, epoch, history = resume_point(state)
-        extra = {"resumed_from_epoch": epoch, "resumed_from_phase": phase}
-    elif state is not None:
-        extra, history = {"resumed_from_epoch": state["epoch"]}, state["selection"]["history"]
-    if state is not None and "batch" in state:  # saved inside an epoch: its batches done
-        extra["resumed_from_batch"] = state["batch"]
     tracker = make_logger(plain)
-    try:
+    with _failures([(plain, out)], started, [tracker]):
+        if distributed.is_primary():
+            rundir.tidy(out)  # the temporary files of a save that a kill interrupted
+        if force:
+            ck.remove()
+        extra, history = _resume(ck.load(), plain, ck.path)
         _start_tracker(tracker, plain, out, history)
-        with _open_log(out, history) as log:
+        with rundir.MetricsLog(out, history, write=distributed.is_primary()) as log:
             write = _log_writer(log, on_eval, tracker)
             if plain["search"]["enabled"]:
                 result, found, model = _search(cfg, plain, splits, parts, device, write, probe, ck)
@@ -320,18 +379,15 @@ def run(
                     splits=splits, **parts, **plain["train"], seed=plain["seed"], device=device,
                     on_eval=write, probe=probe, checkpoint=ck,
                 )
-    except (ShiftkitError, KeyboardInterrupt) as exc:
-        _write_failure(plain, out, started, exc)
-        tracker.finish("failed")
-        raise
-    if probe is not None and distributed.is_primary():
-        diagnostics.save_weights(model, out / diagnostics.WEIGHTS_FILE)
-    if probe is not None:
-        extra["interpolation_epoch"] = diagnostics.interpolation_epoch(result.history)
-    record = _write_record(plain, out, splits, result, device, started, **extra)
+        if probe is not None and distributed.is_primary():
+            diagnostics.save_weights(model, out / diagnostics.WEIGHTS_FILE)
+        if probe is not None:
+            extra["interpolation_epoch"] = diagnostics.interpolation_epoch(result.history)
+        record = _write_record(plain, out, splits, result, device, started, **extra)
     tracker.finish("finished", record)
     if not plain["checkpoint"]["keep"]:
-        ck.remove()
+        with contextlib.suppress(OSError):
+            ck.remove()
     return record
 
 
@@ -398,7 +454,8 @@ def run_ensemble(
     if len({config_hash(p, drop=(*EXECUTION_KEYS, "seed")) for p in plains}) > 1:
         raise ShiftkitError("an ensemble's runs must differ only in their seed")
     outs = [run_dir(p) for p in plains]
-    records = [None if force else finished_record(o) for o in outs]
+    conf = plains[0]["checkpoint"]
+    records = [None if force else finished_record(o, conf["keep"]) for o in outs]
     todo = [i for i, r in enumerate(records) if r is None]
     if not todo:
         return records
@@ -409,39 +466,36 @@ def run_ensemble(
         torch.manual_seed(plains[i]["seed"])
         parts.append(build_parts(cfgs[i], splits))
     started = time.time()
-    conf = plains[0]["checkpoint"]
     ck = MembersCheckpoint(
         outs[todo[0]] / ENSEMBLE_FILE, [outs[i].relative_to(plains[i]["out"]).as_posix() for i in todo],
         conf["every"], conf["interval"], write=distributed.is_primary(),
     )
-    if force:
-        ck.remove()
-    state = ck.load()
-    extra = {"resumed_from_epoch": state["epoch"]} if state is not None else {}
-    histories = [sel["history"] for sel in state["selections"]] if state is not None else [[] for _ in todo]
-    logs = [_open_log(outs[i], history) for i, history in zip(todo, histories)]
     trackers = [make_logger(plains[i]) for i in todo]
-    for i, tracker, history in zip(todo, trackers, histories):
-        _start_tracker(tracker, plains[i], outs[i], history)
-    writers = [_log_writer(log, on_eval, tracker) for log, tracker in zip(logs, trackers)]
-    try:
-        results = fit_ensemble(
-            [p["model"] for p in parts], splits, parts[0]["loss"], [p["weighting"] for p in parts], parts[0]["optim"],
-            samplers=[p["sampler"] for p in parts], seeds=[plains[i]["seed"] for i in todo],
-            **{k: v for k, v in plains[0]["train"].items()}, device=device,
-            on_eval=lambda s, record: writers[s](record), checkpoint=ck,
-        )
-    except BaseException:
-        for tracker in trackers:
-            tracker.finish("failed")
-        raise
-    finally:
-        for log in logs:
-            log.close()
-    for i, result, tracker in zip(todo, results, trackers):
-        records[i] = _write_record(plains[i], outs[i], splits, result, device, started, ensemble_size=len(todo),
-                                   **extra)
+    with _failures([(plains[i], outs[i]) for i in todo], started, trackers, ck.path):
+        for i in todo:
+            rundir.tidy(outs[i])
+        if force:
+            ck.remove()
+        state = ck.load()
+        with fitting(ck.path):
+            extra = {"resumed_from_epoch": state["epoch"]} if state is not None else {}
+            histories = [list(sel["history"]) for sel in state["selections"]] if state is not None else [[]] * len(todo)
+        for i, tracker, history in zip(todo, trackers, histories):
+            _start_tracker(tracker, plains[i], outs[i], history)
+        with contextlib.ExitStack() as stack:
+            logs = [stack.enter_context(rundir.MetricsLog(outs[i], history)) for i, history in zip(todo, histories)]
+            writers = [_log_writer(log, on_eval, tracker) for log, tracker in zip(logs, trackers)]
+            results = fit_ensemble(
+                [p["model"] for p in parts], splits, parts[0]["loss"], [p["weighting"] for p in parts],
+                parts[0]["optim"], samplers=[p["sampler"] for p in parts], seeds=[plains[i]["seed"] for i in todo],
+                **plains[0]["train"], device=device, on_eval=lambda s, record: writers[s](record), checkpoint=ck,
+            )
+        for i, result in zip(todo, results):
+            records[i] = _write_record(plains[i], outs[i], splits, result, device, started,
+                                       ensemble_size=len(todo), **extra)
+    for i, tracker in zip(todo, trackers):
         tracker.finish("finished", records[i])
     if not conf["keep"]:
-        ck.remove()
+        with contextlib.suppress(OSError):
+            ck.remove()
     return records

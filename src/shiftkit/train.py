@@ -2,8 +2,8 @@
 
 ERM, importance weighting and DRO differ only in the weighting scheme, CE and the polynomially-tailed
 loss only in the loss, undersampling only in the sampler (DESIGN.md). Data stays on the training device;
-inside an epoch nothing synchronizes with the host (a non-finite objective is recorded on the device and
-checked once per epoch). Model selection follows SPEC §2.4: ``last`` tests the final weights,
+inside an epoch nothing synchronizes with the host: each step's objective and loss stay on the device and
+are checked once per epoch, with the parameters' finiteness, for divergence (:mod:`shiftkit.divergence`). Model selection follows SPEC §2.4: ``last`` tests the final weights,
 ``best:<metric>`` the evaluation with the best validation ``<metric>`` (strictly better replaces, as a
 max-mode checkpoint does; [W]'s IW-ES is ``best:group_balanced_acc``).
 """
@@ -21,6 +21,7 @@ from . import distributed
 from .checkpoint import Checkpoint, GeneratorPart, capture, restore
 from .data.base import Split, Splits
 from .data.pipeline import Pipeline
+from .divergence import DEFAULT_FACTOR, Diverged, NonFiniteLoss, Tally, Watch
 from .errors import ShiftkitError
 from .metrics import LOWER_IS_BETTER, SCALAR_METRICS, Accumulator
 from .optim import OptimSpec
@@ -28,8 +29,7 @@ from .sampling import Sampler, Shuffle
 from .weighting import Weighting
 
 
-class NonFiniteLoss(ShiftkitError):
-    """The training objective became NaN or infinite."""
+__all__ = ["Diverged", "FitResult", "NonFiniteLoss", "Selection", "evaluate_model", "fit", "train_epoch"]
 
 
 @dataclass
@@ -125,15 +125,6 @@ class Selection:
         )
 
 
-def check_finite(first_bad: Tensor, epoch: int, who: str = "") -> None:
-    """Raise :class:`NonFiniteLoss` if a step of the epoch recorded a non-finite objective (one sync)."""
-    if int(first_bad) >= 0:
-        raise NonFiniteLoss(
-            f"the training loss{who} became non-finite at step {int(first_bad)} (epoch {epoch + 1});"
-            " the model diverged: try a lower optim.lr"
-        )
-
-
 def is_eval_epoch(epoch: int, epochs: int, eval_every: int) -> bool:
     return (epoch + 1) % eval_every == 0 or epoch + 1 == epochs
 
@@ -167,26 +158,25 @@ def train_epoch(
     generator: Optional[torch.Generator],
     device: str,
     amp: str = "none",
-    step: int = 0,
+    tally: Optional[Tally] = None,
     after_step: Optional[Callable[[int], None]] = None,
-    carry: Optional[tuple] = None,
-    on_step: Optional[Callable[[int, int, Tensor, Tensor], None]] = None,
-):
+    on_step: Optional[Callable[[Tally], None]] = None,
+) -> Tally:
     """One pass over ``order`` in batches: the loop's steps, with no host synchronization.
 
-    ``after_step(step)`` runs after each optimizer step (an outer update such as AutoBalance's, SPEC
-    §5.2), then ``on_step(next step, batches done, total, first_bad)`` (a checkpoint inside the epoch).
-    ``carry=(batches done, total, first_bad)`` continues an epoch stopped after that many batches.
-    Returns the summed objective (weighted by batch size), the first step whose objective was not
-    finite (-1 if none), both as device tensors, and the next step number.
+    Each step's objective and summed per-example loss go into ``tally``
+    (:class:`~shiftkit.divergence.Tally`; a fresh one from step 0 if ``None``), whose length says how many
+    batches of ``order`` are done: a tally restored from a checkpoint inside the epoch continues after
+    them. ``after_step(step)`` runs after each optimizer step (an outer update such as AutoBalance's, SPEC
+    §5.2), then ``on_step(tally)`` (a checkpoint inside the epoch). Returns the tally.
     """
-    done, total, first_bad = carry if carry is not None else (
-        0, torch.zeros((), device=device), torch.full((), -1, dtype=torch.long, device=device)
-    )
-    for idx in order.split(batch_size)[done:]:
+    tally = tally if tally is not None else Tally(first_step=0)
+    for idx in order.split(batch_size)[len(tally.sizes):]:
         y, g = train.y[idx], train.g[idx]
         if distributed.active():
-            objective, local = _sharded_objective(forward, loss, weighting, train, idx, pipeline, generator, device, amp)
+            objective, local, per_example = _sharded_objective(
+                forward, loss, weighting, train, idx, pipeline, generator, device, amp
+            )
         else:
             with autocast(device, amp):
                 per_example = loss(forward(pipeline(train.x[idx], train=True, generator=generator)), y, g).float()
@@ -195,21 +185,18 @@ def train_epoch(
         opt.zero_grad(set_to_none=True)
         local.backward()
         opt.step()
-        bad = ~torch.isfinite(objective.detach())
-        first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
-        total = total + objective.detach() * idx.numel()
+        tally.add(objective, per_example.detach().sum(), idx.numel())
         if after_step is not None:
-            after_step(step)
-        step += 1
-        done += 1
+            after_step(tally.first_step + len(tally.sizes) - 1)
         if on_step is not None:
-            on_step(step, done, total, first_bad)
-    return total, first_bad, step
+            on_step(tally)
+    return tally
 
 
 def _sharded_objective(forward, loss, weighting, train: Split, idx: Tensor, pipeline, generator, device, amp):
     """This rank's share of a global batch's objective (:mod:`shiftkit.distributed`): the objective's
-    value over the whole batch, and the local term whose DDP-averaged gradient is the whole batch's."""
+    value over the whole batch, the local term whose DDP-averaged gradient is the whole batch's, and the
+    whole batch's per-example losses (detached)."""
     n, world = idx.numel(), distributed.world_size()
     lo, hi = distributed.my_shard(n)
     y, g = train.y[idx], train.g[idx]
@@ -221,7 +208,7 @@ def _sharded_objective(forward, loss, weighting, train: Split, idx: Tensor, pipe
         mine = loss(forward(x), y[lo:hi], g[lo:hi]).float()
     per_example = distributed.gather(mine.detach(), n)
     w = weighting.weights(per_example, y, g)
-    return (w * per_example).mean(), (w[lo:hi] * mine).sum() * (world / n)
+    return (w * per_example).mean(), (w[lo:hi] * mine).sum() * (world / n), per_example
 
 
 def fit(
@@ -244,6 +231,7 @@ def fit(
     outer=None,
     probe: Optional[Callable[[nn.Module, Split, Pipeline], dict]] = None,
     checkpoint: Optional[Checkpoint] = None,
+    divergence: float = DEFAULT_FACTOR,
 ) -> FitResult:
     """Train ``model`` in place for ``epochs`` epochs; ``batch_size=0`` means full batch.
 
@@ -258,7 +246,10 @@ def fit(
     ``"diagnostics"``. With a ``checkpoint`` (:class:`shiftkit.checkpoint.Checkpoint`) the loop saves its
     whole state at the end of due epochs and, if the checkpoint holds a loaded state, resumes from it: the
     run then finishes exactly as one never interrupted. Under ``torchrun`` the model trains data-parallel
-    (:mod:`shiftkit.distributed`).
+    (:mod:`shiftkit.distributed`). Every epoch is checked for divergence before it is evaluated or saved
+    (:mod:`shiftkit.divergence`: a non-finite objective or parameter, or a mean training loss more than
+    ``divergence`` times its initial level; ``divergence=0`` turns the last rule off): a failed epoch raises
+    :class:`NonFiniteLoss` naming its step, and the checkpoint keeps the last good state.
 
     >>> import torch
     >>> from shiftkit import data, losses, models, optim, weighting
@@ -292,14 +283,18 @@ def fit(
         parts["augment_generator"] = GeneratorPart(aug_gen)
     if outer is not None:  # an outer update's state (AutoBalance's upper optimizer, α history) resumes too
         parts["outer"] = outer
+    watch = Watch(divergence)
+    parts["divergence"] = watch
     state = checkpoint.state if checkpoint is not None else None
     if state is not None:
-        restore(parts, state, checkpoint.path)
+        restore(parts, state, checkpoint.path, required=("best_state", "step", "epoch", "seconds"),
+                optional=("divergence",))
     best_state = state["best_state"] if state is not None else None
     step, first_epoch = (state["step"], state["epoch"]) if state is not None else (0, 0)
     earlier = state["seconds"] if state is not None else 0.0
     net = distributed.wrap(model, device)
     forward = torch.compile(net) if compile else net
+    watched = [*model.parameters(), *loss.parameters()]
     start = time.perf_counter()
 
     def save(**position) -> None:
@@ -312,30 +307,33 @@ def fit(
         weighting.start_epoch(epoch)  # idempotent; the outer update's epoch start is in its restored state
         if inside:
             order = state["order"].to(device)
-            carry = (state["batch"], state["total"].to(device), state["first_bad"].to(device))
+            tally = Tally.from_state(state["tally"], device)
             inside = False
         else:
             if outer is not None:
                 outer.start_epoch(epoch)
             order = sampler.epoch(splits.train.y, splits.train.g, gen).to(device)
-            carry = None
+            tally = Tally(first_step=step)
 
-        def within(next_step: int, done: int, total: Tensor, first_bad: Tensor, epoch=epoch, order=order) -> None:
-            if checkpoint is not None and checkpoint.due_within():  # a host clock: no device sync per step
-                save(epoch=epoch, batch=done, order=order.cpu(), total=total, first_bad=first_bad, step=next_step)
+        def within(tally: Tally, epoch=epoch, order=order) -> None:
+            # a host clock: no device sync per step; a state that already broke is never saved
+            if checkpoint is not None and checkpoint.due_within() and watch.clean(tally, watched):
+                save(epoch=epoch, batch=len(tally.sizes), order=order.cpu(), tally=tally.state_dict(),
+                     step=tally.first_step + len(tally.sizes))
 
-        total, first_bad, step = train_epoch(
-            forward, loss, weighting, opt, train, order, bs, pipeline, aug_gen, device, amp, step,
-            after_step=None if outer is None else outer.after_step, carry=carry, on_step=within,
+        tally = train_epoch(
+            forward, loss, weighting, opt, train, order, bs, pipeline, aug_gen, device, amp, tally,
+            after_step=None if outer is None else outer.after_step, on_step=within,
         )
+        step = tally.first_step + len(tally.sizes)
         schedule.step()
-        check_finite(first_bad, epoch)
+        (train_loss,) = watch.check(tally, epoch, watched)  # before anything is evaluated or saved
         if is_eval_epoch(epoch, epochs, eval_every):
             record = {
                 "epoch": epoch + 1,
                 "step": step,
                 "lr": opt.param_groups[0]["lr"],
-                "train_loss": float(total) / max(order.numel(), 1),
+                "train_loss": train_loss,
                 **{
                     name: evaluate_model(model, split, train_group_counts=train_counts, pipeline=pipeline)
                     for name, split in (("train", train), ("val", val), ("test", test))
