@@ -273,7 +273,7 @@ def test_tabular_bad_inputs_give_one_line(tmp_path):
     _one_line(err, "tabular: no file")
     with pytest.raises(ShiftkitError) as err:
         data.build("tabular")
-    _one_line(err, "set path=")
+    _one_line(err, "set data.path=")
     table.assign(part="later").to_csv(tmp_path / "u.csv", index=False)
     with pytest.raises(ShiftkitError) as err:
         data.build("tabular", path=str(tmp_path / "u.csv"), split="part", nan="drop")

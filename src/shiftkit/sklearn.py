@@ -23,7 +23,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
 
 from . import losses, metrics, models, optim, sampling, weighting
-from .data.base import Split, Splits
+from .data.base import Split, Splits, dense_ids
 from .data.tabular import stratified_split
 from .registry import DATA_STATISTICS
 from .runner import resolve_device
@@ -270,7 +270,7 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
         groups = column_or_1d(check_array(groups, ensure_2d=False, dtype=None, input_name="groups"))
         if len(groups) != len(y_ids):
             raise ValueError(f"groups has {len(groups)} entries for {len(y_ids)} examples")
-        self.groups_, g_ids = np.unique(groups, return_inverse=True)
+        g_ids, self.groups_ = dense_ids(groups)  # sorted, as data=tabular numbers a group column
         return g_ids, len(self.groups_)
 
     def _build(self, stats: Dict[str, object]) -> Dict[str, object]:
@@ -338,5 +338,5 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
             return y_ids, self.class_counts_
         groups = column_or_1d(check_array(groups, ensure_2d=False, dtype=None, input_name="groups"))
         if self.groups_ is None:
-            return np.unique(groups, return_inverse=True)[1], None
+            return dense_ids(groups)[0], None
         return _encode(groups, self.groups_, "groups"), self.group_counts_

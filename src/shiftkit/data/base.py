@@ -9,8 +9,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -120,3 +121,43 @@ class Splits:
 def optional_root(root: Optional[str]) -> Optional[str]:
     """Normalize an empty root string (as configs write it) to ``None``."""
     return root or None
+
+
+def dense_ids(values) -> Tuple[np.ndarray, np.ndarray]:
+    """``(ids int64 [N], distinct [K])``: each value's rank among the sorted distinct values, so that ids are
+    ``0..K-1`` whatever the values are (7, 1000, 3000, negative numbers, text) and no id is left without
+    members; ``distinct[k]`` is the value of id ``k``, the mapping to record. ``data=tabular``'s groups and
+    attributes and ``ShiftClassifier``'s classes and groups are numbered so.
+
+    >>> ids, distinct = dense_ids([3000, 7, 1000, 7])
+    >>> ids.tolist(), distinct.tolist()
+    ([2, 0, 1, 0], [7, 1000, 3000])
+    """
+    distinct, ids = np.unique(np.asarray(values), return_inverse=True)
+    return ids.astype(np.int64).reshape(-1), distinct
+
+
+#: At most this many characters of a file's content go into an error message (one value, or a list).
+QUOTE_LIMIT = 200
+# Every character that ``str.splitlines`` breaks at, written as its escape so a message stays one line.
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def quote(data, total: Optional[int] = None) -> str:
+    """``data`` as an error message may quote it: on one line (line breaks escaped) and about
+    ``QUOTE_LIMIT`` characters at most, so a 10,000-character cell or a header of thousands of columns does
+    not flood the one-line error. A list is joined by ", " and cut after the items that fit, saying how
+    many are left out (of ``total`` items, when ``data`` holds only the first ones).
+
+    >>> quote("one\\ntwo"), quote("a" * 300)[-24:], quote(list(range(100)), total=10**6)[-25:]
+    ('one\\\\ntwo', 'aaaa... (300 characters)', '51, 52, ... (999947 more)')
+    """
+    if not isinstance(data, (list, tuple)):
+        text = str(data).translate(_LINE_BREAKS)
+        return text if len(text) <= QUOTE_LIMIT else f"{text[:QUOTE_LIMIT]}... ({len(text)} characters)"
+    items = [quote(item) for item in data]
+    total = len(items) if total is None else total
+    shown = max(1, int((np.cumsum([len(item) + 2 for item in items]) <= QUOTE_LIMIT + 2).sum()))
+    if shown >= total:
+        return ", ".join(items)
+    return ", ".join(items[:shown] + [f"... ({total - shown} more)"])

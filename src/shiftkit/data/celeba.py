@@ -23,10 +23,10 @@ import torch
 
 from ..errors import ShiftkitError
 from . import register
-from .base import Split, Splits, optional_root
+from .base import Split, Splits, optional_root, quote
 from .images import decode_images
 from .pipeline import Pipeline
-from .roots import find_root
+from .roots import find_root, read_csv
 
 #: ImageNet statistics used by [W]'s ``Normalize`` (SPEC §7.2).
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -35,7 +35,7 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 _HOW = (
     "CelebA needs list_attr_celeba.csv (or .txt), list_eval_partition.csv (or .txt) and the folder "
     "img_align_celeba/ side by side (group_DRO's tarball, or the official files as torchvision lays them "
-    "out); nothing is downloaded: pass root=<folder> or set $SHIFTKIT_DATA to a folder holding celeba/"
+    "out); nothing is downloaded: pass data.root=<folder> or set $SHIFTKIT_DATA to a folder holding celeba/"
 )
 
 
@@ -48,17 +48,16 @@ def _pick(folder: Path, stem: str) -> Path:
 
 def read_attributes(file: Path):
     """``(names [N], attribute names [40], values [N, 40] in {0, 1})`` from either attribute format."""
-    import pandas as pd
-
+    needs = "it needs a line of attribute names and a line of 1 / -1 values per image"
     if ".csv" in file.suffixes:
-        table = pd.read_csv(file)
+        table = read_csv("celeba", file, needs)
         if "image_id" not in table.columns:
-            raise ShiftkitError(f"celeba: {file} has no 'image_id' column; columns: {', '.join(table.columns)}")
+            raise ShiftkitError(f"celeba: {file} has no 'image_id' column; columns: {quote(list(table.columns))}")
         table = table.set_index("image_id")
     else:
         # Line 1 is the count; line 2 names 40 attributes while rows have 41 fields, so pandas takes
         # the image names as the index.
-        table = pd.read_csv(file, sep=r"\s+", skiprows=1)
+        table = read_csv("celeba", file, needs, sep=r"\s+", skiprows=1)
     values = table.to_numpy()
     if not np.isin(values, (-1, 0, 1)).all():
         raise ShiftkitError(f"celeba: {file} holds attribute values other than 1 / -1")
@@ -66,29 +65,37 @@ def read_attributes(file: Path):
 
 
 def read_partition(file: Path, names: np.ndarray) -> np.ndarray:
-    """The official partition (0 train, 1 val, 2 test) of each image in ``names``."""
+    """The official partition (0 train, 1 val, 2 test) of each image in ``names``; another value is
+    refused, naming the first image that has one."""
     import pandas as pd
 
+    needs = "it needs a line 'image partition' per image"
     if ".csv" in file.suffixes:
-        table = pd.read_csv(file)
+        table = read_csv("celeba", file, needs)
     else:
-        table = pd.read_csv(file, sep=r"\s+", header=None, names=["image_id", "partition"])
+        table = read_csv("celeba", file, needs, sep=r"\s+", header=None, names=["image_id", "partition"])
     missing = [c for c in ("image_id", "partition") if c not in table.columns]
     if missing:
-        raise ShiftkitError(f"celeba: {file} has no column {missing[0]!r}; columns: {', '.join(table.columns)}")
+        raise ShiftkitError(f"celeba: {file} has no column {missing[0]!r}; columns: {quote(list(table.columns))}")
     # The files list the images in the same order; aligning by name is cheap and guards other orders.
     partition = table.set_index(table["image_id"].astype(str))["partition"].reindex(names)
     if partition.isna().any():
-        raise ShiftkitError(f"celeba: {file} gives no partition for image {partition.index[partition.isna()][0]}")
-    partition = partition.to_numpy(dtype=np.int64)
-    if not np.isin(partition, (0, 1, 2)).all():
-        raise ShiftkitError(f"celeba: {file} holds partitions other than 0, 1, 2")
-    return partition
+        image = quote(partition.index[partition.isna()][0])
+        raise ShiftkitError(f"celeba: {file} gives no partition for image {image}")
+    numbers = pd.to_numeric(partition, errors="coerce")  # text becomes NaN, outside 0/1/2 as well
+    unknown = np.flatnonzero(~numbers.isin((0, 1, 2)).to_numpy())
+    if len(unknown):
+        k = int(unknown[0])
+        raise ShiftkitError(
+            f"celeba: {file} gives image {quote(partition.index[k])} the partition {quote(partition.iloc[k])}; "
+            f"partitions are 0 (train), 1 (val), 2 (test) ({len(unknown)} image(s) with another value)"
+        )
+    return numbers.to_numpy(dtype=np.int64)
 
 
 def _column(names: list, attribute: str, role: str) -> int:
     if attribute not in names:
-        raise ShiftkitError(f"celeba: unknown {role} attribute '{attribute}'; available: {', '.join(names)}")
+        raise ShiftkitError(f"celeba: unknown {role} attribute '{attribute}'; available: {quote(names)}")
     return names.index(attribute)
 
 

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import ShiftkitError
 from . import register
-from .base import Split, Splits, optional_root
+from .base import Split, Splits, optional_root, quote
 from .pipeline import Pipeline
 from .roots import find_root, open_maybe_gz
 from .shifts import (
@@ -102,7 +102,7 @@ def _unpickle(path: Path) -> dict:
         with open_maybe_gz(path) as f:
             obj = _ArraysOnly(f, encoding="bytes").load()
     except Exception as e:  # a broken file fails in many ways (EOF, bad opcode, bad gzip); all mean the same
-        reason = (str(e).splitlines() or [""])[0]
+        reason = quote((str(e).splitlines() or [""])[0])
         raise ShiftkitError(f"{path}: not a CIFAR python pickle ({type(e).__name__}: {reason})") from None
     if not isinstance(obj, dict):
         raise ShiftkitError(f"{path}: expected a pickled dict, found {type(obj).__name__}")
@@ -114,7 +114,7 @@ def _batch(path: Path, fmt: CifarFormat) -> Tuple[np.ndarray, np.ndarray]:
     d = _unpickle(path)
     missing = [k for k in ("data", fmt.label_key) if k not in d]
     if missing:
-        raise ShiftkitError(f"{path}: missing key(s) {', '.join(missing)} (found {', '.join(map(str, d))})")
+        raise ShiftkitError(f"{path}: missing key(s) {', '.join(missing)} (found {quote(list(map(str, d)))})")
     data = d["data"]
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
         found = f"{data.dtype} {list(data.shape)}" if isinstance(data, np.ndarray) else type(data).__name__

@@ -33,7 +33,7 @@ from .shifts import (
 
 HOW = (
     "Install Debian's dataset-fashion-mnist (`make data`, or `apt-get install dataset-fashion-mnist`), or pass "
-    "root=DIR (or set $SHIFTKIT_DATA) with the four IDX files of Fashion-MNIST."
+    "data.root=DIR (or set $SHIFTKIT_DATA) with the four IDX files of Fashion-MNIST."
 )
 SYSTEM = ("/usr/share/datasets/fashion-mnist",)
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")

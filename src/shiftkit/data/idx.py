@@ -14,13 +14,14 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from ..errors import ShiftkitError
-from .roots import find_root, open_maybe_gz
+from .roots import READ_ERRORS, find_root, maybe_gz, open_maybe_gz, unreadable
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_CODES = {np.dtype(dtype): code for code, dtype in _DTYPES.items()}
 _CACHE: Dict[Tuple[str, str], np.ndarray] = {}
 
 
@@ -34,19 +35,20 @@ def read_idx(path: Path) -> np.ndarray:
     ...     read_idx(Path(d) / "x-idx1-ubyte").tolist()
     [7, 8, 9]
     """
+    file = maybe_gz(path)
     try:
         with open_maybe_gz(path) as fh:
             raw = fh.read()
-    except OSError as exc:
-        raise ShiftkitError(f"cannot read {path}: {exc}") from None
+    except READ_ERRORS as exc:
+        raise ShiftkitError(unreadable(file, exc)) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
-        raise ShiftkitError(f"{path} is not an IDX file (bad magic number)")
+        raise ShiftkitError(f"{file} is not an IDX file (bad magic number)")
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     dtype = np.dtype(_DTYPES[raw[2]])
     expected = 4 + 4 * ndim + int(np.prod(dims)) * dtype.itemsize
     if len(raw) != expected:
-        raise ShiftkitError(f"{path} is truncated or malformed: {len(raw)} bytes, expected {expected}")
+        raise ShiftkitError(f"{file} is truncated or malformed: {len(raw)} bytes, expected {expected}")
     return np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -54,7 +56,8 @@ def load_idx(
     name: str, root: Optional[str], how: str, system=(), num_classes: int = 10
 ) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
     """``{"train": (images uint8 [N, 1, H, W], labels int64 [N]), "test": ...}``, read once per folder.
-    A label outside ``0..num_classes-1`` is refused, naming the file and its position."""
+    Float labels (IDX types 0x0D, 0x0E: casting would truncate 6.7 to class 6) and a label outside
+    ``0..num_classes-1`` are refused, naming the file (and the position)."""
     folder = find_root(name, root, [f for pair in FILES.values() for f in pair], how, system)
     out = {}
     for split, (images_file, labels_file) in FILES.items():
@@ -65,10 +68,15 @@ def load_idx(
         images, labels = _CACHE[(str(folder.resolve()), images_file)], _CACHE[(str(folder.resolve()), labels_file)]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise ShiftkitError(f"{folder}: {split} images {images.shape} and labels {labels.shape} do not match")
+        if labels.dtype.kind == "f":
+            raise ShiftkitError(
+                f"{maybe_gz(folder / labels_file)} holds {labels.dtype.name} values (IDX type "
+                f"0x{_CODES[labels.dtype]:02X}); labels must be integers (type 0x08 unsigned byte, as in MNIST)"
+            )
         bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
         if len(bad):
             raise ShiftkitError(
-                f"{folder / labels_file}: label {int(labels[bad[0]])} at position {int(bad[0])} is outside "
+                f"{maybe_gz(folder / labels_file)}: label {int(labels[bad[0]])} at position {int(bad[0])} is outside "
                 f"0..{num_classes - 1} ({len(bad)} such label(s)); {name} has {num_classes} classes"
             )
         out[split] = (images[:, None, :, :], labels.astype(np.int64))

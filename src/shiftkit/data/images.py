@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import ShiftkitError
+from .base import quote
 
 #: Bumped whenever decoding changes, so that old cache files are never reused.
 _CACHE_VERSION = 1
@@ -48,6 +49,11 @@ def center_box(width: int, height: int, crop: Tuple[int, int]) -> Tuple[int, int
     return left, top, left + w, top + h
 
 
+def _shown(path: Path) -> str:
+    """``path`` for a message, its file name (from a metadata file, so data) capped by :func:`~.base.quote`."""
+    return os.path.join(path.parent, quote(path.name))
+
+
 def _decode_one(path: Path, size: Tuple[int, int], square: bool, crop: Optional[Tuple[int, int]]) -> np.ndarray:
     from PIL import Image
 
@@ -62,8 +68,8 @@ def _decode_one(path: Path, size: Tuple[int, int], square: bool, crop: Optional[
                 img = img.crop(center_box(img.width, img.height, crop))
             return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
     except Exception as exc:  # Pillow raises OSError, ValueError or SyntaxError for broken files
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise ShiftkitError(f"cannot decode image {path}: {reason}") from None
+        reason = quote(" ".join(str(exc).split()) or type(exc).__name__)
+        raise ShiftkitError(f"cannot decode image {_shown(path)}: {reason}") from None
 
 
 def _cache_key(paths: Sequence[Path], size, square: bool, crop) -> str:
@@ -72,7 +78,7 @@ def _cache_key(paths: Sequence[Path], size, square: bool, crop) -> str:
         try:
             stat = path.stat()
         except OSError:
-            raise ShiftkitError(f"missing image file {path}") from None
+            raise ShiftkitError(f"missing image file {_shown(path)}") from None
         digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:40]
 

@@ -1,16 +1,22 @@
 """Tabular data from a CSV or Parquet file, with groups (DESIGN.md "Data", "Groups"; SPEC §10).
 
-One row per example. ``label`` names the class column; string (or other non-id) labels become ids in
-sorted order, recorded in ``info["classes"]``. Groups come from a ``group`` column, or from a binary
-``attribute`` column with a binary label as ``g = 2·y + a`` (the cells of SPEC §7.2-7.3), or are the
-classes. A ``split`` column (0/1/2 or train/val/test) gives the splits; without one, every (class, group)
-cell is split at random with ``val_fraction`` / ``test_fraction`` (``stratified_split``).
+One row per example, every column named once (a repeated name in the header is refused: pandas would
+rename the second ``label`` to ``label.1`` and train on it as a feature). ``label`` names the class
+column; string (or other non-id) labels become ids in sorted order, recorded in ``info["classes"]``, while
+integer labels must be the ids ``0..K-1`` (a class they skip is refused). Groups come from a ``group``
+column, or from a binary ``attribute`` column with a binary label as ``g = 2·y + a`` (the cells of SPEC
+§7.2-7.3), or are the classes. Group and attribute values of any kind (7, 1000, 3000, -1, text) become
+ids ``0..G-1`` in sorted order, as ``ShiftClassifier`` numbers its groups; ``info["group_values"]``
+(``info["attribute_values"]``) maps each id back to its value. A ``split`` column (0/1/2 or
+train/val/test) gives the splits; without one, every (class, group) cell is split at random with
+``val_fraction`` / ``test_fraction`` (``stratified_split``).
 
 Features are every other column (or those listed in ``features``, minus ``ignore``): numeric and
-boolean columns are standardized with the TRAINING split's mean and (population) std, categorical
-(string) columns are one-hot encoded over the training split's categories, and a category unseen in
-training encodes as all zeros. ``info`` records the statistics, the categories and the output feature
-names, so a model's inputs can be traced back. Inputs are ``float32 [N, D]``, used as they are.
+boolean columns are standardized with the TRAINING split's mean and (population) std (a column that
+overflows doing so, as values near 1e308 do, is refused), categorical (string) columns are one-hot
+encoded over the training split's categories, and a category unseen in training encodes as all zeros.
+``info`` records the statistics, the categories and the output feature names, so a model's inputs can be
+traced back. Inputs are ``float32 [N, D]``, used as they are.
 
 >>> cells = np.array([0] * 10 + [1] * 5)
 >>> split = stratified_split(cells, val_fraction=0.2, test_fraction=0.2, seed=0)
@@ -20,6 +26,8 @@ names, so a model's inputs can be traced back. Inputs are ``float32 [N, D]``, us
 
 from __future__ import annotations
 
+import itertools
+from collections import Counter
 from pathlib import Path
 from typing import List, Optional
 
@@ -28,7 +36,8 @@ import torch
 
 from ..errors import ShiftkitError
 from . import register
-from .base import Split, Splits
+from .base import Split, Splits, dense_ids, quote
+from .roots import read_csv, unreadable
 
 _SPLIT_NAMES = {"train": 0, "val": 1, "valid": 1, "validation": 1, "test": 2, 0: 0, 1: 1, 2: 2}
 _NAN = ("error", "drop")
@@ -54,60 +63,95 @@ def _python(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def _ids(column):
-    """``(ids [N], names)``: non-negative integer values are ids already; anything else (strings,
-    booleans, -1/+1 labels) is mapped to ``0..K-1`` in sorted order."""
+def _values(column) -> np.ndarray:
+    """The column as numpy values that sort as their user reads them: booleans, integers (also whole
+    numbers stored as floats), other numbers, or text."""
     import pandas as pd
 
     if pd.api.types.is_bool_dtype(column):
-        values = column.to_numpy(dtype=bool)
-    elif pd.api.types.is_numeric_dtype(column):
+        return column.to_numpy(dtype=bool)
+    if pd.api.types.is_signed_integer_dtype(column):
+        return column.to_numpy(dtype=np.int64)  # not through float64, which merges ids above 2**53
+    if pd.api.types.is_numeric_dtype(column):
         values = column.to_numpy(dtype=np.float64)
-        if len(values) and (values == np.round(values)).all():
-            values = values.astype(np.int64)
-            if (values >= 0).all():
-                return values, list(range(int(values.max()) + 1))
-    else:
-        values = column.astype(str).to_numpy()
-    names, ids = np.unique(values, return_inverse=True)
-    return ids.astype(np.int64).reshape(-1), [_python(v) for v in names]
+        whole = (values == np.round(values)).all() and (np.abs(values) < 2.0**63).all()
+        return values.astype(np.int64) if whole else values
+    return column.astype(str).to_numpy()
 
 
-def _check_classes(y: np.ndarray, classes: list, label: str, file: Path) -> None:
-    """At least two classes, and integer ids ``0..K-1`` with every id present in the file."""
-    present = np.unique(y).tolist()
-    if len(present) < 2:
+def _ids(column):
+    """``(ids [N], names)``: the column's distinct values in sorted order are the ids ``0..K-1``
+    (:func:`~.base.dense_ids`); ``names[k]`` is the value of id ``k``."""
+    ids, distinct = dense_ids(_values(column))
+    return ids, [_python(v) for v in distinct]
+
+
+def _skipped(present: list):
+    """The integers in ``0..max(present)`` missing from the sorted ``present``, lazily (ids 0 and 10**15
+    skip that many)."""
+    previous = -1
+    for value in present:
+        yield from range(previous + 1, value)
+        previous = value
+
+
+def _check_classes(classes: list, label: str, file: Path) -> None:
+    """At least two classes, and integer labels that are the ids ``0..K-1``: a skipped id is more likely a
+    class missing from the file than a numbering to redo, so it is refused rather than remapped."""
+    if len(classes) < 2:
         raise ShiftkitError(
-            f"tabular: label column '{label}' of {file} holds a single class "
-            f"({', '.join(str(classes[k]) for k in present)}); a classifier needs at least 2"
+            f"tabular: label column '{label}' of {file} holds a single class ({quote(classes)}); "
+            "a classifier needs at least 2"
         )
-    absent = sorted(set(range(len(classes))) - set(present))
-    if absent:
+    ids = all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes)
+    if ids and classes[-1] != len(classes) - 1:
+        skipped = quote(list(itertools.islice(_skipped(classes), 100)), total=classes[-1] + 1 - len(classes))
         raise ShiftkitError(
-            f"tabular: label column '{label}' of {file} holds integer ids up to {len(classes) - 1} but no row of "
-            f"class(es) {', '.join(map(str, absent))}; number the classes 0..K-1 (or use text labels)"
+            f"tabular: label column '{label}' of {file} holds integer ids up to {classes[-1]} but no row of "
+            f"class(es) {skipped}; number the classes 0..K-1 (or use text labels)"
         )
 
 
 def _read(path: Optional[str]):
+    """``(file, table)``; ``file`` is ``path`` with ``~`` expanded. The column names are checked as the
+    file spells them, before the table is read: pandas would make a repeated name unique."""
     import pandas as pd
 
     if not path:
-        raise ShiftkitError("tabular: set path=<a .csv or .parquet file>")
+        raise ShiftkitError("tabular: set data.path=<a .csv or .parquet file>")
     file = Path(path).expanduser()
     if not file.is_file():
         raise ShiftkitError(f"tabular: no file {file}")
+    if file.suffix in (".parquet", ".pq"):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ShiftkitError("tabular: reading Parquet needs pyarrow: pip install pyarrow") from None
+        _check_names(file, _parquet(file, lambda: pq.read_schema(file).names))
+        return file, _parquet(file, lambda: pd.read_parquet(file))
+    options = dict(sep="\t" if ".tsv" in file.suffixes else ",")
+    needs = "it needs a header line and data rows"
+    header = read_csv("tabular", file, needs, header=None, nrows=1, dtype=str, keep_default_na=False, **options)
+    _check_names(file, header.iloc[0].tolist())
+    return file, read_csv("tabular", file, needs, **options)
+
+
+def _parquet(file: Path, read):
+    """``read()`` of the Parquet ``file``, a failure (pyarrow's ArrowInvalid is a ValueError) as one line."""
     try:
-        if file.suffix in (".parquet", ".pq"):
-            try:
-                return file, pd.read_parquet(file)
-            except ImportError:
-                raise ShiftkitError("tabular: reading Parquet needs pyarrow: pip install pyarrow") from None
-        return file, pd.read_csv(file, sep="\t" if ".tsv" in file.suffixes else ",")
-    except pd.errors.EmptyDataError:
-        raise ShiftkitError(f"tabular: {file} is empty; it needs a header line and data rows") from None
+        return read()
     except (ValueError, OSError) as exc:
-        raise ShiftkitError(f"tabular: cannot read {file}: {' '.join(str(exc).split())}") from None
+        raise ShiftkitError(f"tabular: {unreadable(file, exc)}") from None
+
+
+def _check_names(file: Path, names: List[str]) -> None:
+    """Refuse a column name the header repeats (an empty name is pandas' ``Unnamed: k``, not repeated)."""
+    counts = Counter(names)
+    repeated = [name for name in counts if name and counts[name] > 1]
+    if repeated:
+        raise ShiftkitError(
+            f"tabular: {file} names the column(s) {quote(repeated)} more than once; give every column its own name"
+        )
 
 
 def _where(file: Path, row: int) -> str:
@@ -129,8 +173,8 @@ def _check_values(table, features: List[str], file: Path) -> None:
             bad = np.flatnonzero(np.isinf(values))
             if len(bad):
                 raise ShiftkitError(
-                    f"tabular: column '{col}' of {file} holds {len(bad)} infinite value(s), the first on "
-                    f"{_where(file, int(bad[0]))}; replace them with finite numbers or list the column in ignore=[...]"
+                    f"tabular: column '{quote(col)}' of {file} holds {len(bad)} infinite value(s), the first on "
+                    f"{_where(file, int(bad[0]))}; replace them with finite numbers or list the column in data.ignore=[...]"
                 )
         elif pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column):
             present = column.notna().to_numpy()
@@ -139,9 +183,9 @@ def _check_values(table, features: List[str], file: Path) -> None:
             if len(text) and numbers.sum() > present.sum() / 2:
                 first = int(text[0])
                 raise ShiftkitError(
-                    f"tabular: column '{col}' of {file} holds numbers but {len(text)} non-numeric value(s), "
-                    f"the first '{column.iloc[first]}' on {_where(file, first)}; fix them (leave a missing "
-                    "value empty) or list the column in ignore=[...]"
+                    f"tabular: column '{quote(col)}' of {file} holds numbers but {len(text)} non-numeric value(s), "
+                    f"the first '{quote(column.iloc[first])}' on {_where(file, first)}; fix them (leave a missing "
+                    "value empty) or list the column in data.ignore=[...]"
                 )
 
 
@@ -150,7 +194,7 @@ def _split_ids(column, file: Path) -> np.ndarray:
     unknown = sorted({str(k) for k in keys if k not in _SPLIT_NAMES})
     if unknown:
         raise ShiftkitError(
-            f"tabular: split column '{column.name}' of {file} holds {', '.join(unknown)}; use 0/1/2 or train/val/test"
+            f"tabular: split column '{column.name}' of {file} holds {quote(unknown)}; use 0/1/2 or train/val/test"
         )
     return np.array([_SPLIT_NAMES[k] for k in keys], dtype=np.int64)
 
@@ -161,14 +205,16 @@ def _fill_hint(part: int, split: Optional[str], val_fraction: float, test_fracti
         return f"mark some rows {('train', 'val', 'test')[part]} in the column '{split}'"
     if part == 0:
         return "add rows"
-    key, value = ("val_fraction", val_fraction) if part == 1 else ("test_fraction", test_fraction)
+    key, value = ("data.val_fraction", val_fraction) if part == 1 else ("data.test_fraction", test_fraction)
     if value == 0:
         return f"set {key} > 0"
     return f"add rows or raise {key} (now {value}): each (class, group) cell gives round({key} * its rows)"
 
 
-def _encode(table, features: List[str], train: np.ndarray, info: dict) -> np.ndarray:
-    """``float32 [N, D]``: standardized numeric columns and one-hot categorical ones (training stats)."""
+def _encode(table, features: List[str], train: np.ndarray, info: dict, file: Path) -> np.ndarray:
+    """``float32 [N, D]``: standardized numeric columns and one-hot categorical ones (training stats). A
+    column whose training mean or std overflows float64, or whose standardized values overflow float32,
+    is refused naming its largest value (the features must be finite: :class:`~.base.Split`)."""
     import pandas as pd
 
     blocks, names = [], []
@@ -176,12 +222,22 @@ def _encode(table, features: List[str], train: np.ndarray, info: dict) -> np.nda
     for col in features:
         column = table[col]
         if pd.api.types.is_datetime64_any_dtype(column) or pd.api.types.is_timedelta64_dtype(column):
-            raise ShiftkitError(f"tabular: column '{col}' has type {column.dtype}; list it in ignore=[...]")
+            raise ShiftkitError(f"tabular: column '{quote(col)}' has type {column.dtype}; list it in data.ignore=[...]")
         if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
             values = column.to_numpy(dtype=np.float64)
-            mean, std = float(values[train].mean()), float(values[train].std())
-            std = std if std > 0 else 1.0  # a constant training column stays finite (all zeros)
-            blocks.append(((values - mean) / std)[:, None])
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused below, not warned about
+                mean, std = float(values[train].mean()), float(values[train].std())
+                std = std if std > 0 else 1.0  # a constant training column stays finite (all zeros)
+                scaled = ((values - mean) / std).astype(np.float32)
+            bad = np.flatnonzero(train if not np.isfinite([mean, std]).all() else ~np.isfinite(scaled))
+            if len(bad):
+                row = int(bad[np.argmax(np.abs(values[bad]))])
+                raise ShiftkitError(
+                    f"tabular: column '{quote(col)}' of {file} overflows when standardized (the value "
+                    f"{values[row]:.3g} on {_where(file, row)}, with the training mean and standard deviation); "
+                    "rescale the column or list it in data.ignore=[...]"
+                )
+            blocks.append(scaled[:, None])
             names.append(col)
             info["mean"][col], info["std"][col] = mean, std
         else:
@@ -216,9 +272,10 @@ def tabular(
 
     ``nan="error"`` refuses a missing value in any used column, naming the column; ``nan="drop"`` drops
     those rows (counted in ``info["dropped"]``). ``val_fraction`` / ``test_fraction`` / ``split_seed``
-    apply only without a ``split`` column. Refused with the column and line named: infinite numbers,
-    text in a column of numbers, a single class, integer labels that skip a class, and a split left
-    without rows.
+    apply only without a ``split`` column. Refused with the column and line named: a repeated column
+    name, infinite numbers, text in a column of numbers, numbers that overflow when standardized, a single
+    class, integer labels that skip a class, and a split left without rows. A quoted value is cut to
+    about 200 characters (:func:`~.base.quote`).
     """
     if nan not in _NAN:
         raise ShiftkitError(f"tabular: nan must be one of {', '.join(_NAN)}, got '{nan}'")
@@ -233,7 +290,7 @@ def tabular(
     roles = [c for c in (label, group, attribute, split) if c]
     for col in roles + list(features) + list(ignore):
         if col not in table.columns:
-            raise ShiftkitError(f"tabular: no column '{col}' in {file}; columns: {', '.join(table.columns)}")
+            raise ShiftkitError(f"tabular: no column '{col}' in {file}; columns: {quote(list(table.columns))}")
     features = [c for c in (features or table.columns) if c not in set(roles) | set(ignore)]
     if not features:
         raise ShiftkitError(f"tabular: {file} has no feature column besides {', '.join(roles)}")
@@ -247,15 +304,15 @@ def tabular(
         col = used[int(np.argmax(missing.any(axis=0).to_numpy()))]
         first = int(np.argmax(missing[col].to_numpy()))
         raise ShiftkitError(
-            f"tabular: column '{col}' of {file} has {int(missing[col].sum())} missing value(s) (NaN), the first "
-            f"on {_where(file, first)}; clean the file or set nan=drop"
+            f"tabular: column '{quote(col)}' of {file} has {int(missing[col].sum())} missing value(s) (NaN), the first "
+            f"on {_where(file, first)}; clean the file or set data.nan=drop"
         )
     table = table[~missing.any(axis=1)].reset_index(drop=True)
     if table.empty:
-        raise ShiftkitError(f"tabular: every row of {file} has a missing value; nan=drop leaves no row")
+        raise ShiftkitError(f"tabular: every row of {file} has a missing value; data.nan=drop leaves no row")
 
     y, classes = _ids(table[label])
-    _check_classes(y, classes, label, file)
+    _check_classes(classes, label, file)
     info = {"path": str(file), "label": label, "classes": classes, "dropped": dropped}
     if attribute:
         a, values = _ids(table[attribute])
@@ -281,7 +338,7 @@ def tabular(
             hint = _fill_hint(k, split, val_fraction, test_fraction)
             raise ShiftkitError(f"tabular: {file} leaves no {name} row; {hint}")
     info["split"] = split or f"stratified by (class, group), seed {split_seed}"
-    x = torch.from_numpy(_encode(table, features, parts == 0, info))
+    x = torch.from_numpy(_encode(table, features, parts == 0, info, file))
     y, g = torch.from_numpy(y), torch.from_numpy(g)
 
     def subset(k: int) -> Split:

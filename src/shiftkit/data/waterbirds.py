@@ -18,29 +18,28 @@ import torch
 
 from ..errors import ShiftkitError
 from . import register
-from .base import Split, Splits, optional_root
+from .base import Split, Splits, optional_root, quote
 from .celeba import IMAGENET_MEAN, IMAGENET_STD
 from .images import decode_images
 from .pipeline import Pipeline
-from .roots import find_root
+from .roots import find_root, read_csv
 
 _COLUMNS = ("img_filename", "y", "split", "place")
 _HOW = (
     "Waterbirds needs metadata.csv (columns img_filename, y, split, place) and its images, as in "
-    "group_DRO's waterbird_complete95_forest2water2 tarball; nothing is downloaded: pass root=<folder> "
+    "group_DRO's waterbird_complete95_forest2water2 tarball; nothing is downloaded: pass data.root=<folder> "
     "or set $SHIFTKIT_DATA to a folder holding waterbirds/"
 )
 GROUPS = ["landbird, land", "landbird, water", "waterbird, land", "waterbird, water"]
 
 
 def read_metadata(file):
-    """``(filenames [N], y [N], place [N], split [N])`` from ``metadata.csv``, validated."""
-    import pandas as pd
-
-    table = pd.read_csv(file)
+    """``(filenames [N], y [N], place [N], split [N])`` from ``metadata.csv``, validated (an empty or
+    non-UTF-8 file too: :func:`~.roots.read_csv`)."""
+    table = read_csv("waterbirds", file, f"it needs a header line ({', '.join(_COLUMNS)}, ...) and a row per image")
     for column in _COLUMNS:
         if column not in table.columns:
-            listed = ", ".join(map(str, table.columns))
+            listed = quote(list(map(str, table.columns)))
             raise ShiftkitError(f"waterbirds: {file} has no column '{column}'; columns: {listed}")
     arrays = []
     for column, allowed in (("y", (0, 1)), ("place", (0, 1)), ("split", (0, 1, 2))):
