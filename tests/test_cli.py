@@ -58,7 +58,7 @@ def test_sweep_skips_finished_runs_and_report_tabulates(tmp_path):
         (["train", "loss=nope"], "unknown loss 'nope'; choose one of: "),
         (["train", "weighting=iw", "weighting.exponent=abc"], "weighting.exponent"),
         (["train", "data=nonexistent"], "unknown data 'nonexistent'; choose one of:"),
-        (["train", "seed=-1"], "seed must be a non-negative integer, got -1"),
+        (["train", "seed=-1"], "seed must be an integer in 0..2**63-1, got -1"),
         (["report", "does-not-exist"], "no such directory"),
         (["train", "-m", "loss=ce,nope"], "unknown loss 'nope'"),
         (["train", "data.imbalance=0.5"], "digits_binary: imbalance must be >= 1"),

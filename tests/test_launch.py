@@ -191,7 +191,7 @@ RAY_MISSING = importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is No
     "args, message",
     [
         (["hydra/launcher=joblib", "loss=ce,nope", "seed=0,1"], "unknown loss 'nope'; choose one of: "),
-        (["hydra/launcher=joblib", "seed=0,-1"], "seed must be a non-negative integer"),
+        (["hydra/launcher=joblib", "seed=0,-1"], "seed must be an integer in 0..2**63-1"),
         (["hydra/launcher=nope", "seed=0,1"], "unknown launcher 'nope'; choose one of: basic, joblib, ray, "),
         (["hydra/launcher=joblib", "hydra.launcher.n_jobs=two", "seed=0,1"], "hydra.launcher.n_jobs"),
         (["hydra/launcher=submitit_slurm", "hydra.launcher.partiton=gpu", "seed=0,1"], "hydra.launcher.partiton"),

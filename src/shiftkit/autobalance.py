@@ -50,6 +50,33 @@ def _frozen_batchnorm_stats(model: nn.Module):
             m.track_running_stats = True
 
 
+def check_loss(loss: nn.Module, where: str = "AutoBalanceSearch: the loss") -> None:
+    """A search needs a loss with something to learn: a ``hyperparameters()`` dict that is not empty."""
+    learnable = loss.hyperparameters() if hasattr(loss, "hyperparameters") else None
+    if not learnable:
+        raise ShiftkitError(f"{where} has nothing to learn; search with loss=autobalance (its loss.learn names"
+                            " what the search tunes)")
+
+
+def check_search(*, epochs: int, start_epoch: Optional[int], every: int, batches: int, terms: int, step: float,
+                 curvature_batches: Optional[int], batch_size: int = 1, prefix: str = "search.") -> None:
+    """The search's schedule and series settings, named ``prefix + key`` (``search.every`` on the command
+    line): refused before anything trains."""
+    for key, value in (("every", every), ("batches", batches)):
+        if value < 1:
+            raise ShiftkitError(f"{prefix}{key} must be >= 1, got {value}")
+    if batch_size < 1 or epochs < 1:
+        raise ShiftkitError(f"{prefix}batch_size and epochs must be >= 1, got {batch_size} and {epochs}")
+    if start_epoch is not None and not 0 <= start_epoch < epochs:
+        raise ShiftkitError(f"{prefix}start_epoch must lie in [0, epochs={epochs}), got {start_epoch}")
+    if terms < 0:
+        raise ShiftkitError(f"{prefix}terms (of the Neumann series) must be >= 0, got {terms}")
+    if not (math.isfinite(step) and step > 0):
+        raise ShiftkitError(f"{prefix}step (of the Neumann series) must be a finite number > 0, got {step}")
+    if curvature_batches is not None and not 1 <= curvature_batches <= batches:
+        raise ShiftkitError(f"{prefix}curvature_batches must lie in [1, batches={batches}], got {curvature_batches}")
+
+
 class AutoBalanceSearch:
     """Upper-level updates of the ``autobalance`` loss's α inside :func:`~shiftkit.train.fit` (SPEC §5.2-5.3).
 
@@ -123,12 +150,10 @@ class AutoBalanceSearch:
         seed: int = 0,
         device: str = "cpu",
     ):
-        if not hasattr(loss, "hyperparameters"):
-            raise ShiftkitError("AutoBalanceSearch needs a loss with hyperparameters(), e.g. loss 'autobalance'")
+        check_loss(loss)
+        check_search(epochs=epochs, start_epoch=start_epoch, every=every, batches=batches, terms=terms, step=step,
+                     curvature_batches=curvature_batches, batch_size=batch_size, prefix="AutoBalanceSearch: ")
         start_epoch = round(0.4 * epochs) if start_epoch is None else start_epoch
-        if min(every, batches, batch_size, epochs) < 1 or not 0 <= start_epoch < epochs:
-            raise ShiftkitError("AutoBalanceSearch: every, batches, batch_size, epochs must be >= 1 and "
-                                f"0 <= start_epoch < epochs; got start_epoch={start_epoch}, epochs={epochs}")
         self.model, self.loss, self.pipeline = model, loss, splits.pipeline
         self.train, self.val = splits.train.to(device), splits.val.to(device)
         self.objective = objectives.build(objective, num_classes=splits.num_classes, num_groups=splits.num_groups,
@@ -138,9 +163,6 @@ class AutoBalanceSearch:
         self.stop_on_growth = stop_on_growth
         self.batch_size, self.device = batch_size, device
         self.curvature_batches = batches if curvature_batches is None else curvature_batches
-        if not 1 <= self.curvature_batches <= batches:
-            raise ShiftkitError(f"AutoBalanceSearch: curvature_batches must lie in [1, batches={batches}], "
-                                f"got {curvature_batches}")
         self.gen = torch.Generator().manual_seed(seed)
         self.aug_gen = torch.Generator(device=device).manual_seed(seed) if self.pipeline.augments else None
         self.upper = upper or build_optim("sgd", **DEFAULT_UPPER)

@@ -105,11 +105,10 @@ def run_many(override_lists: List[List[str]], label: str = "runs") -> List[dict]
     from . import distributed
     from .config import compose
     from .ensemble import EnsembleUnsupported
-    from .runner import check, run, run_ensemble
+    from .runner import check_sweep, run, run_ensemble
 
     configs = [compose(o) for o in override_lists]
-    for cfg in configs:
-        check(cfg)
+    check_sweep(configs)
     console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True, quiet=not distributed.is_primary())
     records = []
     with _progress(console) as progress:
@@ -168,9 +167,10 @@ def _attempt(run, cfg, on_eval, alone: bool) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import expand_sweep
+    from .config import check_repeated, expand_sweep
     from .launch import launch, launcher_name
 
+    check_repeated(args.overrides)
     if args.multirun and launcher_name(args.overrides) is not None:  # through Hydra's launcher plugin
         records = launch(args.overrides)
     else:
@@ -198,8 +198,11 @@ def _demo(args: argparse.Namespace) -> int:
     from .experiments import demo
     from .report import report
 
+    from .config import check_repeated
+
     if args.seeds < 1:
         raise ShiftkitError(f"--seeds must be >= 1, got {args.seeds}")
+    check_repeated(args.overrides)
     run_many(demo.runs(args.seeds, args.out, args.overrides), label="demo")
     report(Path(args.out), baseline=demo.BASELINE, show_curves=True)
     Console().print(f"runs, report.json, report.png and curves.png are in {args.out}/")
@@ -315,7 +318,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _main(argv: Optional[List[str]]) -> int:
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra and getattr(args, "overrides", None) is not None and not any(e.startswith("-") for e in extra):
+            args.overrides += extra  # overrides after -m (``shiftkit train loss=poly -m seed=0,1``)
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.command is None:
             parser.print_help(sys.stderr)
             return 2

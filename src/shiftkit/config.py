@@ -23,6 +23,7 @@ import dataclasses
 import importlib.resources
 import inspect
 import itertools
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -251,6 +252,17 @@ def parse_overrides(overrides: List[str]) -> list:
     return parsed
 
 
+def check_repeated(overrides: List[str]) -> None:
+    """Refuse a key given twice on one command line (``seed=1 seed=2``): Hydra would keep the last one
+    silently, and the command would not say what it runs."""
+    seen: Dict[str, str] = {}
+    for o in parse_overrides(list(overrides)):
+        key = o.key_or_group if o.package is None else f"{o.key_or_group}@{o.package}"
+        if key in seen:
+            raise ShiftkitError(f"{key} is set twice ('{seen[key]}' and '{o.input_line}'); give each key once")
+        seen[key] = o.input_line
+
+
 def _check_added_keys(parsed: list, cfg: DictConfig) -> None:
     """Refuse ``+key=value`` where ``key`` is not a field of its (structured) parent: Hydra would add it,
     and the run would carry a setting that nothing reads. Free-form dicts (``search.objective_options``)
@@ -318,9 +330,42 @@ def expand_sweep(overrides: List[str]) -> List[List[str]]:
         if o.is_sweep_override():
             key = o.get_key_element()
             choices.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+            if not choices[-1]:
+                raise ShiftkitError(f"the sweep '{o.input_line}' has no values; a sweep needs at least one")
         else:
             choices.append([o.input_line])
     return [list(c) for c in itertools.product(*choices)]
+
+
+#: Integers fit in 64 bits (what torch and NumPy take); seeds are non-negative.
+_INT_RANGE = (-(2**63), 2**63 - 1)
+
+
+def check_numbers(node: Any, where: str = "") -> None:
+    """Every number of a resolved config (nested dicts and lists included) is usable: floats finite (a NaN
+    or infinite hyperparameter never trains anything meaningful), integers within 64 bits, and seeds
+    (``seed``, ``*_seed``) non-negative. The error names the key.
+
+    >>> check_numbers({"loss": {"alpha": float("inf")}})
+    Traceback (most recent call last):
+    ...
+    shiftkit.errors.ShiftkitError: loss.alpha must be a finite number, got inf
+    """
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        name = f"{where}[{key}]" if isinstance(node, list) else f"{where}.{key}" if where else str(key)
+        if isinstance(value, (dict, list)):
+            check_numbers(value, name)
+        elif isinstance(value, bool):
+            continue
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ShiftkitError(f"{name} must be a finite number, got {value}")
+        elif isinstance(value, int):
+            seed = str(key) == "seed" or str(key).endswith("_seed")
+            low, high = (0, _INT_RANGE[1]) if seed else _INT_RANGE
+            if not low <= value <= high:
+                what = "an integer in 0..2**63-1" if seed else "an integer within 64 bits"
+                raise ShiftkitError(f"{name} must be {what}, got {value if abs(value) < 10**30 else 'a larger one'}")
 
 
 def options(node: DictConfig) -> Dict[str, Any]:

@@ -155,16 +155,16 @@ def plan(overrides: List[str]) -> Tuple[List[List[str]], List[Optional[Dict[str,
     from omegaconf import OmegaConf
 
     from .config import compose, expand_sweep
-    from .runner import finished_record, check, run_dir
+    from .runner import check_sweep, finished_record, run_dir
 
     runs = expand_sweep(split(overrides)[1])
     configs = [compose(one) for one in runs]
+    check_sweep(configs)
     records = []
     for cfg in configs:
-        check(cfg)
         plain = OmegaConf.to_container(cfg, resolve=True)
         plain["out"] = os.path.abspath(plain["out"])
-        records.append(finished_record(run_dir(plain)))  # what runner.run would skip
+        records.append(finished_record(run_dir(plain), plain["checkpoint"]["keep"]))  # what runner.run would skip
     return runs, records
 
 

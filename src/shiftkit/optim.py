@@ -62,12 +62,23 @@ class OptimSpec:
     gamma: float = 0.1
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
+        if not (math.isfinite(self.lr) and self.lr > 0):
             raise ShiftkitError(f"optim.lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise ShiftkitError("optim.weight_decay and optim.warmup_epochs must be >= 0")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ShiftkitError(f"optim.weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.warmup_epochs < 0:
+            raise ShiftkitError(f"optim.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.schedule not in SCHEDULES:
             raise ShiftkitError(f"unknown schedule '{self.schedule}'; choose one of: {', '.join(SCHEDULES)}")
+        if not (math.isfinite(self.gamma) and self.gamma > 0):
+            raise ShiftkitError(f"optim.gamma (the multistep decay factor) must be > 0, got {self.gamma}")
+        bad = [m for m in self.milestones if isinstance(m, bool) or not isinstance(m, int) or m < 1]
+        if bad:
+            raise ShiftkitError(f"optim.milestones must be epochs >= 1, got {list(self.milestones)}")
+        self.check()
+
+    def check(self) -> None:
+        """The optimizer's own hyperparameters (a subclass's), refused before anything trains."""
 
     def factor(self, epoch: int, epochs: int) -> float:
         """Learning-rate multiplier during ``epoch`` (0-based)."""
@@ -91,6 +102,12 @@ class SGD(OptimSpec):
     momentum: float = 0.9
     nesterov: bool = False
 
+    def check(self) -> None:
+        if not 0 <= self.momentum < 1:
+            raise ShiftkitError(f"optim.momentum must lie in [0, 1), got {self.momentum}")
+        if self.nesterov and self.momentum == 0:
+            raise ShiftkitError("optim.nesterov=true needs optim.momentum > 0")
+
     def optimizer(self, params):
         return torch.optim.SGD(
             params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, nesterov=self.nesterov
@@ -106,6 +123,11 @@ class Adam(OptimSpec):
     beta1: float = 0.9
     beta2: float = 0.999
     decoupled: bool = False
+
+    def check(self) -> None:
+        for key in ("beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ShiftkitError(f"optim.{key} must lie in [0, 1), got {getattr(self, key)}")
 
     def optimizer(self, params):
         cls = torch.optim.AdamW if self.decoupled else torch.optim.Adam

@@ -151,7 +151,7 @@ def curves(runs: List[dict], split: str = "test", metric: str = "balanced_acc") 
         for label, members in methods.items():
             per_epoch: Dict[int, List[float]] = {}
             for m in members:
-                for record in m["_metrics"]:
+                for record in m["_metrics"] if "_metrics" in m else rundir.read_metrics(m["_dir"]):
                     value = record.get(split, {}).get(metric)
                     if value is not None:
                         per_epoch.setdefault(record["epoch"], []).append(value)

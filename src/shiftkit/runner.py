@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import __version__, data, diagnostics, distributed, files, losses, models, optim, rundir, sampling, tracking
-from . import weighting
-from .autobalance import DEFAULT_UPPER, resume_point, search_and_retrain
+from . import __version__, data, diagnostics, distributed, files, losses, metrics, models, objectives, optim, rundir
+from . import sampling, tracking, weighting
+from .autobalance import DEFAULT_UPPER, check_loss, check_search, resume_point, search_and_retrain
 from .checkpoint import FILE as CHECKPOINT_FILE
 from .checkpoint import Checkpoint, fitting
-from .config import GROUPS, DiagnosticsConf, options, schema
+from .config import GROUPS, DiagnosticsConf, check_numbers, options, schema
 from .divergence import NonFiniteLoss, Watch
 from .ensemble import EnsembleUnsupported, fit_ensemble
 from .errors import ShiftkitError
@@ -149,9 +149,13 @@ def load_data(node: Dict[str, Any]) -> data.Splits:
 
 
 def validate(cfg: Dict[str, Any]) -> None:
-    """Checks a schema cannot express (types are already checked when composing)."""
-    if cfg["seed"] < 0:
-        raise ShiftkitError(f"seed must be a non-negative integer, got {cfg['seed']}")
+    """Checks a schema cannot express (types are already checked when composing): every number finite and
+    in range (:func:`shiftkit.config.check_numbers`), the results folder, the name, the schedule, the
+    selection rule, the device, checkpoints, diagnostics and an AutoBalance search's settings."""
+    check_numbers(cfg)
+    check_out(cfg["out"])
+    if cfg["name"] is not None and (not cfg["name"].strip() or set(cfg["name"]) <= {".", "/"}):
+        raise ShiftkitError(f"name must be a label for the run's folder, not '{cfg['name']}'")
     train = cfg["train"]
     check_schedule(train["epochs"], train["batch_size"], train["eval_every"], train["amp"])
     parse_select(train["select"])
@@ -163,6 +167,38 @@ def validate(cfg: Dict[str, Any]) -> None:
         if not conf["enabled"]:
             raise ShiftkitError("diagnostics.reference needs diagnostics.enabled=true")
         diagnostics.reference_file(conf["reference"])
+    if cfg["search"]["enabled"]:
+        _validate_search(cfg)
+
+
+def _validate_search(cfg: Dict[str, Any]) -> None:
+    conf, epochs = cfg["search"], cfg["train"]["epochs"]
+    if cfg["weighting"]["name"] != "erm" or cfg["sampler"]["name"] != "none":
+        raise ShiftkitError(
+            f"search.enabled trains with weighting=erm and sampler=none (the search reweights through the loss);"
+            f" got weighting={cfg['weighting']['name']}, sampler={cfg['sampler']['name']}"
+        )
+    check_search(epochs=epochs, start_epoch=conf["start_epoch"], every=conf["every"], batches=conf["batches"],
+                 terms=conf["terms"], step=conf["step"], curvature_batches=conf["curvature_batches"])
+    if not conf["upper_lr"] > 0:
+        raise ShiftkitError(f"search.upper_lr must be > 0, got {conf['upper_lr']}")
+    if conf["retrain_on"] not in ("train+val", "train"):
+        raise ShiftkitError(f"search.retrain_on must be 'train+val' or 'train', got '{conf['retrain_on']}'")
+    if conf["retrain_epochs"] is not None and conf["retrain_epochs"] < 1:
+        raise ShiftkitError(f"search.retrain_epochs must be >= 1 (or unset: train.epochs), got {conf['retrain_epochs']}")
+    objectives.OBJECTIVES.get(conf["objective"])
+
+
+def check_out(out: str) -> None:
+    """The results folder can be made and written: refused before anything trains, naming the path."""
+    if not out.strip():
+        raise ShiftkitError("out must name a results folder (default: results), got an empty string")
+    path = Path(out).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ShiftkitError(f"out={out} cannot be made: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ShiftkitError(f"out={out} cannot be written: {existing} is read-only here")
 
 
 def make_probe(cfg: Dict[str, Any]) -> Optional[diagnostics.Probe]:
@@ -194,8 +230,45 @@ def check(cfg: DictConfig) -> None:
     plain = OmegaConf.to_container(cfg, resolve=True)
     validate(plain)
     splits = load_data(plain["data"])
-    build_parts(cfg, splits, model_device="meta")
+    parts = build_parts(cfg, splits, model_device="meta")
+    _check_selectable(plain["train"]["select"], splits, plain["data"]["name"])
+    if plain["search"]["enabled"]:
+        check_loss(parts["loss"], where=f"search.enabled: loss={plain['loss']['name']}")
+        conf = plain["search"]
+        try:
+            objective = objectives.build(conf["objective"], num_classes=splits.num_classes,
+                                         num_groups=splits.num_groups, **conf["objective_options"])
+            objective.validate(splits.val.y, splits.val.g)
+        except ShiftkitError as exc:
+            raise ShiftkitError(f"search.objective={conf['objective']}: {exc}") from None
     make_logger(plain)
+
+
+def check_sweep(configs: List[DictConfig]) -> List[Path]:
+    """:func:`check` every run of a sweep, and refuse a sweep that lists one run twice (``seed=0,0``, two
+    values that compose to one config): it would train once and report twice. Returns the run
+    directories, in order."""
+    if not configs:
+        raise ShiftkitError("the sweep has no runs (an empty range() or list?)")
+    outs: Dict[Path, int] = {}
+    for i, cfg in enumerate(configs):
+        check(cfg)
+        out = run_dir(OmegaConf.to_container(cfg, resolve=True))
+        if out in outs:
+            raise ShiftkitError(f"runs {outs[out] + 1} and {i + 1} of the sweep are the same run ({out}): list each"
+                                " value once")
+        outs[out] = i
+    return list(outs)
+
+
+def _check_selectable(select: str, splits: data.Splits, name: str) -> None:
+    """``best:<metric>`` needs a metric these data have (``deo`` needs a binary attribute)."""
+    metric = parse_select(select)
+    if metric is not None and metrics.evaluate(splits.val.y, splits.val.y, splits.val.g)[metric] is None:
+        raise ShiftkitError(
+            f"train.select=best:{metric} cannot select on data={name}: the"
+            f" metric is undefined there (deo needs a binary attribute, groups g = 2y + a)"
+        )
 
 
 def finished_record(out: Path, keep_checkpoints: bool = True) -> Optional[Dict[str, Any]]:
@@ -398,8 +471,6 @@ def _search(cfg, plain, splits, parts, device, write, probe=None, checkpoint: Op
     ``"phase": "search"`` or ``"retrain"``. With a ``checkpoint`` (its state loaded) both phases checkpoint
     and the run resumes in the phase it was stopped in (:func:`~shiftkit.autobalance.search_and_retrain`)."""
     conf, train = plain["search"], dict(plain["train"])
-    if cfg.weighting.name != "erm" or cfg.sampler.name != "none":
-        raise ShiftkitError("search.enabled trains with ERM weighting and no sampler (SPEC §5.2)")
     epochs = train.pop("epochs")
     state = checkpoint.state if checkpoint is not None else None
     phase = {"name": state["phase"] if state is not None else "search"}
