@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train one run, or a sweep with -m (Hydra override syntax)",
         epilog="Groups: data, model, loss, weighting, sampler, optim (their names: shiftkit list); "
-        "experiment=NAME applies a preset. Other keys: train.{epochs,batch_size,eval_every,select,amp,compile}, "
+        "experiment=NAME applies a preset. Other keys: train.{epochs,batch_size,eval_every,select,amp,compile,divergence}, "
         "search.* (AutoBalance), diagnostics.{enabled,reference}, checkpoint.{every,interval,keep}, "
         "logger=none|tensorboard|mlflow (logger.*), seed, device, out, name, ensemble. A killed run resumes from "
         "its checkpoint when the same command runs again; torchrun --nproc_per_node=N -m shiftkit train ... "

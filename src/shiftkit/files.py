@@ -88,12 +88,38 @@ def write_text(path: Path, text: str) -> None:
         handle.write(text)
 
 
+class _Writes:
+    """A file object that keeps the exception its ``write`` raised: ``torch.save`` turns it into a
+    ``RuntimeError`` of its own, losing the errno of a full disk and the ``KeyboardInterrupt`` of a signal
+    that arrived while it wrote."""
+
+    def __init__(self, handle):
+        self.handle, self.error = handle, None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def save_torch(obj: Any, path: Path) -> None:
-    """``torch.save(obj)`` to ``path`` atomically (:func:`atomic`)."""
+    """``torch.save(obj)`` to ``path`` atomically (:func:`atomic`); a failed write raises what the file
+    raised (an ``OSError``, as a :class:`WriteError`; an interrupt as itself)."""
     import torch
 
     with atomic(path, binary=True) as handle:
-        torch.save(obj, handle)
+        writes = _Writes(handle)
+        try:
+            torch.save(obj, writes)
+        except RuntimeError:
+            if writes.error is not None:
+                raise writes.error from None
+            raise
 
 
 def finite(value: Any) -> Any:
