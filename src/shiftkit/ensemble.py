@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from . import guards
 from .checkpoint import Checkpoint, GeneratorPart, MemberParts, capture, restore
 from .data.base import Split, Splits
 from .errors import ShiftkitError
@@ -94,6 +95,7 @@ class Stacked:
 
 
 @torch.no_grad()
+@guards.trusted()
 def _evaluate(stacked: Stacked, split: Split, pipeline, train_counts, batch_size: int = 4096) -> List[dict]:
     """Metrics of every member on ``split``: one vmapped forward per batch."""
     stacked.train(False)
@@ -114,6 +116,7 @@ def _epoch_orders(samplers: List[Sampler], split: Split, gens: List[torch.Genera
     return torch.stack(orders)
 
 
+@guards.trusted()
 def _train_epoch(stacked: Stacked, loss: nn.Module, weightings: List[Weighting], opt, train: Split, orders: Tensor,
                  batch_size: int, pipeline, aug_gens, device: str, amp: str, step: int) -> Tally:
     """One pass of every member over its row of ``orders`` ``[S, N]``; returns the epoch's

@@ -23,6 +23,9 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import Tensor
 
+from . import guards
+from .errors import ShiftkitError
+
 #: Metrics where lower is better (all others are accuracies).
 LOWER_IS_BETTER = frozenset({"deo"})
 #: Scalar metrics ``evaluate`` returns (``train_weighted_acc`` only given training counts).
@@ -63,6 +66,10 @@ class Accumulator:
         self.correct = torch.zeros(cells, dtype=torch.long, device=device)
 
     def update(self, logits_or_preds: Tensor, y: Tensor, g: Optional[Tensor] = None) -> None:
+        """Count one batch; ids outside ``[0, num_classes)`` / ``[0, num_groups)`` are an error
+        (:mod:`shiftkit.guards`), not a count in another cell."""
+        batch = {"logits" if logits_or_preds.dim() == 2 else "preds": logits_or_preds}
+        guards.check("metrics", y, g, **batch, num_classes=self.num_classes, num_groups=self.num_groups)
         preds = logits_or_preds.argmax(1) if logits_or_preds.dim() == 2 else logits_or_preds
         g = y if g is None else g
         cell = y.long() * self.num_groups + g.long()
@@ -106,7 +113,7 @@ def _deo(per_group: List[Optional[float]]) -> Optional[float]:
 def _train_weighted(per_group: List[Optional[float]], counts: Sequence[int]) -> Optional[float]:
     """Accuracy re-weighted by training group frequencies (SPEC §10, [AB]'s standard error)."""
     if len(counts) != len(per_group):
-        raise ValueError(f"train_group_counts has {len(counts)} entries for {len(per_group)} groups")
+        raise ShiftkitError(f"metrics: train_group_counts has {len(counts)} entries for {len(per_group)} groups")
     pairs = [(a, c) for a, c in zip(per_group, counts) if a is not None and c > 0]
     weight = sum(c for _, c in pairs)
     return sum(a * c for a, c in pairs) / weight if weight else None

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import guards
 from ..errors import ShiftkitError
 from . import Loss, register
 from .logit_adjusted import check_classes, positive_counts
@@ -276,6 +277,8 @@ class AutoBalance(Loss):
         return dict(self.named_parameters())
 
     def forward(self, logits: Tensor, y: Tensor, g: Optional[Tensor] = None) -> Tensor:
+        guards.check("loss 'autobalance'", y, g, logits=logits,
+                     num_groups=self.w.shape[0] if self.by == "class_group" else None)
         check_classes("autobalance", logits, self.num_classes)
         mult = torch.sigmoid(self.delta) if self.through_sigmoid else self.delta
         # D_π: expand the K' cluster entries to the K classes (one gather; no per-class Python work).

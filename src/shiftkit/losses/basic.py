@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import guards
 from ..errors import ShiftkitError
 from . import Loss, margin, register
 
@@ -22,6 +23,7 @@ class CrossEntropy(Loss):
     """
 
     def forward(self, logits: Tensor, y: Tensor, g: Optional[Tensor] = None) -> Tensor:
+        guards.check("loss 'ce'", y, g, logits=logits)
         return F.cross_entropy(logits, y, reduction="none")
 
 
@@ -50,6 +52,7 @@ class Focal(Loss):
         self.gamma = float(gamma)
 
     def forward(self, logits: Tensor, y: Tensor, g: Optional[Tensor] = None) -> Tensor:
+        guards.check("loss 'focal'", y, g, logits=logits)
         log_p = F.log_softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1)
         rest = (-torch.expm1(log_p)).clamp_min(torch.finfo(log_p.dtype).tiny)
         return -rest.pow(self.gamma) * log_p
@@ -89,6 +92,7 @@ class PolyTail(Loss):
         self._left_at_beta = _softplus(-self.beta)
 
     def forward(self, logits: Tensor, y: Tensor, g: Optional[Tensor] = None) -> Tensor:
+        guards.check("loss 'poly'", y, g, logits=logits)
         v = margin(logits, y)
         left = F.softplus(-v)
         if self.continuity == "scale":

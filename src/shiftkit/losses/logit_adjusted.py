@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import guards
 from ..errors import ShiftkitError
 from . import Loss, register
 
@@ -72,6 +73,7 @@ class LDAM(Loss):
         self.s = float(s)
 
     def forward(self, logits: Tensor, y: Tensor, g: Optional[Tensor] = None) -> Tensor:
+        guards.check("loss 'ldam'", y, g, logits=logits)
         check_classes("ldam", logits, self.margins.numel())
         is_true = F.one_hot(y, logits.shape[1]).bool()
         shifted = torch.where(is_true, logits - self.margins.to(logits.dtype)[y][:, None], logits)
@@ -94,6 +96,7 @@ class _ClassAdjusted(Loss):
         self.register_buffer("iota", tau * torch.log(n / n.sum()))
 
     def forward(self, logits: Tensor, y: Tensor, g: Optional[Tensor] = None) -> Tensor:
+        guards.check(f"loss '{self.name}'", y, g, logits=logits)
         check_classes(self.name, logits, self.delta.numel())
         adjusted = logits * self.delta.to(logits.dtype) + self.iota.to(logits.dtype)
         return F.cross_entropy(adjusted, y, reduction="none")
@@ -214,6 +217,9 @@ class VSGroup(Loss):
         if delta is None:
             missing = "class_counts (g is None)" if g is None else "group_counts"
             raise ShiftkitError(f"loss 'vs_group' was built without {missing}")
+        guards.check("loss 'vs_group'", y, g, logits=logits, num_groups=None if g is None else delta.numel())
+        if g is None:  # the class table must cover the logits' classes
+            check_classes("vs_group", logits, delta.numel())
         scale = delta.to(logits.dtype)[index][:, None]
         shift = iota.to(logits.dtype)[index][:, None]
         if self.additive == "true_class":

@@ -5,6 +5,9 @@ divided by the batch's sum of weights). A scheme is an ``nn.Module`` so that its
 schemes; Group DRO's ``q`` for dynamic ones) moves with ``.to(device)`` and round-trips through
 ``state_dict()`` / ``load_state_dict()``. Dynamic schemes change their state only in training mode.
 
+Every ``weights`` call checks its arguments (:mod:`shiftkit.guards`): ``losses``, ``y`` and ``g`` of one
+batch length, and the ids a scheme reads within the categories it was built for.
+
 >>> import torch
 >>> from shiftkit import weighting
 >>> iw = weighting.build("iw", group_counts=[4000, 400])
@@ -19,6 +22,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from .. import guards
 from ..errors import ShiftkitError
 from ..registry import Registry
 
@@ -69,24 +73,49 @@ def normalized_inverse_counts(counts: Sequence[int], exponent: float) -> Tensor:
     return (raw / mean_over_examples).float()
 
 
-def category_counts(
-    scheme: str, by: str, class_counts: Optional[Sequence[int]], group_counts: Optional[Sequence[int]]
-) -> Tensor:
-    """The training counts of the categories a scheme weighs by (``by="group"`` or ``"class"``), float64."""
-    if by not in ("group", "class"):
-        raise ShiftkitError(f"weighting '{scheme}': by must be 'group' or 'class', got '{by}'")
-    counts = group_counts if by == "group" else class_counts
-    if counts is None:
-        raise ShiftkitError(f"weighting '{scheme}' needs the training {by} counts ({by}_counts=...)")
-    n = torch.as_tensor(list(counts), dtype=torch.float64)
-    if n.numel() == 0 or (n < 0).any():
-        raise ShiftkitError(f"weighting '{scheme}': {by}_counts must be non-negative and non-empty, got {list(counts)}")
-    return n
+def groups_are_classes(class_counts: Optional[Sequence[int]], group_counts: Optional[Sequence[int]]) -> bool:
+    """Whether the data's groups are its classes (g = y: data without an attribute), as the training
+    statistics show it: equal class and group counts (``Splits.statistics()`` gives both to ``build``)."""
+    return class_counts is not None and group_counts is not None and list(class_counts) == list(group_counts)
 
 
-def category_index(by: str, y: Tensor, g: Optional[Tensor]) -> Tensor:
-    """Each example's category: its group, or its class (also when the data has no groups, g = y)."""
-    return y if by == "class" or g is None else g
+class Categories:
+    """The categories a scheme weighs by (``by="group"`` or ``"class"``): their training ``counts``
+    (float64) and, per call, each example's category, checked (:func:`shiftkit.guards.check`).
+
+    ``g=None`` stands for ``g = y`` only where that is true: when weighing by class, or when the groups
+    are the classes (:func:`groups_are_classes`). Otherwise a call without ``g`` is an error: weighing
+    the classes with the group table would be silently wrong.
+    """
+
+    def __init__(
+        self, scheme: str, by: str, class_counts: Optional[Sequence[int]], group_counts: Optional[Sequence[int]]
+    ):
+        if by not in ("group", "class"):
+            raise ShiftkitError(f"weighting '{scheme}': by must be 'group' or 'class', got '{by}'")
+        counts = group_counts if by == "group" else class_counts
+        if counts is None:
+            raise ShiftkitError(f"weighting '{scheme}' needs the training {by} counts ({by}_counts=...)")
+        n = torch.as_tensor(list(counts), dtype=torch.float64)
+        if n.numel() == 0 or (n < 0).any():
+            raise ShiftkitError(
+                f"weighting '{scheme}': {by}_counts must be non-negative and non-empty, got {list(counts)}"
+            )
+        self.where, self.by, self.counts = f"weighting '{scheme}'", by, n
+        self.g_is_y = by == "class" or groups_are_classes(class_counts, group_counts)
+
+    def index(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
+        """Each example's category id, in ``[0, len(counts))``."""
+        if g is None and not self.g_is_y:
+            raise ShiftkitError(
+                f"{self.where} weighs by group but got g=None: pass each example's group g, or by='class' to "
+                "weigh by class (g = y is assumed only when built with class_counts equal to group_counts)"
+            )
+        if self.by == "group" and g is not None:
+            guards.check(self.where, y, g, losses=losses, num_groups=self.counts.numel())
+            return g
+        guards.check(self.where, y, g, losses=losses, num_classes=self.counts.numel())
+        return y
 
 
 from . import drw, dro, objective, static  # noqa: E402,F401  (registration; one file per family)

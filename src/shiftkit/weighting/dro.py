@@ -13,8 +13,9 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from .. import guards
 from ..errors import ShiftkitError
-from . import Weighting, category_counts, category_index, register
+from . import Categories, Weighting, register
 
 
 @register("group_dro")
@@ -47,9 +48,16 @@ class GroupDRO(Weighting):
     - The update is computed as ``softmax(log q + eta * A)``: the same value, without overflow of
       ``exp`` for large ``eta * A``. A zero sum in ``normalize_loss`` (all losses 0) divides by the
       smallest positive float instead of giving NaN.
+    - Non-finite losses (NaN, ±inf) take no part in the update: ``L_g`` is the mean of the group's
+      *finite* batch losses, and a group left with none counts as absent (``L_g = 0``). So ``q`` after
+      such a batch is ``q`` after the same batch without those examples: it stays finite, where one NaN
+      would otherwise make every later ``q`` NaN. The masking is a ``torch.where`` (no host
+      synchronization). The weights keep the full batch counts, so the batch's objective is as
+      non-finite as its losses, for the loop's divergence check to see (:mod:`shiftkit.divergence`).
 
     >>> dro = GroupDRO(eta=1.0, group_counts=[3, 1])
-    >>> w = dro.weights(torch.tensor([1.0, 1.0, 1.0, 2.0]), torch.tensor([0, 0, 0, 1]), None)
+    >>> g = torch.tensor([0, 0, 0, 1])
+    >>> w = dro.weights(torch.tensor([1.0, 1.0, 1.0, 2.0]), g, g)
     >>> dro.q.round(decimals=4), w.round(decimals=4)
     (tensor([0.2689, 0.7311]), tensor([0.3586, 0.3586, 0.3586, 2.9242]))
     """
@@ -68,7 +76,8 @@ class GroupDRO(Weighting):
             raise ShiftkitError(f"weighting 'group_dro': eta must be >= 0 and finite, got {eta}")
         if not adjustment >= 0:
             raise ShiftkitError(f"weighting 'group_dro': adjustment must be >= 0, got {adjustment}")
-        n = category_counts("group_dro", by, class_counts, group_counts)
+        self.categories = Categories("group_dro", by, class_counts, group_counts)
+        n = self.categories.counts
         self.eta, self.adjustment, self.by = float(eta), float(adjustment), by
         self.normalize_loss = bool(normalize_loss)
         bonus = torch.where(n > 0, self.adjustment / n.clamp_min(1).sqrt(), torch.zeros_like(n))
@@ -78,13 +87,13 @@ class GroupDRO(Weighting):
 
     def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
         losses = losses.detach()
-        index = category_index(self.by, y, g)
-        num = self.q.numel()
-        count = torch.zeros(num, dtype=losses.dtype, device=losses.device).index_add_(0, index, torch.ones_like(losses))
-        total = torch.zeros(num, dtype=losses.dtype, device=losses.device).index_add_(0, index, losses)
-        count = count.clamp_min(1)  # an absent group has mean loss 0 (SPEC §3.1)
-        if self.training:
-            self._update(total / count)
+        index = self.categories.index(losses, y, g)
+        zeros = torch.zeros(self.q.numel(), dtype=losses.dtype, device=losses.device)
+        count = zeros.index_add(0, index, torch.ones_like(losses)).clamp_min(1)  # absent group: mean 0 (SPEC §3.1)
+        if self.training:  # group means over the finite losses only (class docstring)
+            finite = torch.isfinite(losses)
+            total = zeros.index_add(0, index, torch.where(finite, losses, 0.0))
+            self._update(total / zeros.index_add(0, index, finite.to(losses.dtype)).clamp_min(1))
         return (losses.numel() * self.q.to(losses.dtype) / count)[index]
 
     @torch.no_grad()
@@ -121,6 +130,7 @@ class RGD(Weighting):
         self.clip, self.temperature, self.normalize = float(clip), float(temperature), normalize
 
     def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
+        guards.check("weighting 'rgd'", y, g, losses=losses)
         w = torch.exp(losses.detach().clamp_max(self.clip) / self.temperature)
         if self.normalize == "mean":
             w = w / w.mean()
@@ -137,6 +147,12 @@ class CVaR(Weighting):
     not depend on the order of the batch. ``alpha * B`` is rounded to 6 decimals before the ceiling so
     that ``0.1 * 30`` gives 3, not 4. Default ``alpha = 0.1`` (a common CVaR level; no SPEC source).
 
+    A NaN loss ranks as ``+inf``, the worst (as ``torch.topk`` orders it), tied with infinite losses: the
+    weights then still have mean 1 and none exceeds ``B / k``. Compared as a number, NaN would be neither
+    above nor tied with the ``k``-th largest loss, and the places it holds in the top ``k`` would go to
+    the tied losses (above ``B / k`` each) or, with ``k`` or more NaNs, to nobody (all weights 0). The
+    objective of such a batch is non-finite either way, as its losses are.
+
     >>> CVaR(alpha=0.5).weights(torch.tensor([0.3, 2.0, 1.0, 0.1]), torch.zeros(4, dtype=torch.long), None)
     tensor([0., 2., 2., 0.])
     """
@@ -148,13 +164,15 @@ class CVaR(Weighting):
         self.alpha = float(alpha)
 
     def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
+        guards.check("weighting 'cvar'", y, g, losses=losses)
         losses = losses.detach()
         size = losses.numel()
         if size == 0:
             return torch.ones_like(losses)
         k = min(size, max(1, math.ceil(round(self.alpha * size, 6))))
-        threshold = losses.topk(k).values[-1]
-        above, tied = losses > threshold, losses == threshold
+        ranked = losses.nan_to_num(nan=math.inf, posinf=math.inf, neginf=-math.inf)  # NaN is the worst loss
+        threshold = ranked.topk(k).values[-1]
+        above, tied = ranked > threshold, ranked == threshold
         # The tied examples fill the k - (#above) places left, each with an equal share.
         share = (k - above.sum()).to(losses.dtype) / tied.sum().clamp_min(1).to(losses.dtype)
         ones, zeros = torch.ones_like(losses), torch.zeros_like(losses)

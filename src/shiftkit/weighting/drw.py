@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ShiftkitError
-from . import Weighting, category_counts, category_index, register
+from . import Categories, Weighting, register
 
 
 def class_balanced(counts: Tensor, beta: float) -> Tensor:
@@ -57,7 +57,8 @@ class ClassBalanced(Weighting):
         super().__init__()
         if not 0 <= beta < 1:
             raise ShiftkitError(f"weighting '{self.scheme}': beta must be in [0, 1), got {beta}")
-        n = category_counts(self.scheme, by, class_counts, group_counts)
+        self.categories = Categories(self.scheme, by, class_counts, group_counts)
+        n = self.categories.counts
         if not n.sum() > 0:
             raise ShiftkitError(
                 f"weighting '{self.scheme}': {by}_counts must have a positive total, got {n.long().tolist()}"
@@ -66,7 +67,7 @@ class ClassBalanced(Weighting):
         self.register_buffer("table", class_balanced(n, self.beta).float(), persistent=False)
 
     def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
-        return self.table[category_index(self.by, y, g)].to(losses.dtype)
+        return self.table[self.categories.index(losses, y, g)].to(losses.dtype)
 
 
 @register("drw")

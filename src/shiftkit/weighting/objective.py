@@ -27,20 +27,28 @@ from typing import Optional, Sequence
 from torch import Tensor
 from torch.func import grad
 
-from .. import objectives
+from .. import guards, objectives
 from ..errors import ShiftkitError
-from . import Weighting, build, register  # noqa: F401  (build: doctest)
+from . import Weighting, build, groups_are_classes, register  # noqa: F401  (build: doctest)
 
 
 class ObjectiveWeighting(Weighting):
-    """``w = B·∂O/∂ℓ`` for a registered objective O (module docstring). ``signed``: weights may be < 0."""
+    """``w = B·∂O/∂ℓ`` for a registered objective O (module docstring). ``signed``: weights may be < 0.
 
-    signed = False
+    Labels must lie in ``[0, num_classes)`` and groups in ``[0, num_groups)`` (the objective's cells);
+    ``g=None`` stands for ``g = y`` only where the groups are the classes (``g_is_y``)."""
+
+    signed, g_is_y = False, False
     objective: objectives.Objective
+    num_classes: int
+    num_groups: int
 
     def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
-        if g is None:
+        if g is None and not self.g_is_y:
             raise ShiftkitError(f"weighting '{self.name}' needs the groups g of each example")
+        g = y if g is None else g
+        guards.check(f"weighting '{self.name}'", y, g, losses=losses, num_classes=self.num_classes,
+                     num_groups=self.num_groups)
         values = losses.detach()
         return len(values) * grad(lambda v: self.objective.reduce(v, y, g))(values)
 
@@ -53,7 +61,7 @@ class DeoMixWeighting(ObjectiveWeighting):
     classes and four groups ``g = 2y + a`` (binary attribute a); given the training counts, it checks
     that each class's count is the sum of its two groups'."""
 
-    name, signed = "deo_mix", True
+    name, signed, num_classes, num_groups = "deo_mix", True, 2, 4
 
     def __init__(
         self,
@@ -83,6 +91,8 @@ class GroupBalancedWeighting(ObjectiveWeighting):
         super().__init__()
         if class_counts is None or group_counts is None:
             raise ShiftkitError("weighting 'group_balanced' needs the training class and group counts")
-        self.objective = objectives.build("group_balanced_ce", num_classes=len(class_counts),
-                                          num_groups=len(group_counts))
+        self.num_classes, self.num_groups = len(class_counts), len(group_counts)
+        self.g_is_y = groups_are_classes(class_counts, group_counts)
+        self.objective = objectives.build("group_balanced_ce", num_classes=self.num_classes,
+                                          num_groups=self.num_groups)
 

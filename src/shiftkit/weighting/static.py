@@ -8,8 +8,9 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from .. import guards
 from ..errors import ShiftkitError
-from . import Weighting, category_counts, category_index, normalized_inverse_counts, register
+from . import Categories, Weighting, normalized_inverse_counts, register
 
 
 @register("erm")
@@ -17,6 +18,7 @@ class ERM(Weighting):
     """Empirical risk minimization: every weight is 1."""
 
     def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
+        guards.check("weighting 'erm'", y, g, losses=losses)
         return torch.ones_like(losses)
 
 
@@ -42,9 +44,9 @@ class ImportanceWeighting(Weighting):
             raise ShiftkitError(
                 f"weighting 'iw': exponent must be >= 0 and finite (0 is ERM, 1 classical IW), got {exponent}"
             )
-        counts = category_counts("iw", by, class_counts, group_counts)
+        self.categories = Categories("iw", by, class_counts, group_counts)
         self.exponent, self.by = float(exponent), by
-        self.register_buffer("table", normalized_inverse_counts(counts.tolist(), self.exponent))
+        self.register_buffer("table", normalized_inverse_counts(self.categories.counts.tolist(), self.exponent))
 
     def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
-        return self.table[category_index(self.by, y, g)].to(losses.dtype)
+        return self.table[self.categories.index(losses, y, g)].to(losses.dtype)
