@@ -22,7 +22,6 @@ True
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import time
 from pathlib import Path

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .. import files
 from ..errors import ShiftkitError
 from ..registry import Registry
 from ..report import mean_sem
@@ -227,7 +228,7 @@ def _write(ctx: Context, repro: Reproduction, settings: Dict[str, Any], summary:
         "device": resolve_device(ctx.device),
         "command": " ".join(["shiftkit", *sys.argv[1:]]) if sys.argv[1:2] == ["reproduce"] else None,
         "environment": environment(),
-        **{k: _plain(v) for k, v in summary.key.items()},
+        **{k: files.finite(v) for k, v in summary.key.items()},
         "claims": [asdict(c) for c in summary.claims],
         "rows": [list(r) for r in summary.rows],
         "figures": summary.figures,
@@ -236,17 +237,6 @@ def _write(ctx: Context, repro: Reproduction, settings: Dict[str, Any], summary:
     ctx.staging.mkdir(parents=True, exist_ok=True)
     (ctx.staging / "summary.json").write_text(json.dumps(payload, indent=2, allow_nan=False))
     (ctx.staging / "summary.md").write_text(markdown(payload))
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe values: non-finite floats become None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def verdict(holds: Optional[bool]) -> str:
