@@ -525,23 +525,32 @@ def run_ensemble(
     if len({config_hash(p, drop=(*EXECUTION_KEYS, "seed")) for p in plains}) > 1:
         raise ShiftkitError("an ensemble's runs must differ only in their seed")
     outs = [run_dir(p) for p in plains]
+    names = [o.relative_to(p["out"]).as_posix() for o, p in zip(outs, plains)]
     conf = plains[0]["checkpoint"]
-    records = [None if force else finished_record(o, conf["keep"]) for o in outs]
+    # Checkpoints stay while the members are looked at: a kill between the members' done markers leaves the
+    # ensemble's one checkpoint beside a member that is done, and the pending ones resume with it from it.
+    records = [None if force else finished_record(o) for o in outs]
     todo = [i for i, r in enumerate(records) if r is None]
+    group = todo if force or not todo else _saved_group(outs, names, todo)
+    if not conf["keep"]:  # the leftovers of finished members (not the checkpoint the group resumes from)
+        for i, record in enumerate(records):
+            if record is not None and (not todo or i != group[0]):
+                with contextlib.suppress(OSError):
+                    rundir.tidy(outs[i], keep_checkpoints=False)
     if not todo:
         return records
     device = resolve_device(plains[0]["device"])
     splits = load_data(plains[0]["data"])
     parts = []
-    for i in todo:
+    for i in group:
         torch.manual_seed(plains[i]["seed"])
         parts.append(build_parts(cfgs[i], splits))
     started = time.time()
     ck = MembersCheckpoint(
-        outs[todo[0]] / ENSEMBLE_FILE, [outs[i].relative_to(plains[i]["out"]).as_posix() for i in todo],
+        outs[group[0]] / ENSEMBLE_FILE, [names[i] for i in group],
         conf["every"], conf["interval"], write=distributed.is_primary(),
     )
-    trackers = [make_logger(plains[i]) for i in todo]
+    trackers = [make_logger(plains[i]) if i in todo else tracking.build("none") for i in group]
     with _failures([(plains[i], outs[i]) for i in todo], started, trackers, ck.path):
         for i in todo:
             rundir.tidy(outs[i])
@@ -550,23 +559,49 @@ def run_ensemble(
         state = ck.load()
         with fitting(ck.path):
             extra = {"resumed_from_epoch": state["epoch"]} if state is not None else {}
-            histories = [list(sel["history"]) for sel in state["selections"]] if state is not None else [[]] * len(todo)
-        for i, tracker, history in zip(todo, trackers, histories):
-            _start_tracker(tracker, plains[i], outs[i], history)
+            histories = [list(sel["history"]) for sel in state["selections"]] if state is not None else [[]] * len(group)
+        for i, tracker, history in zip(group, trackers, histories):
+            if i in todo:
+                _start_tracker(tracker, plains[i], outs[i], history)
         with contextlib.ExitStack() as stack:
-            logs = [stack.enter_context(rundir.MetricsLog(outs[i], history)) for i, history in zip(todo, histories)]
-            writers = [_log_writer(log, on_eval, tracker) for log, tracker in zip(logs, trackers)]
+            logs = [stack.enter_context(rundir.MetricsLog(outs[i], history, write=i in todo))
+                    for i, history in zip(group, histories)]
+            writers = [_log_writer(log, on_eval if i in todo else None, tracker)
+                       for i, log, tracker in zip(group, logs, trackers)]
             results = fit_ensemble(
                 [p["model"] for p in parts], splits, parts[0]["loss"], [p["weighting"] for p in parts],
-                parts[0]["optim"], samplers=[p["sampler"] for p in parts], seeds=[plains[i]["seed"] for i in todo],
+                parts[0]["optim"], samplers=[p["sampler"] for p in parts], seeds=[plains[i]["seed"] for i in group],
                 **plains[0]["train"], device=device, on_eval=lambda s, record: writers[s](record), checkpoint=ck,
             )
-        for i, result in zip(todo, results):
-            records[i] = _write_record(plains[i], outs[i], splits, result, device, started,
-                                       ensemble_size=len(todo), **extra)
-    for i, tracker in zip(todo, trackers):
-        tracker.finish("finished", records[i])
+        for i, result in zip(group, results):
+            if i in todo:
+                records[i] = _write_record(plains[i], outs[i], splits, result, device, started,
+                                           ensemble_size=len(group), **extra)
+    for i, tracker in zip(group, trackers):
+        if i in todo:
+            tracker.finish("finished", records[i])
     if not conf["keep"]:
         with contextlib.suppress(OSError):
             ck.remove()
     return records
+
+
+def _saved_group(outs: List[Path], names: List[str], todo: List[int]) -> List[int]:
+    """The members (indices into ``outs``) of an ensemble checkpoint beside one of them that covers every
+    pending member (``todo``): those of an ensemble killed while it wrote its members' records, which
+    finish together as they started. Without one, the pending members."""
+    from .checkpoint import ENSEMBLE_FILE
+
+    pending = {names[i] for i in todo}
+    for out in outs:
+        if not (out / ENSEMBLE_FILE).exists():
+            continue
+        try:
+            saved = Checkpoint(out / ENSEMBLE_FILE).load().get("members")
+        except ShiftkitError:  # not ours: the pending members start over (and the file is refused by name)
+            continue
+        if isinstance(saved, list) and pending <= set(saved) <= set(names):
+            group = [i for i, name in enumerate(names) if name in saved]
+            if [names[i] for i in group] == saved:
+                return group
+    return todo
