@@ -35,3 +35,24 @@ def test_bad_overrides_give_one_line(overrides, message):
 def test_sweep_expansion_is_the_cartesian_product():
     runs = expand_sweep(["loss=ce,poly", "weighting=erm,iw", "seed=range(3)", "train.epochs=2"])
     assert len(runs) == 12 and all(r[-1] == "train.epochs=2" for r in runs)
+
+
+#: Run directories made by earlier versions: new options at their defaults (``train.divergence``,
+#: ``loss.cluster_init``) must not change them, or every finished run would train again.
+IDENTITIES = [
+    ([], "digits_binary/ce+erm/seed0-1169e7da03"),
+    (["loss=poly", "weighting=iw"], "digits_binary/poly+iw/seed0-41b165b12d"),
+    (["experiment=autobalance"], "digits_binary/AutoBalance/seed0-5877cb936d"),
+    (["experiment=wang_fig5_poly_iw", "data=fmnist_binary"], "fmnist_binary/Poly+IW/seed0-d29cec4d87"),
+]
+
+
+@pytest.mark.parametrize("overrides, folder", IDENTITIES, ids=[f for _, f in IDENTITIES])
+def test_run_identities_of_earlier_versions_are_kept(overrides, folder):
+    from omegaconf import OmegaConf
+
+    from shiftkit.runner import run_dir
+
+    assert run_dir(OmegaConf.to_container(compose([*overrides, "out=r"]), resolve=True)).as_posix() == f"r/{folder}"
+    changed = compose([*overrides, "out=r", "train.divergence=10"])
+    assert run_dir(OmegaConf.to_container(changed, resolve=True)).as_posix() == f"r/{folder}"  # not identity
