@@ -510,7 +510,9 @@ def run_ensemble(
     """Run configs that differ only in their seed as one vectorized ensemble (:mod:`shiftkit.ensemble`);
     every member writes its own run directory, exactly as its sequential run would. The ensemble keeps one
     checkpoint, in its first pending member's directory, and the same call resumes from it when it covers
-    the same pending members (else it starts over)."""
+    the same pending members (else it starts over). An ensemble stopped while it wrote its members' records
+    (some done, some not) resumes as the whole group it was, from its checkpoint beside a finished member,
+    and writes only the pending members: an ensemble's numbers depend on its size in the last digits."""
     from .checkpoint import ENSEMBLE_FILE, MembersCheckpoint
 
     plains = [OmegaConf.to_container(c, resolve=True) for c in cfgs]
