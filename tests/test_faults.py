@@ -165,14 +165,14 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
     payload = Payload()
     payload.marker = tmp_path / "pwned"
     message = _resume_from(tmp_path, lambda path: torch.save({"epoch": 1, "evil": payload}, path))
-    assert "cannot read checkpoint" in message and "delete it to start the run over" in message
-    assert not payload.marker.exists()
+    assert "does not fit this run (it cannot be read as one: UnpicklingError" in message
+    assert "delete it to start the run over" in message and not payload.marker.exists()
 
 
 @pytest.mark.parametrize("content, expected", [
-    (b"", "cannot read checkpoint"),
-    (b"PK\x03\x04 not a zip", "cannot read checkpoint"),
-    (pickle.dumps({"epoch": 1}), "cannot read checkpoint"),
+    (b"", "does not fit this run (it cannot be read as one"),
+    (b"PK\x03\x04 not a zip", "does not fit this run (it cannot be read as one"),
+    (pickle.dumps({"epoch": 1}), "does not fit this run (it cannot be read as one"),
     ("list", "does not fit this run (it holds a list"),
     ("partial", "does not fit this run (KeyError"),
     ("members", "does not fit this run (KeyError"),

@@ -112,7 +112,8 @@ def test_checkpoints_wait_for_their_interval(monkeypatch):
 
 def test_a_corrupt_checkpoint_is_refused_by_name(tmp_path):
     (tmp_path / "checkpoint.pt").write_text("not a checkpoint")
-    with pytest.raises(ShiftkitError, match="cannot read checkpoint .*delete it to start the run over"):
+    with pytest.raises(ShiftkitError, match=r"checkpoint .* does not fit this run \(it cannot be read as one: .*"
+                                            r"delete it to start the run over"):
         Checkpoint(tmp_path / "checkpoint.pt").load()
 
 

@@ -87,8 +87,8 @@ class Checkpoint:
             except Exception as exc:  # a foreign, corrupt or unsafe file: say which, never resume from it
                 detail = (str(exc).strip().splitlines() or [""])[0][:200]
                 raise ShiftkitError(
-                    f"cannot read checkpoint {self.path} ({type(exc).__name__}{': ' + detail if detail else ''});"
-                    " delete it to start the run over"
+                    f"checkpoint {self.path} does not fit this run (it cannot be read as one: {type(exc).__name__}"
+                    f"{': ' + detail if detail else ''}); delete it to start the run over"
                 ) from None
             if not isinstance(state, dict):
                 raise ShiftkitError(
