@@ -96,12 +96,18 @@ class Tally:
 
 
 def _finite_params(params: Sequence[Tensor], members: Optional[int]) -> Tensor:
-    """Whether every parameter is finite: a 0-dim bool, or ``[S]`` (per member of stacked parameters)."""
+    """Whether every parameter is finite: a 0-dim bool, or ``[S]`` (per member of stacked parameters).
+    A NaN or infinity anywhere makes its tensor's sum non-finite, and one sum per tensor costs a fraction
+    of an element-wise test (a sum overflows only for weights near float32's limit, which have diverged
+    anyway)."""
+    if not params:
+        return torch.tensor(True) if members is None else torch.ones(members, dtype=torch.bool)
+    # at least float32, so that the sum of a half-precision tensor cannot overflow where its values do not
+    wide = [torch.promote_types(p.dtype, torch.float32) for p in params]
     if members is None:
-        checks = [p.detach().isfinite().all() for p in params]
-        return torch.stack(checks).all() if checks else torch.tensor(True)
-    checks = [p.detach().isfinite().reshape(members, -1).all(1) for p in params]
-    return torch.stack(checks).all(0) if checks else torch.ones(members, dtype=torch.bool)
+        return torch.stack([p.detach().sum(dtype=t) for p, t in zip(params, wide)]).isfinite().all()
+    sums = [p.detach().reshape(members, -1).sum(1, dtype=t) for p, t in zip(params, wide)]
+    return torch.stack(sums).isfinite().all(0)
 
 
 class Watch:
