@@ -172,7 +172,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
 @pytest.mark.parametrize("content, expected", [
     (b"", "does not fit this run (it cannot be read as one"),
     (b"PK\x03\x04 not a zip", "does not fit this run (it cannot be read as one"),
-    (pickle.dumps({"epoch": 1}), "does not fit this run (it cannot be read as one"),
+    (pickle.dumps({"epoch": 1}, protocol=2), "does not fit this run (it cannot be read as one"),
     ("list", "does not fit this run (it holds a list"),
     ("partial", "does not fit this run (KeyError"),
     ("members", "does not fit this run (KeyError"),
