@@ -1,4 +1,4 @@
-"""Chaos (DESIGN.md, "Reliability"): a sweep killed with SIGKILL again and again, at random moments and at
+"""Chaos (docs/RUNS.md, "Signals, damaged files, full disks"): a sweep killed with SIGKILL again and again, at random moments and at
 aimed ones, and rerun after each kill, ends exactly as the same sweep run once: the same run directories,
 byte-identical ``metrics.jsonl``, the same results in ``run.json``, nothing left over (no temporary file, no
 checkpoint) and every file as readable as the umask allows.
