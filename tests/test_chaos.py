@@ -1,7 +1,7 @@
-"""Chaos (docs/RUNS.md, "Signals, damaged files, full disks"): a sweep killed with SIGKILL again and again, at random moments and at
-aimed ones, and rerun after each kill, ends exactly as the same sweep run once: the same run directories,
-byte-identical ``metrics.jsonl``, the same results in ``run.json``, nothing left over (no temporary file, no
-checkpoint) and every file as readable as the umask allows.
+"""Chaos (docs/RUNS.md, "Signals, damaged files, full disks"): a sweep killed with SIGKILL again and again, at
+random moments and at aimed ones, and rerun after each kill, ends exactly as the same sweep run once: the
+same run directories, byte-identical ``metrics.jsonl``, the same results in ``run.json``, nothing left over
+(no temporary file, no checkpoint) and every file as readable as the umask allows.
 
 The aimed moments are the windows where a kill is most likely to leave a half-made state: inside the write
 of a checkpoint, after it but before its rename, after ``run.json``'s write but before its rename, between

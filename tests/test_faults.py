@@ -1,7 +1,7 @@
-"""Faults a results table must survive: a run that diverged, a checkpoint saved from broken weights or
-planted by someone else, damaged run directories, files others cannot read, signals from a scheduler, and
-writes that fail (docs/RUNS.md, "A run that fails" and "Signals, damaged files, full disks"). Each test is a case of that list; none of them is a run that
-could enter ``shiftkit report`` as a result."""
+"""Faults a results table must survive: a run that diverged, a checkpoint saved from broken weights or planted
+by someone else, damaged run directories, files others cannot read, signals from a scheduler, and writes
+that fail (docs/RUNS.md, "A run that fails" and "Signals, damaged files, full disks"). Each test is a case
+of that list; none of them is a run that could enter ``shiftkit report`` as a result."""
 
 from __future__ import annotations
 
