@@ -74,11 +74,13 @@ def load_runs(root: Path) -> List[dict]:
     runs, damaged = [], []
     for marker in sorted(root.rglob(rundir.DONE_FILE)):
         try:
-            record = rundir.finished(marker.parent)
-            lines = rundir.read_metrics(marker.parent)
+            found = rundir.finished(marker.parent, with_metrics=True)
         except rundir.Damaged as exc:
             damaged.append(str(exc))
             continue
+        if found is None:  # its done marker went while the folder was read
+            continue
+        record, lines = found
         record["_dir"], record["_metrics"] = str(marker.parent), lines
         runs.append(record)
     fix = "delete its done marker and run it again"

@@ -88,13 +88,23 @@ def read_record(folder: Path) -> Dict[str, Any]:
     return record
 
 
-def read_metrics(folder: Path) -> List[dict]:
-    """The evaluation records of ``folder/metrics.jsonl``; :class:`Damaged` names the first bad line."""
+def read_metrics(folder: Path, expected: Optional[str] = None, parse: bool = True) -> Optional[List[dict]]:
+    """The evaluation records of ``folder/metrics.jsonl``, read once: with ``expected`` (the record's
+    ``metrics_sha256``) the file must have that digest, and it is parsed only if ``parse``; without it every
+    line must parse. :class:`Damaged` names what is wrong (the first bad line)."""
     path = Path(folder) / METRICS_FILE
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise Damaged(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise Damaged(f"cannot read {path}: {exc.strerror}") from None
+    if expected is not None and hashlib.sha256(raw).hexdigest() != expected:
+        raise Damaged(f"{path} is not the file its run wrote (cut off or changed)")
+    if expected is not None and not parse:
+        return None
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        raise Damaged(f"cannot read {path}: {exc}") from None
     records = []
     for number, line in enumerate(text.splitlines(), 1):
         try:
@@ -109,25 +119,17 @@ def read_metrics(folder: Path) -> List[dict]:
     return records
 
 
-def finished(folder: Path) -> Optional[Dict[str, Any]]:
-    """The record of the finished run in ``folder``; ``None`` without a ``done`` marker; :class:`Damaged`
-    if the marker is there but ``run.json`` or ``metrics.jsonl`` is not whole (the record's
-    ``metrics_sha256`` must match; records written before it existed need every line to parse)."""
+def finished(folder: Path, with_metrics: bool = False):
+    """The record of the finished run in ``folder`` (with ``with_metrics``: ``(record, its evaluation
+    records)``, the file read once); ``None`` without a ``done`` marker; :class:`Damaged` if the marker is
+    there but ``run.json`` or ``metrics.jsonl`` is not whole (the record's ``metrics_sha256`` must match;
+    records written before it existed need every line to parse)."""
     folder = Path(folder)
     if not (folder / DONE_FILE).exists():
         return None
     record = read_record(folder)
-    expected = record.get("metrics_sha256")
-    if expected is None:
-        read_metrics(folder)
-    else:
-        try:
-            found = digest(folder / METRICS_FILE)
-        except OSError as exc:
-            raise Damaged(f"cannot read {folder / METRICS_FILE}: {exc.strerror}") from None
-        if found != expected:
-            raise Damaged(f"{folder / METRICS_FILE} is not the file its run wrote (cut off or changed)")
-    return record
+    lines = read_metrics(folder, record.get("metrics_sha256"), parse=with_metrics)
+    return (record, lines) if with_metrics else record
 
 
 def unfinish(folder: Path) -> None:
