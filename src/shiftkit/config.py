@@ -172,22 +172,28 @@ def _default(fn: Any, key: str, param: inspect.Parameter) -> Any:
     return param.default
 
 
-def schema(group: str, name: str, fn: Any) -> type:
-    """A dataclass with ``name`` and the typed, defaulted hyperparameters of ``fn``."""
-    hints = _hints(fn)
+def schema(group: str, name: str) -> type:
+    """A dataclass with ``name`` and the typed, defaulted options of ``name`` in ``group``'s registry: the
+    constructor's hyperparameters, then the options the registry shares among its names."""
+    registry = GROUPS[group]
     fields: list = [("name", str, field(default=name))]
-    for key, param in hyperparameters(fn).items():
-        default = _default(fn, key, param)
-        if default is inspect.Parameter.empty:
-            spec = field(default=MISSING)
-        elif isinstance(default, (list, tuple)):
-            spec = field(default_factory=lambda d=default: list(d))
-        elif isinstance(default, collections.abc.Mapping):
-            spec = field(default_factory=lambda d=default: dict(d))
-        else:
-            spec = field(default=default)
-        fields.append((key, _supported(hints.get(key, Any)), spec))
+    for fn, params in ((registry.get(name), hyperparameters(registry.get(name))),
+                       (registry.shared, registry.shared_options())):
+        hints = _hints(fn) if params else {}
+        for key, param in params.items():
+            fields.append((key, _supported(hints.get(key, Any)), _field(fn, key, param)))
     return dataclasses.make_dataclass(f"{group}_{name}", fields)
+
+
+def _field(fn: Any, key: str, param: inspect.Parameter):
+    default = _default(fn, key, param)
+    if default is inspect.Parameter.empty:
+        return field(default=MISSING)
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda d=default: list(d))
+    if isinstance(default, collections.abc.Mapping):
+        return field(default_factory=lambda d=default: dict(d))
+    return field(default=default)
 
 
 def register_configs() -> None:
@@ -196,7 +202,7 @@ def register_configs() -> None:
     store.store(name="base_config", node=Config)
     for group, registry in GROUPS.items():
         for name in registry.names():
-            store.store(group=group, name=name, node=schema(group, name, registry.get(name)))
+            store.store(group=group, name=name, node=schema(group, name))
 
 
 def one_line(exc: BaseException) -> str:
@@ -237,7 +243,7 @@ def _unknown_option(full_key: str, msg: str) -> Optional[str]:
     group, _, name = owner.partition("_")
     if group not in GROUPS or name not in GROUPS[group]:
         return None
-    listed = ", ".join(hyperparameters(GROUPS[group].get(name))) or "none"
+    listed = ", ".join(GROUPS[group].options(name)) or "none"
     return f"{group} '{name}' has no option '{key}'; its options: {listed}"
 
 

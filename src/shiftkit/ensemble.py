@@ -50,6 +50,8 @@ def _check_members(models: List[nn.Module]) -> None:
     for m in models[0].modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             raise EnsembleUnsupported("ensemble training cannot update BatchNorm statistics")
+    if not all(p.requires_grad for p in models[0].parameters()):
+        raise EnsembleUnsupported("ensemble training updates every parameter, and this model has frozen ones")
     shapes = [[p.shape for p in m.parameters()] for m in models]
     if any(s != shapes[0] for s in shapes):
         raise ShiftkitError("ensemble members must share one architecture")

@@ -18,12 +18,17 @@ Data statistics (``class_counts``, ``group_counts`` and the other names in :data
 passed to a constructor only when its signature names them (DESIGN.md: "every build accepts class_counts
 and group_counts and ignores what a method does not use"). Hyperparameters are checked strictly: an
 option a method does not have is an error that lists the options it has.
+
+A registry may have *shared* options, which every name takes: ``shared(name, obj, **options)`` runs after
+each build and returns the object to use (models: ``weights`` and ``freeze``, :mod:`shiftkit.models.weights`;
+datasets: ``features_from``, :mod:`shiftkit.data.features`). Its keyword parameters after the first two are the
+shared options; they are configured like a name's own.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from .errors import ShiftkitError
 
@@ -45,20 +50,36 @@ def hyperparameters(fn: Callable) -> Dict[str, inspect.Parameter]:
 
 
 class Registry:
-    """A mapping from names to constructors, with strict, friendly building."""
+    """A mapping from names to constructors, with strict, friendly building (and optional shared options,
+    see the module docstring)."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, shared: Optional[Callable[..., Any]] = None):
         self.kind = kind
+        self.shared = shared
         self._items: Dict[str, Callable] = {}
 
     def register(self, name: str) -> Callable[[Callable], Callable]:
         def decorator(obj: Callable) -> Callable:
             if name in self._items:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
+            clash = set(hyperparameters(obj)) & set(self.shared_options())
+            if clash:
+                raise ValueError(f"{self.kind} '{name}' has its own option(s) {sorted(clash)}, which every {self.kind} shares")
             self._items[name] = obj
             return obj
 
         return decorator
+
+    def shared_options(self) -> Dict[str, inspect.Parameter]:
+        """The options every name takes (the shared function's keyword parameters after ``name, obj``)."""
+        if self.shared is None:
+            return {}
+        params = list(inspect.signature(self.shared).parameters.values())[2:]
+        return {p.name: p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+    def options(self, name: str) -> Dict[str, inspect.Parameter]:
+        """Every configurable option of ``name``: its own hyperparameters, then the shared ones."""
+        return {**hyperparameters(self.get(name)), **self.shared_options()}
 
     def names(self) -> List[str]:
         return sorted(self._items)
@@ -76,12 +97,14 @@ class Registry:
     def build(self, name: str, **kwargs: Any) -> Any:
         """Construct ``name`` with its hyperparameters and whichever data statistics it accepts."""
         fn = self.get(name)
-        options = hyperparameters(fn)
+        options, shared = self.options(name), self.shared_options()
         target = fn.__init__ if inspect.isclass(fn) else fn
         accepted = set(inspect.signature(target).parameters)
         for key in kwargs:
             if key not in DATA_STATISTICS and key not in options:
                 listed = ", ".join(options) or "none"
                 raise ShiftkitError(f"{self.kind} '{name}' has no option '{key}'; its options: {listed}")
-        used = {k: v for k, v in kwargs.items() if k in accepted}
-        return fn(**used)
+        obj = fn(**{k: v for k, v in kwargs.items() if k in accepted and k not in shared})
+        if self.shared is None:
+            return obj
+        return self.shared(name, obj, **{k: v for k, v in kwargs.items() if k in shared})

@@ -31,6 +31,7 @@ from . import __version__, data, diagnostics, distributed, files, losses, metric
 from . import sampling, tracking, weighting
 from .autobalance import DEFAULT_UPPER, check_loss, check_search, resume_point, search_and_retrain
 from .checkpoint import FILE as CHECKPOINT_FILE
+from .models import weights
 from .checkpoint import Checkpoint, fitting
 from .config import GROUPS, DiagnosticsConf, check_numbers, options, schema
 from .divergence import NonFiniteLoss, Watch
@@ -47,34 +48,61 @@ _LABEL_GROUPS = ("loss", "weighting", "sampler")
 #: Keys that say how and where a run executes, not what it computes: left out of run identities. Dotted
 #: keys name one option of a group (``train.divergence`` decides whether a run is accepted, not its numbers).
 EXECUTION_KEYS = ("out", "device", "ensemble", "checkpoint", "logger", "train.divergence")
+_ALWAYS = object()
 #: Keys left out of run identities while they hold their defaults, so that adding them kept the
-#: identities (and ``done`` markers) of runs made before they existed.
-_NEUTRAL_DEFAULTS = {"diagnostics": dataclasses.asdict(DiagnosticsConf()), "loss.cluster_init": "mean"}
+#: identities (and ``done`` markers) of runs made before they existed: ``(key, default, group names)``, the
+#: names of the group's registry for which the key is new (None: all of them).
+_NEUTRAL_DEFAULTS = [
+    ("diagnostics", dataclasses.asdict(DiagnosticsConf()), None),
+    ("loss.cluster_init", "mean", None),
+    ("model.weights", None, None),
+    ("model.freeze", "none", None),
+    ("data.features_from", None, None),
+    ("data.features_weights", None, None),
+    ("data.features_options", {}, None),
+    ("data.augment", False, ("waterbirds", "celeba")),
+]
+#: Options naming a weight file, and the option naming the architecture it is for: identities hold the
+#: file's sha256 in place of its path (a moved file names the same run, a changed one another).
+_WEIGHT_FILES = (("model.weights", "model.name"), ("data.features_weights", "data.features_from"))
 
 
-def _without(cfg: Dict[str, Any], key: str, unless: Any = None) -> None:
+def _without(cfg: Dict[str, Any], key: str, unless: Any = _ALWAYS) -> None:
     """Remove the (possibly dotted) ``key`` from ``cfg`` in place; with ``unless``, only while it holds
     that value."""
     *path, last = key.split(".")
     node = cfg
     for part in path:
         node = node.get(part) if isinstance(node, dict) else None
-    if isinstance(node, dict) and last in node and (unless is None or node[last] == unless):
+    if isinstance(node, dict) and last in node and (unless is _ALWAYS or node[last] == unless):
         del node[last]
+
+
+def _select(cfg: Dict[str, Any], key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def config_hash(cfg: Dict[str, Any], drop=EXECUTION_KEYS) -> str:
     kept = json.loads(json.dumps(cfg))
     for key in drop:
         _without(kept, key)
-    for key, default in _NEUTRAL_DEFAULTS.items():
-        _without(kept, key, unless=default)
+    for key, default, names in _NEUTRAL_DEFAULTS:
+        if names is None or _select(kept, key.split(".")[0] + ".name") in names:
+            _without(kept, key, unless=default)
+    for key, architecture in _WEIGHT_FILES:
+        spec = _select(kept, key)
+        if spec is not None:
+            group, option = key.split(".")
+            kept[group][option] = weights.identity(_select(kept, architecture), spec, key)
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def _changed(group: str, node: Dict[str, Any]) -> List[str]:
     """A group's options that differ from their defaults, as ``key=value``."""
-    defaults = OmegaConf.to_container(OmegaConf.structured(schema(group, node["name"], GROUPS[group].get(node["name"]))))
+    defaults = OmegaConf.to_container(OmegaConf.structured(schema(group, node["name"])))
     return [f"{k}={_short(v)}" for k, v in node.items() if k != "name" and defaults.get(k) != v]
 
 
@@ -160,6 +188,7 @@ def validate(cfg: Dict[str, Any]) -> None:
     check_schedule(train["epochs"], train["batch_size"], train["eval_every"], train["amp"])
     parse_select(train["select"])
     Watch(train["divergence"])
+    weights.check_freeze(cfg["model"].get("freeze", "none"))
     resolve_device(cfg["device"])
     Checkpoint(Path(CHECKPOINT_FILE), cfg["checkpoint"]["every"], cfg["checkpoint"]["interval"], write=False)
     conf = cfg["diagnostics"]
@@ -387,6 +416,8 @@ def _write_record(plain, out: Path, splits: data.Splits, result: FitResult, devi
         "device": device,
         **extra,
     }
+    if plain["model"].get("weights") is not None:
+        record["model_weights"] = weights.describe(plain["model"]["name"], plain["model"]["weights"])
     if distributed.is_primary():
         record["metrics_sha256"] = rundir.digest(out / rundir.METRICS_FILE)
         record = files.finite(record)

@@ -273,7 +273,8 @@ def fit(
     weighting.to(device)
     train, val, test = (s.to(device) for s in (splits.train, splits.val, splits.test))
     train_counts = splits.train.group_counts
-    opt, schedule = optim.make(model.parameters(), epochs)
+    # Frozen parameters (model.freeze) stay out of the optimizer: no weight decay or momentum moves them.
+    opt, schedule = optim.make([p for p in model.parameters() if p.requires_grad], epochs)
     gen = torch.Generator().manual_seed(seed)
     pipeline = splits.pipeline
     # Augmentation draws on the training device, from its own generator: reproducible per seed.

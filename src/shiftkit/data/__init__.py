@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from ..registry import Registry
 from .base import Split, Splits
+from .features import finish
 
-DATASETS = Registry("data")
+#: Every dataset also takes ``features_from``, ``features_weights`` and ``features_options`` (:mod:`.features`).
+DATASETS = Registry("data", shared=finish)
 register = DATASETS.register
 names = DATASETS.names
 

@@ -31,6 +31,9 @@ from .roots import find_root, read_csv
 #: ImageNet statistics used by [W]'s ``Normalize`` (SPEC §7.2).
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
+#: group_DRO's training ``RandomResizedCrop(scale=(0.7, 1.0), ratio=(1.0, 1.3333333333333333))``
+#: (data/celebA_dataset.py, ``get_transform_celebA`` with ``augment_data``), as ``Pipeline.resized_crop``.
+AUGMENT_CROP = [0.7, 1.0, 1.0, 1.3333333333333333]
 
 _HOW = (
     "CelebA needs list_attr_celeba.csv (or .txt), list_eval_partition.csv (or .txt) and the folder "
@@ -121,6 +124,7 @@ def celeba(
     image_size: int = 224,
     train_seed: int = 0,
     test_seed: int = 1234,
+    augment: bool = False,
     root: Optional[str] = None,
 ) -> Splits:
     """[W]'s subsampled CelebA (SPEC §7.2). ``y = target``, ``a = attribute``, ``g = 2·y + a``: with the
@@ -134,9 +138,16 @@ def celeba(
       with ``test_seed``; 4 x 180 = 720); ``test_per_group = 0`` keeps the whole partition.
 
     Images: center crop to the shorter side (``CenterCrop(178)`` on the 178x218 aligned images), bilinear
-    resize to ``image_size`` squared, ImageNet normalization on the device, no augmentation. Inputs are
+    resize to ``image_size`` squared, ImageNet normalization on the device, no augmentation by default. Inputs are
     ``uint8 [N, 3, image_size, image_size]``; at 224 the full val split alone is 3.0 GB, so on a CPU use
     e.g. ``image_size=64`` (240 MB). Decoding happens once per split and is cached (:mod:`.images`).
+
+    ``augment``: group_DRO's ``--augment_data`` on training batches (kohpangwei/group_DRO,
+    data/celebA_dataset.py, ``get_transform_celebA``): ``RandomResizedCrop(image_size, scale=(0.7, 1.0),
+    ratio=(1.0, 1.3333333333333333), interpolation=2)`` (bilinear), then ``RandomHorizontalFlip()``, batched
+    on the device (``Pipeline(resized_crop=AUGMENT_CROP, flip=True)``). group_DRO crops the original
+    178x218 file; here the crop is taken from the stored, already center-cropped and resized square image
+    (see :class:`~.pipeline.Pipeline`). Evaluation is unchanged: the center crop and resize above.
     """
     if not 0 < train_fraction <= 1:
         raise ShiftkitError(f"celeba: train_fraction must lie in (0, 1], got {train_fraction}")
@@ -175,5 +186,6 @@ def celeba(
         "test_per_group": test_per_group,
         "image_size": image_size,
     }
-    pipeline = Pipeline(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    crop = AUGMENT_CROP if augment else None
+    pipeline = Pipeline(mean=IMAGENET_MEAN, std=IMAGENET_STD, flip=augment, resized_crop=crop)
     return Splits(split(train), split(val), split(test), info=info, pipeline=pipeline)

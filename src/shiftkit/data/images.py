@@ -83,17 +83,19 @@ def _cache_key(paths: Sequence[Path], size, square: bool, crop) -> str:
     return digest.hexdigest()[:40]
 
 
-def _read_cache(file: Path, shape: tuple) -> Optional[np.ndarray]:
+def read_cached(file: Path, shape: tuple, dtype=np.uint8) -> Optional[np.ndarray]:
+    """The array cached in ``file`` if it has this shape and dtype; None if absent or damaged."""
     if not file.exists():
         return None
     try:
         array = np.load(file, allow_pickle=False)
     except (OSError, ValueError):
         return None  # a damaged cache file is rebuilt, never trusted
-    return array if array.shape == shape and array.dtype == np.uint8 else None
+    return array if array.shape == shape and array.dtype == dtype else None
 
 
-def _write_cache(file: Path, array: np.ndarray) -> None:
+def write_cached(file: Path, array: np.ndarray, what: str = "decoded images") -> None:
+    """Write ``array`` to ``file`` atomically; a failure is a warning (the next build recomputes it)."""
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=file.stem, suffix=".tmp")
@@ -105,7 +107,7 @@ def _write_cache(file: Path, array: np.ndarray) -> None:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     except OSError as exc:  # a read-only cache costs speed on the next build, not correctness
-        warnings.warn(f"shiftkit: could not cache decoded images in {file.parent}: {exc}", stacklevel=3)
+        warnings.warn(f"shiftkit: could not cache {what} in {file.parent}: {exc}", stacklevel=3)
 
 
 def decode_images(
@@ -129,7 +131,7 @@ def decode_images(
         raise ShiftkitError(f"image size {size} and crop {crop} must be positive, the crop within the size")
     shape = (len(paths), 3, height, width)
     file = cache_dir() / "images" / f"{_cache_key(paths, size, square, crop)}.npy"
-    cached = _read_cache(file, shape) if cache else None
+    cached = read_cached(file, shape) if cache else None
     if cached is not None:
         return torch.from_numpy(cached)
     out = np.empty(shape, dtype=np.uint8)
@@ -145,5 +147,5 @@ def decode_images(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     if cache:
-        _write_cache(file, out)
+        write_cached(file, out)
     return torch.from_numpy(out)

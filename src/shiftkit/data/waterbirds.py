@@ -31,6 +31,9 @@ _HOW = (
     "or set $SHIFTKIT_DATA to a folder holding waterbirds/"
 )
 GROUPS = ["landbird, land", "landbird, water", "waterbird, land", "waterbird, water"]
+#: group_DRO's training ``RandomResizedCrop(scale=(0.7, 1.0), ratio=(0.75, 1.3333333333333333))``
+#: (data/cub_dataset.py, ``get_transform_cub`` with ``augment_data``), as ``Pipeline.resized_crop``.
+AUGMENT_CROP = [0.7, 1.0, 0.75, 1.3333333333333333]
 
 
 def read_metadata(file):
@@ -51,15 +54,22 @@ def read_metadata(file):
 
 
 @register("waterbirds")
-def waterbirds(image_size: int = 224, root: Optional[str] = None) -> Splits:
+def waterbirds(image_size: int = 224, augment: bool = False, root: Optional[str] = None) -> Splits:
     """Waterbirds with group_DRO's official splits (SPEC §7.3): ``g = 2·y + place``, so 0 landbird/land,
     1 landbird/water, 2 waterbird/land, 3 waterbird/water (standard counts: train [3498, 184, 56, 1057],
     val [467, 466, 133, 133], test [2255, 2255, 642, 642]).
 
     Images as in [W]'s datamodule: bilinear ``Resize((s, s))`` with ``s = int(image_size · 256/224)``,
-    ``CenterCrop(image_size)``, ImageNet normalization on the device, no augmentation; inputs are
+    ``CenterCrop(image_size)``, ImageNet normalization on the device, no augmentation by default; inputs are
     ``uint8 [N, 3, image_size, image_size]`` (1.8 GB for all 11,788 images at 224; ``image_size=64`` on a
     CPU). Decoding happens once per split and is cached (:mod:`.images`).
+
+    ``augment``: group_DRO's ``--augment_data`` on training batches (kohpangwei/group_DRO,
+    data/cub_dataset.py, ``get_transform_cub``): ``RandomResizedCrop(image_size, scale=(0.7, 1.0),
+    ratio=(0.75, 1.3333333333333333), interpolation=2)`` (bilinear), then ``RandomHorizontalFlip()``, batched
+    on the device (``Pipeline(resized_crop=AUGMENT_CROP, flip=True)``). group_DRO crops the original file;
+    here the crop is taken from the stored, already resized and center-cropped image (see
+    :class:`~.pipeline.Pipeline`). Evaluation is unchanged: the resize and center crop above.
     """
     if image_size < 1:
         raise ShiftkitError(f"waterbirds: image_size must be >= 1, got {image_size}")
@@ -74,5 +84,6 @@ def waterbirds(image_size: int = 224, root: Optional[str] = None) -> Splits:
         return Split(images, torch.from_numpy(y[index]), torch.from_numpy(g[index]), 2, 4)
 
     info = {"root": str(folder), "groups": GROUPS, "image_size": image_size}
-    pipeline = Pipeline(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    crop = AUGMENT_CROP if augment else None
+    pipeline = Pipeline(mean=IMAGENET_MEAN, std=IMAGENET_STD, flip=augment, resized_crop=crop)
     return Splits(subset(0), subset(1), subset(2), info=info, pipeline=pipeline)

@@ -3,7 +3,9 @@
 Every model maps a float batch ``[N, *input_shape]`` (already normalized by the data pipeline) to logits
 ``[N, num_classes]``. ``input_shape`` and ``num_classes`` are data statistics; the other keyword arguments
 are hyperparameters and become the model's config schema. The families live one per file:
-:mod:`.convnets` (``cnn``, [W]'s ``convnet``) and :mod:`.resnets` (``resnet32``, ``preact_resnet18``).
+:mod:`.convnets` (``cnn``, [W]'s ``convnet``), :mod:`.resnets` (``resnet32``, ``preact_resnet18``) and
+:mod:`.imagenet` (``resnet18``, ``resnet34``, ``resnet50`` in torchvision's layout). Every model takes
+``weights`` and ``freeze`` too (:mod:`.weights`).
 
 >>> import torch
 >>> net = build("mlp", input_shape=(1, 8, 8), num_classes=2, width=16, depth=2)
@@ -20,8 +22,11 @@ from torch import nn
 
 from ..errors import ShiftkitError
 from ..registry import Registry
+from .weights import finish
 
-MODELS = Registry("model")
+#: Every model also takes ``weights`` (a file, or ``imagenet``) and ``freeze`` (``none``, ``backbone``):
+#: :mod:`.weights`.
+MODELS = Registry("model", shared=finish)
 register = MODELS.register
 names = MODELS.names
 
@@ -81,4 +86,4 @@ def mlp(input_shape: Sequence[int], num_classes: int, width: int = 512, depth: i
     return nn.Sequential(*layers)
 
 
-from . import convnets, resnets  # noqa: E402,F401  (registration; one file per family)
+from . import convnets, imagenet, resnets  # noqa: E402,F401  (registration; one file per family)
