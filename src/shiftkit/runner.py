@@ -61,6 +61,8 @@ _NEUTRAL_DEFAULTS = [
     ("data.features_weights", None, None),
     ("data.features_options", {}, None),
     ("data.augment", False, ("waterbirds", "celeba")),
+    ("data.split", "official", ("waterbirds",)),
+    ("data.split_seed", 0, ("waterbirds",)),
 ]
 #: Options naming a weight file, and the option naming the architecture it is for: identities hold the
 #: file's sha256 in place of its path (a moved file names the same run, a changed one another).

@@ -54,7 +54,8 @@ def read_metadata(file):
 
 
 @register("waterbirds")
-def waterbirds(image_size: int = 224, augment: bool = False, root: Optional[str] = None) -> Splits:
+def waterbirds(image_size: int = 224, augment: bool = False, split: str = "official", split_seed: int = 0,
+               root: Optional[str] = None) -> Splits:
     """Waterbirds with group_DRO's official splits (SPEC §7.3): ``g = 2·y + place``, so 0 landbird/land,
     1 landbird/water, 2 waterbird/land, 3 waterbird/water (standard counts: train [3498, 184, 56, 1057],
     val [467, 466, 133, 133], test [2255, 2255, 642, 642]).
@@ -70,20 +71,47 @@ def waterbirds(image_size: int = 224, augment: bool = False, root: Optional[str]
     on the device (``Pipeline(resized_crop=AUGMENT_CROP, flip=True)``). group_DRO crops the original file;
     here the crop is taken from the stored, already resized and center-cropped image (see
     :class:`~.pipeline.Pipeline`). Evaluation is unchanged: the resize and center crop above.
+
+    ``split="autobalance"``: [AB]'s search split (§4: "the original training data is split 50% train / 50%
+    validation"): each training group is halved at random (``default_rng(split_seed)``, the larger half
+    trains: 1749 / 92 / 28 / 529 train and 1749 / 92 / 28 / 528 validation images), so the validation set
+    keeps the training set's imbalance; the official validation split is not used; the test split is the
+    official one.
     """
+    if split not in ("official", "autobalance"):
+        raise ShiftkitError(f"waterbirds: split must be 'official' or 'autobalance', got '{split}'")
     if image_size < 1:
         raise ShiftkitError(f"waterbirds: image_size must be >= 1, got {image_size}")
     folder = find_root("waterbirds", optional_root(root), ["metadata.csv"], _HOW)
-    names, y, place, split = read_metadata(folder / "metadata.csv")
+    names, y, place, which = read_metadata(folder / "metadata.csv")
     g = 2 * y + place
     resized = int(image_size * 256.0 / 224.0)
 
-    def subset(k: int) -> Split:
-        index = np.flatnonzero(split == k)
+    def subset(index: np.ndarray) -> Split:
         images = decode_images([folder / n for n in names[index]], (resized, resized), crop=(image_size, image_size))
         return Split(images, torch.from_numpy(y[index]), torch.from_numpy(g[index]), 2, 4)
 
     info = {"root": str(folder), "groups": GROUPS, "image_size": image_size}
     crop = AUGMENT_CROP if augment else None
     pipeline = Pipeline(mean=IMAGENET_MEAN, std=IMAGENET_STD, flip=augment, resized_crop=crop)
-    return Splits(subset(0), subset(1), subset(2), info=info, pipeline=pipeline)
+    parts = [np.flatnonzero(which == k) for k in (0, 1, 2)]
+    if split == "autobalance":
+        parts[:2] = halves(parts[0], g[parts[0]], split_seed)
+        info["split"] = split
+    return Splits(*(subset(p) for p in parts), info=info, pipeline=pipeline)
+
+
+def halves(index: np.ndarray, groups: np.ndarray, seed: int) -> tuple:
+    """``index`` split into two sorted halves within each group, the first taking the larger half.
+
+    >>> [len(h) for h in halves(np.arange(5), np.array([0, 0, 0, 1, 1]), seed=0)]
+    [3, 2]
+    """
+    rng = np.random.default_rng(seed)
+    first, second = [], []
+    for k in np.unique(groups):
+        members = rng.permutation(index[groups == k])
+        cut = (len(members) + 1) // 2
+        first.append(members[:cut])
+        second.append(members[cut:])
+    return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
