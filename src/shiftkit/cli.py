@@ -183,6 +183,31 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain(args: argparse.Namespace) -> int:
+    """One training run that keeps its model: ``weights.safetensors`` in its run directory, copied to
+    ``--save`` for ``model.weights=FILE`` (docs/PRETRAINED.md)."""
+    import shutil
+    from pathlib import Path
+
+    from . import files, rundir
+    from .config import check_repeated
+    from .models.weights import sha256
+
+    check_repeated(args.overrides)
+    if any(o.split("=", 1)[0].lstrip("+~") == "save_weights" for o in args.overrides):
+        raise ShiftkitError("shiftkit pretrain sets save_weights itself; leave it out")
+    target = Path(args.save).expanduser()
+    if target.is_dir():
+        raise ShiftkitError(f"--save {args.save} is a folder; name the weight file to write")
+    files.make_dirs(target.parent)
+    (record,) = run_many([[*args.overrides, "save_weights=true"]], label="pretrain")
+    source = Path(record["run_dir"]) / rundir.WEIGHTS_FILE
+    with files.atomic(target, binary=True) as handle, open(source, "rb") as weights:
+        shutil.copyfileobj(weights, handle)
+    print(f"{target} (sha256 {sha256(target)}; from {record['run_dir']})")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from .report import parse_columns, report
 
@@ -266,6 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss=poly weighting.exponent=1.5")
     train.set_defaults(func=_train)
+    pre = sub.add_parser(
+        "pretrain",
+        help="train one run and save its model as a weight file for model.weights= or data.features_weights=",
+        epilog="Takes the overrides of shiftkit train (one run, no -m); the run is recorded like any other, and "
+        "a repeated command reuses it. Example: shiftkit pretrain data=fmnist_pretrain model=resnet18 "
+        "model.width=16 --save backbones/fmnist8-resnet18.safetensors (docs/PRETRAINED.md).",
+    )
+    pre.add_argument("--save", required=True, metavar="FILE", help="the weight file to write (safetensors)")
+    pre.add_argument("overrides", nargs="*", help="key=value overrides, as for shiftkit train")
+    pre.set_defaults(func=_pretrain)
     rep = sub.add_parser("report", help="tables (mean ± s.e.m. over seeds) and a bar chart of finished runs")
     rep.add_argument("dir", help="a results directory")
     rep.add_argument("--metrics", nargs="+", help="columns as split/metric, e.g. test/balanced_acc train/acc")

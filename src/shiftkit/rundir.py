@@ -37,8 +37,10 @@ from .checkpoint import FILE as CHECKPOINT_FILE
 from .errors import ShiftkitError, ShiftkitWarning
 
 RUN_FILE, DONE_FILE, METRICS_FILE = "run.json", "done", "metrics.jsonl"
+#: The trained model's state dict, written when a run has ``save_weights=true`` (``shiftkit pretrain``).
+WEIGHTS_FILE = "weights.safetensors"
 #: Every file shiftkit writes atomically into a run directory (their interrupted temporaries are tidied).
-WRITTEN = (RUN_FILE, DONE_FILE, CHECKPOINT_FILE, ENSEMBLE_FILE, "model.pt", "alpha.png")
+WRITTEN = (RUN_FILE, DONE_FILE, CHECKPOINT_FILE, ENSEMBLE_FILE, "model.pt", "alpha.png", WEIGHTS_FILE)
 
 #: What a finished run's record must hold: key -> the keys it needs inside it.
 RECORD_KEYS = {

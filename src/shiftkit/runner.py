@@ -47,7 +47,7 @@ _LABEL_GROUPS = ("loss", "weighting", "sampler")
 
 #: Keys that say how and where a run executes, not what it computes: left out of run identities. Dotted
 #: keys name one option of a group (``train.divergence`` decides whether a run is accepted, not its numbers).
-EXECUTION_KEYS = ("out", "device", "ensemble", "checkpoint", "logger", "train.divergence")
+EXECUTION_KEYS = ("out", "device", "ensemble", "checkpoint", "logger", "train.divergence", "save_weights")
 _ALWAYS = object()
 #: Keys left out of run identities while they hold their defaults, so that adding them kept the
 #: identities (and ``done`` markers) of runs made before they existed: ``(key, default, group names)``, the
@@ -452,8 +452,8 @@ def run(
     validate(plain)
     out = run_dir(plain)
     done = None if force else finished_record(out, plain["checkpoint"]["keep"])
-    if done is not None:
-        return done
+    if done is not None and not (plain["save_weights"] and not (out / rundir.WEIGHTS_FILE).exists()):
+        return done  # (a finished run asked for weights it did not save trains again, and saves them)
     device = distributed.setup(resolve_device(plain["device"]))
     splits = load_data(plain["data"])
     torch.manual_seed(plain["seed"])
@@ -487,6 +487,9 @@ def run(
                 )
         if probe is not None and distributed.is_primary():
             diagnostics.save_weights(model, out / diagnostics.WEIGHTS_FILE)
+        if plain["save_weights"] and distributed.is_primary():
+            weights.save(model, out / rundir.WEIGHTS_FILE, {"model": json.dumps(plain["model"]), "run": out.name})
+            extra["weights_file"] = rundir.WEIGHTS_FILE
         if probe is not None:
             extra["interpolation_epoch"] = diagnostics.interpolation_epoch(result.history)
         record = _write_record(plain, out, splits, result, device, started, **extra)
@@ -557,6 +560,8 @@ def run_ensemble(
             raise EnsembleUnsupported("diagnostics probe each model on its own")
         if p["search"]["enabled"]:
             raise EnsembleUnsupported("an AutoBalance search tunes each seed's loss on its own")
+        if p["save_weights"]:
+            raise EnsembleUnsupported("save_weights writes each model on its own")
     if len({config_hash(p, drop=(*EXECUTION_KEYS, "seed")) for p in plains}) > 1:
         raise ShiftkitError("an ensemble's runs must differ only in their seed")
     outs = [run_dir(p) for p in plains]

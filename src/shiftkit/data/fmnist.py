@@ -5,6 +5,7 @@
   split (SPEC §5.6).
 - ``fmnist_spurious``: a Waterbirds-like group shift (SPEC §7.3) with an attribute rendered into the
   background of every image.
+- ``fmnist_pretrain``: the classes those protocols do not use, for pretraining a backbone offline.
 
 Images are uint8 ``[N, 1, 28, 28]``; the pipeline normalizes with the Fashion-MNIST training statistics.
 """
@@ -212,5 +213,47 @@ def fmnist_spurious(
         _grouped(x, [p[u:] for p, u in zip(perms, used)], [val_per_group] * 4, strength),
         _grouped(xt, test_perms, [test_per_group] * 4, strength),
         info={"classes": classes, "names": [CLASSES[c] for c in classes], "train_group_counts": train_counts},
+        pipeline=_pipeline(augment),
+    )
+
+
+@register("fmnist_pretrain")
+def fmnist_pretrain(
+    root: Optional[str] = None,
+    exclude: List[int] = (2, 4),
+    n_per_class: int = 5000,
+    val_per_class: int = 500,
+    split_seed: int = 0,
+    augment: bool = True,
+) -> Splits:
+    """Our offline stand-in for ImageNet pretraining (docs/PRETRAINED.md): Fashion-MNIST without the
+    classes ``exclude`` (default pullover and coat, the two that ``fmnist_spurious`` labels), so that a
+    backbone pretrained here has never seen the task's classes, nor its background textures.
+
+    The kept classes are labelled 0, 1, ... in their Fashion-MNIST order (default: T-shirt/top, trouser,
+    dress, sandal, shirt, sneaker, bag, ankle boot); per class, a permutation fixed by ``split_seed``
+    gives ``n_per_class`` training and the next ``val_per_class`` validation images; the test set is every
+    test image of the kept classes. ``g = y``. Augmented by default (padded crop and flips), as
+    pretraining recipes are.
+    """
+    dropped = sorted({int(c) for c in exclude})
+    if any(not 0 <= c < 10 for c in dropped) or len(dropped) > 8:
+        raise ShiftkitError(f"fmnist_pretrain: exclude must list at most 8 classes of 0..9, got {list(exclude)}")
+    if n_per_class < 1 or val_per_class < 1 or n_per_class + val_per_class > 6000:
+        raise ShiftkitError(f"fmnist_pretrain: n_per_class + val_per_class must lie in 2..6000 (both >= 1), got "
+                            f"{n_per_class} + {val_per_class}")
+    kept = [c for c in range(10) if c not in dropped]
+    data = _load(root)
+    (x, y), (xt, yt) = data["train"], data["test"]
+    relabel = np.full(10, -1, dtype=np.int64)
+    relabel[kept] = np.arange(len(kept))
+    perms = per_class_permutations(y, kept, split_seed)
+    k = len(kept)
+    test = np.flatnonzero(np.isin(yt, kept))
+    return Splits(
+        _split(x, relabel[y], take(perms, [n_per_class] * k), k),
+        _split(x, relabel[y], take(perms, [val_per_class] * k, offset=[n_per_class] * k), k),
+        _split(xt, relabel[yt], test, k),
+        info={"classes": kept, "names": [CLASSES[c] for c in kept], "excluded": dropped},
         pipeline=_pipeline(augment),
     )

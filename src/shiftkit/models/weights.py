@@ -152,7 +152,9 @@ def read(path: Path, option: str = "model.weights") -> Dict[str, Tensor]:
     if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # a zip (torch.save) or a legacy pickle
         return _from_layout(_read_safetensors(path, shown))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # From an open file: torch.load given a path named *.safetensors would take it for one.
+        with open(path, "rb") as handle:
+            state = torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as exc:
         text = " ".join(str(exc).split())
         if "Weights only load failed" in text or "Unsupported global" in text or "Unsupported operand" in text:
@@ -203,6 +205,19 @@ def _from_layout(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
     return state
 
 
+def save(net: nn.Module, path: Path, metadata: Optional[Dict[str, str]] = None) -> None:
+    """Write ``net``'s state dict to ``path`` as safetensors, atomically (what ``model.weights`` reads back;
+    ``metadata``: strings kept in the file's header)."""
+    from safetensors.torch import save
+
+    from ..files import atomic
+
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    data = save(state, metadata=metadata)
+    with atomic(path, binary=True) as handle:
+        handle.write(data)
+
+
 def head_name(net: nn.Module) -> str:
     """The classifier head of a shiftkit model: its last child (``fc``, ``linear``, a Sequential's last layer)."""
     names = [name for name, _ in net.named_children()]
@@ -229,6 +244,8 @@ def load(net: nn.Module, state: Dict[str, Tensor], shown: str, model: str) -> Di
         for key in file_head:
             del state[key]
         state.update({k: v for k, v in own.items() if _in_head(k, head)})
+    # Files saved before PyTorch 0.4.1 have no BatchNorm step counters; torch's strict loading accepts that.
+    state.update({k: v for k, v in own.items() if k.endswith(".num_batches_tracked") and k not in state})
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
@@ -267,9 +284,26 @@ class FrozenBatchNorm(nn.Module):
         return super().train(False)
 
 
-@functools.lru_cache(maxsize=None)
+class FrozenBatchNorm1d(FrozenBatchNorm, nn.BatchNorm1d):
+    pass
+
+
+class FrozenBatchNorm2d(FrozenBatchNorm, nn.BatchNorm2d):
+    pass
+
+
+class FrozenBatchNorm3d(FrozenBatchNorm, nn.BatchNorm3d):
+    pass
+
+
+#: Module-level classes, so that a frozen model pickles (``torch.save(model)``) and deep-copies.
+_FROZEN = {nn.BatchNorm1d: FrozenBatchNorm1d, nn.BatchNorm2d: FrozenBatchNorm2d, nn.BatchNorm3d: FrozenBatchNorm3d}
+
+
 def _frozen_class(cls: type) -> type:
-    return type(f"Frozen{cls.__name__}", (FrozenBatchNorm, cls), {"__module__": __name__})
+    if cls not in _FROZEN:
+        raise ShiftkitError(f"model.freeze=backbone cannot freeze a {cls.__name__}; it knows BatchNorm1d, 2d and 3d")
+    return _FROZEN[cls]
 
 
 def check_freeze(part: str) -> None:
