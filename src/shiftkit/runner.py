@@ -33,7 +33,7 @@ from .autobalance import DEFAULT_UPPER, check_loss, check_search, resume_point, 
 from .checkpoint import FILE as CHECKPOINT_FILE
 from .models import weights
 from .checkpoint import Checkpoint, fitting
-from .config import GROUPS, DiagnosticsConf, check_numbers, options, schema
+from .config import DiagnosticsConf, check_numbers, options, schema
 from .divergence import NonFiniteLoss, Watch
 from .ensemble import EnsembleUnsupported, fit_ensemble
 from .errors import ShiftkitError
@@ -488,7 +488,7 @@ def run(
         if probe is not None and distributed.is_primary():
             diagnostics.save_weights(model, out / diagnostics.WEIGHTS_FILE)
         if plain["save_weights"] and distributed.is_primary():
-            weights.save(model, out / rundir.WEIGHTS_FILE, {"model": json.dumps(plain["model"]), "run": out.name})
+            weights.save(model, out / rundir.WEIGHTS_FILE, {"model": json.dumps(plain["model"], sort_keys=True)})
             extra["weights_file"] = rundir.WEIGHTS_FILE
         if probe is not None:
             extra["interpolation_epoch"] = diagnostics.interpolation_epoch(result.history)

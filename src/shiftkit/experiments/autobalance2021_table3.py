@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 from .autobalance2021 import Method, Values, bars, learned_loss, lower, multiplier, percent, train_methods
 from .reproduction import Claim, Reproduction, Summary, cell, mean, p_text, paired, register
@@ -40,9 +40,11 @@ _SCALES = {
 }
 
 
-def _overrides(s: dict) -> tuple:
-    """Overrides of every run, of the baselines, and of the AutoBalance runs."""
-    common = ["data=fmnist_spurious", f"data.n_train={s['n_train']}", "model=mlp", f"model.width={s['width']}",
+def _overrides(s: dict, model: Sequence[str] = ()) -> tuple:
+    """Overrides of every run, of the baselines, and of the AutoBalance runs (``model``: the model's, else
+    an MLP of the scale's width on the pixels)."""
+    model = list(model) or ["model=mlp", f"model.width={s['width']}"]
+    common = ["data=fmnist_spurious", f"data.n_train={s['n_train']}", *model,
               f"optim.lr={s['lr']}", f"train.batch_size={s['batch_size']}"]
     plain = [f"train.epochs={s['epochs']}", f"train.eval_every={s['epochs']}", f"ensemble={str(s['ensemble']).lower()}"]
     search = [
@@ -104,6 +106,15 @@ def _alpha_figure(ctx, records: List[dict]) -> str:
     return ctx.save_figure(fig, "alpha.png")
 
 
+def _model_text(config: dict) -> str:
+    data, model = config["data"], config["model"]
+    if data.get("features_from"):
+        width = data["features_options"].get("width", 64)
+        return (f"A {model['name']} model on the frozen penultimate features of a {data['features_from']} (width "
+                f"{width}) pretrained on fmnist_pretrain")
+    return f"MLP width {model['width']} on the pixels"
+
+
 @register("autobalance-table3")
 class AutoBalanceTable3(Reproduction):
     """Every row trains an MLP through the one loop on ``fmnist_spurious`` (pullover vs coat with a stripe
@@ -120,8 +131,13 @@ class AutoBalanceTable3(Reproduction):
     keys = ("balanced_error", "worst_error", "deo", "collapsed")
     scales = _SCALES
 
+    def model(self, ctx, settings) -> List[str]:
+        """The model overrides of every row (default: an MLP on the pixels)."""
+        return []
+
     def run(self, ctx, settings):
-        runs = train_methods(ctx, METHODS, *_overrides(settings), settings["seeds"], "Table 3")
+        overrides = _overrides(settings, self.model(ctx, settings))
+        runs = train_methods(ctx, METHODS, *overrides, settings["seeds"], "Table 3")
         table = {key: {m.label: percent(runs[m.label], metric, error) for m in METHODS}
                  for key, _, metric, error in COLUMNS}
         rows = [(f"{m.label}: {title}", f"{m.paper[j]:.2f}", cell(table[key][m.label], 2))
@@ -187,8 +203,10 @@ class AutoBalanceTable3(Reproduction):
         notes = [
             "DEO is the sum of the two classes' accuracy gaps between backgrounds (SPEC §10), in %, so it lies in "
             "[0, 200]; balanced error is the mean error of the four (class, background) cells.",
-            f"MLP width {config['model']['width']}, SGD lr {config['optim']['lr']} (momentum 0.9), batch "
-            f"{config['train']['batch_size']}: at 0.05 the reweighted baselines collapse (docs/REPRODUCTION.md).",
+            f"{_model_text(config)}, SGD lr {config['optim']['lr']} (momentum 0.9), batch "
+            f"{config['train']['batch_size']}" + ("" if config["data"].get("features_from") else
+                                                  ": at 0.05 the reweighted baselines collapse (docs/REPRODUCTION.md)")
+            + ".",
             f"AutoBalance: Neumann step {search['step']}, {search['batches']} + {search['batches']} batches every "
             f"{search['every']} steps from epoch {search['start_epoch']} of {config['train']['epochs']} "
             f"({runs['AutoBalance'][0]['alpha_history'][-1]['updates']} hyper-updates per run), upper SGD "

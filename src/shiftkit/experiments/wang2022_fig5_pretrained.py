@@ -35,7 +35,7 @@ class WangFig5Pretrained(Reproduction):
     ``model.weights``, with a new two-class head."""
 
     title = "Poly+IW against undersampling and Group DRO under group shift, fine-tuning a pretrained ResNet-18"
-    source = "[W] Figure 5 (CelebA panel); SPEC §8.1, §9.1, with an offline-pretrained backbone"
+    source = "[W] Figure 5 (CelebA panel), with an offline-pretrained backbone (docs/PRETRAINED.md)"
     keys = ("group_balanced_acc", "worst_group_acc")
     scales = _scales()
 

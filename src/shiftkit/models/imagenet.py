@@ -145,7 +145,7 @@ def _build(name: str, block: Block, layers: Sequence[int], input_shape, num_clas
 def resnet18(input_shape: Sequence[int], num_classes: int, width: int = 64,
              zero_init_residual: bool = False) -> nn.Module:
     """ResNet-18 in torchvision's layout (module docstring): :class:`BasicBlock` × 2-2-2-2, 512 features;
-    11,689,512 parameters for 1000 classes. [AB]'s Waterbirds features (SPEC §7.3, §9.3) are this network's
+    11,689,512 parameters for 1000 classes. [AB]'s Waterbirds features ([AB] §4, Table 3) are this network's
     penultimate layer (``data.features_from=resnet18``).
 
     >>> import torch
@@ -167,5 +167,5 @@ def resnet34(input_shape: Sequence[int], num_classes: int, width: int = 64,
 def resnet50(input_shape: Sequence[int], num_classes: int, width: int = 64,
              zero_init_residual: bool = False) -> nn.Module:
     """ResNet-50 in torchvision's layout: :class:`Bottleneck` × 3-4-6-3, 2048 features; 25,557,032 parameters
-    for 1000 classes. [W]'s CelebA model (SPEC §8.1: ImageNet-pretrained, ``model.weights=imagenet``)."""
+    for 1000 classes. [W]'s CelebA model (ImageNet-pretrained in [W]'s code: ``model.weights=imagenet``)."""
     return _build("resnet50", Bottleneck, (3, 4, 6, 3), input_shape, num_classes, width, zero_init_residual)

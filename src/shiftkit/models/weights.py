@@ -68,8 +68,13 @@ def _imagenet(model: str, option: str) -> Path:
             f"{option}=imagenet needs {file.name}: fetch {IMAGENET_URL}{file.name} into {file.parent}/ "
             f"(torchvision, which would fetch it, does not import here), or pass {option}=<file>"
         ) from None
-    tvm.get_weight(f"{model.replace('resnet', 'ResNet')}_Weights.IMAGENET1K_V1").get_state_dict(
-        progress=True, check_hash=True)
+    try:
+        tvm.get_weight(f"{model.replace('resnet', 'ResNet')}_Weights.IMAGENET1K_V1").get_state_dict(
+            progress=True, check_hash=True)
+    except Exception as exc:  # offline (URLError), a bad download (hash mismatch), a full disk
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise ShiftkitError(f"{option}=imagenet: torchvision could not fetch {file.name} ({reason}); fetch "
+                            f"{IMAGENET_URL}{file.name} into {file.parent}/, or pass {option}=<file>") from None
     if not file.is_file():
         raise ShiftkitError(f"{option}=imagenet: torchvision did not leave {file.name} in {file.parent}")
     return file
@@ -207,7 +212,8 @@ def _from_layout(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
 
 def save(net: nn.Module, path: Path, metadata: Optional[Dict[str, str]] = None) -> None:
     """Write ``net``'s state dict to ``path`` as safetensors, atomically (what ``model.weights`` reads back;
-    ``metadata``: strings kept in the file's header)."""
+    ``metadata``: strings kept in the file's header; only what the weights depend on, so that equal weights
+    make equal files)."""
     from safetensors.torch import save
 
     from ..files import atomic
