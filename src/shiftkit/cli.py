@@ -167,14 +167,16 @@ def _attempt(run, cfg, on_eval, alone: bool) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import check_repeated, expand_sweep
+    from .config import check_repeated, expand_sweep, fit_options
     from .launch import launch, launcher_name
 
     check_repeated(args.overrides)
+    if args.show:
+        return _show(fit_options(expand_sweep(args.overrides)) if args.multirun else [list(args.overrides)])
     if args.multirun and launcher_name(args.overrides) is not None:  # through Hydra's launcher plugin
         records = launch(args.overrides)
     else:
-        lists = expand_sweep(args.overrides) if args.multirun else [list(args.overrides)]
+        lists = fit_options(expand_sweep(args.overrides)) if args.multirun else [list(args.overrides)]
         records = run_many(lists, label="sweep" if args.multirun else "run")
     from . import distributed
 
@@ -205,6 +207,20 @@ def _pretrain(args: argparse.Namespace) -> int:
     with files.atomic(target, binary=True) as handle, open(source, "rb") as weights:
         shutil.copyfileobj(weights, handle)
     print(f"{target} (sha256 {sha256(target)}; from {record['run_dir']})")
+    return 0
+
+
+def _show(override_lists: List[List[str]]) -> int:
+    """Print each run's composed config and run directory, checked as a run would be, without training."""
+    from omegaconf import OmegaConf
+
+    from .config import compose
+    from .runner import check_sweep
+
+    configs = [compose(o) for o in override_lists]
+    for i, (cfg, out) in enumerate(zip(configs, check_sweep(configs))):
+        print(f"# run {i + 1} of {len(configs)}: {out}")
+        print(OmegaConf.to_yaml(cfg).rstrip())
     return 0
 
 
@@ -258,13 +274,20 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from . import catalog
     from . import experiments as reproductions
     from .config import GROUPS, experiments
 
+    if args.group is not None:
+        print(catalog.markdown(args.group) if args.markdown else catalog.text(args.group))
+        return 0
+    if args.markdown:
+        raise ShiftkitError("--markdown lists one group: shiftkit list GROUP --markdown")
     for group, registry in GROUPS.items():
         print(f"{group}: {', '.join(registry.names())}")
     print(f"experiment: {', '.join(experiments())}")
     print(f"reproduce: {', '.join(reproductions.names())}")
+    print(f"(shiftkit list GROUP: each name of {', '.join(GROUPS)} with its options and defaults)")
     return 0
 
 
@@ -290,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-m", "--multirun", action="store_true",
         help="sweep over comma lists and range(); in-process, or through hydra/launcher=joblib|submitit_slurm|ray",
     )
+    train.add_argument("--show", action="store_true",
+                       help="print the composed config of each run and its directory, checked, without training")
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss=poly weighting.exponent=1.5")
     train.set_defaults(func=_train)
     pre = sub.add_parser(
@@ -331,7 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rpr.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="change settings of the scale")
     rpr.set_defaults(func=_reproduce)
-    lst = sub.add_parser("list", help="the registered names of every config group, and the experiment presets")
+    lst = sub.add_parser("list", help="the registered names of every config group, and the experiment presets; "
+                         "with GROUP, each name's options, types and defaults")
+    lst.add_argument("group", nargs="?", help="data, model, loss, weighting, sampler, optim or logger")
+    lst.add_argument("--markdown", action="store_true", help="the group's page of docs/options/ (Markdown)")
     lst.set_defaults(func=_list)
     return parser
 

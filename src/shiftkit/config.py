@@ -344,6 +344,49 @@ def expand_sweep(overrides: List[str]) -> List[List[str]]:
     return [list(c) for c in itertools.product(*choices)]
 
 
+def _group_option(o) -> Optional[tuple]:
+    """``(group, option)`` of an override ``group.option=value`` of a config group, else None."""
+    group, _, option = o.key_or_group.partition(".")
+    if group in GROUPS and option and "." not in option and not (o.is_add() or o.is_force_add()):
+        return group, option
+    return None
+
+
+def fit_options(override_lists: List[List[str]]) -> List[List[str]]:
+    """A sweep's runs with each ``group.option=value`` kept only for the runs whose choice in that group has
+    the option: ``-m loss=ce,poly loss.alpha=2`` sets ``alpha`` for ``poly`` and trains ``ce`` without it.
+    An option that no run of the sweep has is refused as a single run would refuse it (a typo); one that
+    some runs lack is said once, as a warning."""
+    import warnings
+
+    from .errors import ShiftkitWarning
+
+    fitted, dropped = [], {}
+    for overrides in override_lists:
+        parsed = parse_overrides(overrides)
+        options = [o for o in parsed if _group_option(o)]
+        if not options:
+            fitted.append(list(overrides))
+            continue
+        chosen = compose([o.input_line for o in parsed if not _group_option(o)])
+        kept = []
+        for o in parsed:
+            found = _group_option(o)
+            if found and found[1] not in GROUPS[found[0]].options(chosen[found[0]].name):
+                dropped.setdefault(o.input_line, []).append(chosen[found[0]].name)
+            else:
+                kept.append(o.input_line)
+        fitted.append(kept)
+    for line, names in dropped.items():
+        if len(names) == len(override_lists):
+            compose(override_lists[0])  # raises the one-line error of the first run
+        group = line.split(".", 1)[0]
+        warnings.warn(f"{line} applies only to the runs whose {group} has that option; not to "
+                      f"{', '.join(sorted(set(names)))} ({len(names)} of {len(override_lists)} runs)", ShiftkitWarning,
+                      stacklevel=2)
+    return fitted
+
+
 #: Integers fit in 64 bits (what torch and NumPy take); seeds are non-negative.
 _INT_RANGE = (-(2**63), 2**63 - 1)
 

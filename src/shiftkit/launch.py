@@ -154,10 +154,10 @@ def plan(overrides: List[str]) -> Tuple[List[List[str]], List[Optional[Dict[str,
     stops here, and the record of each one already done (None for those still to run)."""
     from omegaconf import OmegaConf
 
-    from .config import compose, expand_sweep
+    from .config import compose, expand_sweep, fit_options
     from .runner import check_sweep, finished_record, run_dir
 
-    runs = expand_sweep(split(overrides)[1])
+    runs = fit_options(expand_sweep(split(overrides)[1]))
     configs = [compose(one) for one in runs]
     check_sweep(configs)
     records = []

@@ -1,0 +1,172 @@
+"""What every config group offers, generated from the registries and the constructors' signatures:
+``shiftkit list GROUP`` prints it, ``shiftkit list GROUP --markdown`` writes the page of docs/options/.
+
+>>> entry = next(e for e in entries("loss") if e.name == "poly")
+>>> [(o.key, o.type, o.default) for o in entry.options][:2]
+[('alpha', 'float', 1.0), ('beta', 'float', 1.0)]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import typing
+from typing import Any, List
+
+from .config import GROUPS, schema
+from .errors import ShiftkitError
+
+#: What each group is, in one line (the header of its listing).
+ABOUT = {
+    "data": "datasets and protocols (data=NAME data.OPTION=VALUE)",
+    "model": "models mapping a batch to logits (model=NAME model.OPTION=VALUE)",
+    "loss": "per-example losses (loss=NAME loss.OPTION=VALUE)",
+    "weighting": "per-example weights of the losses (weighting=NAME weighting.OPTION=VALUE)",
+    "sampler": "which examples enter a batch (sampler=NAME sampler.OPTION=VALUE)",
+    "optim": "optimizers and learning-rate schedules (optim=NAME optim.OPTION=VALUE)",
+    "logger": "experiment tracking (logger=NAME logger.OPTION=VALUE)",
+}
+
+
+@dataclasses.dataclass
+class Option:
+    key: str
+    type: str
+    default: Any
+
+
+@dataclasses.dataclass
+class Entry:
+    name: str
+    summary: str
+    options: List[Option]
+
+
+def _type_name(tp: Any) -> str:
+    """``Optional[str]``, ``List[int]``, ``float``: an annotation as a user reads it."""
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return tp.__name__
+    text = re.sub(r"\btyping\.", "", str(tp))
+    return text.replace("NoneType", "None")
+
+
+#: Words after which a full stop does not end a sentence.
+_ABBREVIATIONS = ("al", "e.g", "i.e", "cf", "vs", "Fig", "Eq", "resp")
+_LONGEST = 160
+
+
+#: Citations of the developers' specification, which users do not have: left out of what users read.
+_SECTION = r"§[\d.]+(?:[-–][\d.]+)?"
+_INTERNAL = re.compile(rf"(;\s*|,\s*)?SPEC\s*{_SECTION}(\s*(,|and)\s*{_SECTION})*('s)?(,\s*)?")
+
+
+def _public(text: str) -> str:
+    """``text`` without citations of the internal specification (and the parentheses they leave empty).
+
+    >>> _public("Cross-entropy (SPEC §1.1), per example; LA (Menon et al.; SPEC §1.4, §11.2)")
+    'Cross-entropy, per example; LA (Menon et al.)'
+    >>> _public("DRO (Sagawa et al. 2020; SPEC §3.1-3.2), mixes (SPEC §5.5; a note), (Lipton; SPEC §8.1, [W])")
+    'DRO (Sagawa et al. 2020), mixes (a note), (Lipton; [W])'
+    """
+    # A citation between two other parts leaves their separator: "Lipton; SPEC §8.1, [W]" -> "Lipton; [W]".
+    text = _INTERNAL.sub(lambda m: m.group(1) if m.group(1) and m.group(5) else "", text)
+    text = re.sub(r"\(\s*[;,]\s*", "(", text)
+    return re.sub(r"\s*\(\s*\)", "", text)
+
+
+def summary(obj: Any) -> str:
+    """The first sentence of ``obj``'s docstring, on one line (a full stop inside parentheses or after an
+    abbreviation does not end it), at most 160 characters.
+
+    >>> summary(type("T", (), {"__doc__": "LDAM of Cao et al. (NeurIPS 2019). Margins per class."}))
+    'LDAM of Cao et al. (NeurIPS 2019).'
+    """
+    doc = inspect.getdoc(obj) or ""
+    paragraph = _public(" ".join(doc.strip().split("\n\n")[0].split()))
+    depth, end = 0, len(paragraph)
+    for i, char in enumerate(paragraph):
+        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(char, 0)
+        if char == "." and depth <= 0 and paragraph[i + 1 : i + 2] in ("", " "):
+            if not paragraph[:i].endswith(_ABBREVIATIONS):
+                end = i + 1
+                break
+    sentence = paragraph[:end].rstrip(":;") or "(no description)"
+    if len(sentence) > _LONGEST:
+        sentence = sentence[: _LONGEST - 1].rsplit(" ", 1)[0] + "…"
+    return sentence
+
+
+def _registry(group: str):
+    if group not in GROUPS:
+        raise ShiftkitError(f"unknown group '{group}'; choose one of: {', '.join(GROUPS)}")
+    return GROUPS[group]
+
+
+def _options(group: str, name: str) -> List[Option]:
+    out = []
+    for f in dataclasses.fields(schema(group, name)):
+        if f.name == "name":
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        out.append(Option(f.name, _type_name(f.type), default))
+    return out
+
+
+def entries(group: str) -> List[Entry]:
+    """Every name of ``group`` with its summary and own options (without the shared ones)."""
+    registry = _registry(group)
+    shared = set(registry.shared_options())
+    return [Entry(name, summary(registry.get(name)), [o for o in _options(group, name) if o.key not in shared])
+            for name in registry.names()]
+
+
+def shared(group: str) -> List[Option]:
+    """The options every name of ``group`` takes (models: weights, freeze; data: features_from, ...)."""
+    registry = _registry(group)
+    if not registry.names():
+        return []
+    keys = set(registry.shared_options())
+    return [o for o in _options(group, registry.names()[0]) if o.key in keys]
+
+
+def _value(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def text(group: str) -> str:
+    """The plain-text listing of ``group`` (``shiftkit list GROUP``)."""
+    lines = [f"{group}: {ABOUT.get(group, '')}"]
+    common = shared(group)
+    if common:
+        lines.append(f"  every {group} also takes: " + ", ".join(f"{o.key}: {o.type} = {_value(o.default)}"
+                                                              for o in common))
+    for entry in entries(group):
+        lines.append(f"  {entry.name}: {entry.summary}")
+        listed = ", ".join(f"{o.key}: {o.type} = {_value(o.default)}" for o in entry.options)
+        lines.append(f"      {listed or '(no options)'}")
+    return "\n".join(lines)
+
+
+def markdown(group: str) -> str:
+    """The docs/options/GROUP.md page: a section per name with a table of its options."""
+    lines = [f"# `{group}`: {ABOUT.get(group, '')}", "",
+             f"Generated by `shiftkit list {group} --markdown`; do not edit by hand.", ""]
+    common = shared(group)
+    if common:
+        lines += [f"Every {group} also takes:", "", "| option | type | default |", "|---|---|---|"]
+        lines += [f"| `{o.key}` | `{o.type}` | `{_value(o.default)}` |" for o in common] + [""]
+    for entry in entries(group):
+        lines += [f"## `{entry.name}`", "", entry.summary, ""]
+        if entry.options:
+            lines += ["| option | type | default |", "|---|---|---|"]
+            lines += [f"| `{o.key}` | `{o.type}` | `{_value(o.default)}` |" for o in entry.options]
+        else:
+            lines.append("No options.")
+        lines.append("")
+    return "\n".join(lines)
