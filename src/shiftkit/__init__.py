@@ -13,13 +13,17 @@ import importlib
 __version__ = "0.1.0"
 
 __all__ = ["data", "losses", "metrics", "models", "optim", "sampling", "weighting", "__version__"]
+#: Names that are functions, loaded on first use like the subpackages.
+_FUNCTIONS = ["load"]
 
 
 def __getattr__(name: str):
+    if name == "load":  # shiftkit.load(run_dir): a finished run's model (shiftkit.inference)
+        return importlib.import_module(".inference", __name__).load
     if name in __all__:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'shiftkit' has no attribute '{name}'")
 
 
 def __dir__():
-    return sorted([*globals(), *__all__])
+    return sorted([*globals(), *__all__, *_FUNCTIONS])

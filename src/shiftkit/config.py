@@ -140,7 +140,7 @@ class Config:
     out: str = "results"
     name: Optional[str] = None
     ensemble: bool = False
-    save_weights: bool = False
+    save_weights: Optional[bool] = None
 
 
 def _supported(tp: Any) -> Any:

@@ -235,6 +235,9 @@ def fit_ensemble(
             checkpoint.save(capture(parts, seeds=list(seeds), epoch=epoch + 1, step=step, best_states=best,
                                     seconds=earlier + time.perf_counter() - start))
     seconds = earlier + time.perf_counter() - start
+    results = [sel.result(seconds, step) for sel in selections]
     for s, model in enumerate(models):
+        if best[s] is not None:
+            results[s].final_state = {k: v.cpu() for k, v in stacked.state(s).items()}
         model.load_state_dict(best[s] if best[s] is not None else stacked.state(s))
-    return [sel.result(seconds, step) for sel in selections]
+    return results

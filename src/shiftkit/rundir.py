@@ -37,10 +37,13 @@ from .checkpoint import FILE as CHECKPOINT_FILE
 from .errors import ShiftkitError, ShiftkitWarning
 
 RUN_FILE, DONE_FILE, METRICS_FILE = "run.json", "done", "metrics.jsonl"
-#: The trained model's state dict, written when a run has ``save_weights=true`` (``shiftkit pretrain``).
-WEIGHTS_FILE = "weights.safetensors"
+#: The trained model's state dict at its selected evaluation (``train.select``; the last one by default) and,
+#: when an earlier one was selected, at its last epoch: written unless ``save_weights=false`` (by default
+#: when the state dict is at most ``AUTO_WEIGHTS_BYTES``), read by ``shiftkit.load`` and ``model.weights=``.
+WEIGHTS_FILE, FINAL_WEIGHTS_FILE = "weights.safetensors", "weights-final.safetensors"
+AUTO_WEIGHTS_BYTES = 64 * 2**20
 #: Every file shiftkit writes atomically into a run directory (their interrupted temporaries are tidied).
-WRITTEN = (RUN_FILE, DONE_FILE, CHECKPOINT_FILE, ENSEMBLE_FILE, "model.pt", "alpha.png", WEIGHTS_FILE)
+WRITTEN = (RUN_FILE, DONE_FILE, CHECKPOINT_FILE, ENSEMBLE_FILE, "model.pt", "alpha.png", WEIGHTS_FILE, FINAL_WEIGHTS_FILE)
 
 #: What a finished run's record must hold: key -> the keys it needs inside it.
 RECORD_KEYS = {

@@ -406,6 +406,7 @@ def _write_record(plain, out: Path, splits: data.Splits, result: FitResult, devi
         **_identity(plain, out, started),
         "data": {
             "name": plain["data"]["name"],
+            "statistics": splits.statistics(),
             "counts": splits.counts(),
             "info": splits.info,
             "pipeline": dataclasses.asdict(splits.pipeline),
@@ -426,6 +427,24 @@ def _write_record(plain, out: Path, splits: data.Splits, result: FitResult, devi
         files.write_text(out / rundir.RUN_FILE, files.json_text(record))
         files.write_text(out / rundir.DONE_FILE, "")
     return record
+
+
+def _save_weights(plain: Dict[str, Any], out: Path, model: torch.nn.Module, result: FitResult) -> Dict[str, Any]:
+    """Write the run's weights (``rundir.WEIGHTS_FILE``: the selected ones; ``FINAL_WEIGHTS_FILE`` too when
+    an earlier evaluation was selected) unless ``save_weights`` is false, or unset and the state dict is
+    larger than ``rundir.AUTO_WEIGHTS_BYTES``. Returns the ``run.json`` entry."""
+    state = model.state_dict()
+    size = sum(t.numel() * t.element_size() for t in state.values())
+    wanted = plain["save_weights"]
+    if wanted is False or (wanted is None and size > rundir.AUTO_WEIGHTS_BYTES) or not distributed.is_primary():
+        return {}
+    metadata = {"model": json.dumps(plain["model"], sort_keys=True)}  # what the weights depend on, no more
+    weights.save(state, out / rundir.WEIGHTS_FILE, metadata)
+    entry = {"file": rundir.WEIGHTS_FILE, "epoch": result.selected_epoch, "bytes": size}
+    if result.final_state is not None:
+        weights.save(result.final_state, out / rundir.FINAL_WEIGHTS_FILE, metadata)
+        entry["final_file"] = rundir.FINAL_WEIGHTS_FILE
+    return {"weights": entry}
 
 
 def _resume(state: Optional[dict], plain: Dict[str, Any], source: Path) -> tuple:
@@ -452,7 +471,7 @@ def run(
     validate(plain)
     out = run_dir(plain)
     done = None if force else finished_record(out, plain["checkpoint"]["keep"])
-    if done is not None and not (plain["save_weights"] and not (out / rundir.WEIGHTS_FILE).exists()):
+    if done is not None and not (plain["save_weights"] is True and not (out / rundir.WEIGHTS_FILE).exists()):
         return done  # (a finished run asked for weights it did not save trains again, and saves them)
     device = distributed.setup(resolve_device(plain["device"]))
     splits = load_data(plain["data"])
@@ -487,9 +506,7 @@ def run(
                 )
         if probe is not None and distributed.is_primary():
             diagnostics.save_weights(model, out / diagnostics.WEIGHTS_FILE)
-        if plain["save_weights"] and distributed.is_primary():
-            weights.save(model, out / rundir.WEIGHTS_FILE, {"model": json.dumps(plain["model"], sort_keys=True)})
-            extra["weights_file"] = rundir.WEIGHTS_FILE
+        extra.update(_save_weights(plain, out, model, result))
         if probe is not None:
             extra["interpolation_epoch"] = diagnostics.interpolation_epoch(result.history)
         record = _write_record(plain, out, splits, result, device, started, **extra)
@@ -560,8 +577,6 @@ def run_ensemble(
             raise EnsembleUnsupported("diagnostics probe each model on its own")
         if p["search"]["enabled"]:
             raise EnsembleUnsupported("an AutoBalance search tunes each seed's loss on its own")
-        if p["save_weights"]:
-            raise EnsembleUnsupported("save_weights writes each model on its own")
     if len({config_hash(p, drop=(*EXECUTION_KEYS, "seed")) for p in plains}) > 1:
         raise ShiftkitError("an ensemble's runs must differ only in their seed")
     outs = [run_dir(p) for p in plains]
@@ -615,8 +630,9 @@ def run_ensemble(
             )
         for i, result in zip(group, results):
             if i in todo:
+                saved = _save_weights(plains[i], outs[i], parts[group.index(i)]["model"], result)
                 records[i] = _write_record(plains[i], outs[i], splits, result, device, started,
-                                           ensemble_size=len(group), **extra)
+                                           ensemble_size=len(group), **extra, **saved)
     for i, tracker in zip(group, trackers):
         if i in todo:
             tracker.finish("finished", records[i])

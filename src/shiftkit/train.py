@@ -42,6 +42,8 @@ class FitResult:
     history: List[dict] = field(default_factory=list)
     seconds: float = 0.0
     steps: int = 0
+    #: The last epoch's state dict (CPU) when the model was left at an earlier, selected one; else None.
+    final_state: Optional[Dict[str, Tensor]] = None
 
 
 def parse_select(select: str) -> Optional[str]:
@@ -350,6 +352,8 @@ def fit(
                 on_eval(record)
         if checkpoint is not None and checkpoint.due(epoch, epochs):
             save(epoch=epoch + 1, step=step)
+    result = selection.result(earlier + time.perf_counter() - start, step)
     if best_state is not None:
+        result.final_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         model.load_state_dict(best_state)
-    return selection.result(earlier + time.perf_counter() - start, step)
+    return result

@@ -149,12 +149,14 @@ def read(path: Path, option: str = "model.weights") -> Dict[str, Tensor]:
     shown = f"{option}: {path}"
     try:
         with open(path, "rb") as handle:
-            head = handle.read(8)
+            head = handle.read(9)
     except OSError as exc:
         raise ShiftkitError(f"{shown} cannot be read: {exc.strerror or exc}") from None
-    if len(head) < 8:
+    if len(head) < 9:
         raise ShiftkitError(f"{shown} is empty or truncated ({len(head)} bytes)")
-    if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # a zip (torch.save) or a legacy pickle
+    # safetensors: an 8-byte little-endian header length, then the JSON header; a torch file is a zip
+    # (torch.save) or a pickle. Told apart by the first bytes, whatever the file's name.
+    if head[8:9] == b"{" or not (head.startswith(b"PK") or head[:1] == b"\x80"):
         return _from_layout(_read_safetensors(path, shown))
     try:
         # From an open file: torch.load given a path named *.safetensors would take it for one.
@@ -210,15 +212,17 @@ def _from_layout(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
     return state
 
 
-def save(net: nn.Module, path: Path, metadata: Optional[Dict[str, str]] = None) -> None:
-    """Write ``net``'s state dict to ``path`` as safetensors, atomically (what ``model.weights`` reads back;
+def save(net, path: Path, metadata: Optional[Dict[str, str]] = None) -> None:
+    """Write ``net``'s state dict (or ``net``, a state dict) to ``path`` as safetensors, atomically (what
+    ``model.weights`` and ``shiftkit.load`` read back;
     ``metadata``: strings kept in the file's header; only what the weights depend on, so that equal weights
     make equal files)."""
     from safetensors.torch import save
 
     from ..files import atomic
 
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    state = net.state_dict() if isinstance(net, nn.Module) else net
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     data = save(state, metadata=metadata)
     with atomic(path, binary=True) as handle:
         handle.write(data)
