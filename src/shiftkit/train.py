@@ -43,7 +43,8 @@ class FitResult:
     seconds: float = 0.0
     steps: int = 0
     #: The last epoch's state dict (CPU) when the model was left at an earlier, selected one; else None.
-    final_state: Optional[Dict[str, Tensor]] = None
+    #: Not a dataclass field: the record of a result (``dataclasses.asdict``) stays plain numbers.
+    final_state = None
 
 
 def parse_select(select: str) -> Optional[str]:
