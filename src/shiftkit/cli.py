@@ -61,11 +61,43 @@ def _progress(console):
     )
 
 
+def _grouped(split: dict) -> bool:
+    """Whether the data have groups beyond their classes (an attribute): then the worst group matters."""
+    return len(split.get("per_group_acc") or ()) > len(split.get("per_class_acc") or ())
+
+
 def _describe(record: dict) -> str:
+    val = record["val"]
+    worst = f", worst group {val['worst_group_acc']:.3f}" if _grouped(val) else ""
     return (
         f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, train acc {record['train']['acc']:.3f}, "
-        f"val balanced acc {record['val']['balanced_acc']:.3f}"
+        f"val balanced acc {val['balanced_acc']:.3f}{worst}"
     )
+
+
+#: Without a terminal (SLURM, nohup, a pipe), a run prints its latest evaluation at most this often.
+PLAIN_PROGRESS_SECONDS = 30.0
+
+
+def _plain_progress(say, title: str):
+    """``on_eval`` for a log: one plain line per evaluation, at most every ``$SHIFTKIT_PROGRESS_SECONDS``
+    (default 30; 0 for every evaluation), so that a long run shows it is alive where no bar is drawn."""
+    import os
+    import time
+
+    try:
+        every = float(os.environ.get("SHIFTKIT_PROGRESS_SECONDS", PLAIN_PROGRESS_SECONDS))
+    except ValueError:
+        raise ShiftkitError("$SHIFTKIT_PROGRESS_SECONDS must be a number of seconds") from None
+    last = [time.monotonic()]
+
+    def on_eval(record: dict) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every:
+            last[0] = now
+            say(f"  {title}: {_describe(record)}")
+
+    return on_eval
 
 
 def finished(record: dict) -> str:
@@ -74,10 +106,12 @@ def finished(record: dict) -> str:
     if record.get("skipped"):
         return "already done, skipped"
     sel = record["selected"]
-    return (
-        f"train acc {sel['train']['acc']:.3f}, test balanced acc {sel['test']['balanced_acc']:.3f}, "
-        f"worst class {sel['test']['worst_class_acc']:.3f} ({record['train_seconds']:.1f} s)"
-    )
+    test = sel["test"]
+    worst = (f"worst group {test['worst_group_acc']:.3f}" if _grouped(test)
+             else f"worst class {test['worst_class_acc']:.3f}")
+    resumed = f", resumed from epoch {record['resumed_from_epoch']}" if record.get("resumed_from_epoch") else ""
+    return (f"train acc {sel['train']['acc']:.3f}, test balanced acc {test['balanced_acc']:.3f}, {worst} "
+            f"({record['train_seconds']:.1f} s{resumed})")
 
 
 def _batches(configs: list) -> List[list]:
@@ -119,8 +153,12 @@ def run_many(override_lists: List[List[str]], label: str = "runs") -> List[dict]
             title = f"{first.name or first.loss.name + '+' + first.weighting.name} seed{'s' if len(batch) > 1 else ''} {seeds}"
             epochs = progress.add_task(f"  {title}", total=first.train.epochs)
 
-            def on_eval(record: dict, epochs=epochs) -> None:
+            plain = None if console.is_terminal else _plain_progress(progress.console.print, title)
+
+            def on_eval(record: dict, epochs=epochs, plain=plain) -> None:
                 progress.update(epochs, completed=record["epoch"], description=f"  {_describe(record)}")
+                if plain is not None:
+                    plain(record)
 
             done = None
             if len(batch) > 1:

@@ -1,0 +1,44 @@
+"""What a run prints where there is no terminal (SLURM, nohup, a pipe): a plain line per evaluation at
+most every ``$SHIFTKIT_PROGRESS_SECONDS``, the metric that matters for the data, and whether it resumed."""
+
+from shiftkit import cli
+from shiftkit.cli import main
+
+TINY = ["train.epochs=3", "train.eval_every=1", "model.width=8", "model.depth=1", "device=cpu"]
+
+
+def _lines(capsys) -> list:
+    return capsys.readouterr().err.splitlines()
+
+
+def test_without_a_terminal_each_evaluation_is_a_plain_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SHIFTKIT_PROGRESS_SECONDS", "0")
+    assert main(["train", *TINY, f"out={tmp_path}"]) == 0
+    lines = _lines(capsys)
+    evals = [line for line in lines if line.startswith("  ce+erm seed 0: epoch ")]
+    assert [line.split(": ")[1] for line in evals] == ["epoch 1", "epoch 2", "epoch 3"]
+    assert "val balanced acc" in evals[0] and "worst group" not in evals[0]  # digits: groups are the classes
+    assert lines[-1].startswith("[1/1] ce+erm seed 0: ") and "worst class" in lines[-1]
+
+
+def test_lines_are_at_most_every_so_many_seconds(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SHIFTKIT_PROGRESS_SECONDS", "3600")
+    assert main(["train", *TINY, f"out={tmp_path}"]) == 0
+    assert not [line for line in _lines(capsys) if ": epoch " in line]
+
+
+def test_group_shift_data_show_the_worst_group():
+    record = {"epoch": 1, "train_loss": 0.5, "train": {"acc": 0.9},
+              "val": {"balanced_acc": 0.8, "worst_group_acc": 0.25, "per_class_acc": [0.9, 0.7],
+                      "per_group_acc": [0.9, 0.25, 0.7, 0.8]}}
+    assert cli._describe(record).endswith("val balanced acc 0.800, worst group 0.250")
+    test = {"acc": 0.8, "balanced_acc": 0.75, "worst_class_acc": 0.6, "worst_group_acc": 0.3,
+            "per_class_acc": [0.9, 0.6], "per_group_acc": [0.9, 0.3, 0.6, 0.8]}
+    done = {"selected": {"train": {"acc": 1.0}, "test": test}, "train_seconds": 2.0, "resumed_from_epoch": 4}
+    assert cli.finished(done) == "train acc 1.000, test balanced acc 0.750, worst group 0.300 (2.0 s, resumed from epoch 4)"
+
+
+def test_a_bad_interval_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SHIFTKIT_PROGRESS_SECONDS", "soon")
+    assert main(["train", *TINY, f"out={tmp_path}"]) == 2
+    assert _lines(capsys)[-1] == "shiftkit: error: $SHIFTKIT_PROGRESS_SECONDS must be a number of seconds"
