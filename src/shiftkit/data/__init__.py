@@ -23,6 +23,6 @@ def build(name: str, **kwargs) -> Splits:
     return DATASETS.build(name, **kwargs)
 
 
-from . import celeba, cifar, digits, fmnist, mnist, synthetic, tabular, waterbirds  # noqa: E402,F401  (registration)
+from . import celeba, cifar, digits, fmnist, image_folder, mnist, synthetic, tabular, waterbirds  # noqa: E402,F401  (registration)
 
 __all__ = ["Split", "Splits", "build", "names", "register", "DATASETS"]
