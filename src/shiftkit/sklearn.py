@@ -8,23 +8,36 @@ the training rows, builds the parts with them and trains with :func:`shiftkit.tr
 §2.1), ``weighting="group_dro"`` with ``groups`` is Group DRO (SPEC §3). Hyperparameters are set at
 construction and checked in ``fit`` (DESIGN.md, "Style" 5), so the estimator clones, pickles and sits in
 pipelines and grid searches like any scikit-learn classifier. docs/SKLEARN.md has a walk-through.
+
+``fit`` takes scikit-learn's ``sample_weight`` (and the estimator a ``class_weight``): per-example multipliers
+of the weighting scheme's weights, so that integer weights act as repeated rows. The module also has
+scorers for ``GridSearchCV`` and ``cross_val_score`` (:func:`worst_group_accuracy`,
+:func:`group_balanced_accuracy`, :func:`balanced_accuracy` and their ``*_scorer`` objects), whose
+``groups`` arrive through scikit-learn's metadata routing.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
+from numbers import Integral, Real
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
+from sklearn import config_context
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.metrics import make_scorer
 from sklearn.utils import check_random_state
+from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
 
 from . import losses, metrics, models, optim, sampling, weighting
 from .data.base import Split, Splits, dense_ids
 from .data.tabular import stratified_split
+from .errors import ShiftkitError
 from .registry import DATA_STATISTICS
 from .runner import resolve_device
 from .train import fit as train_fit, parse_select
@@ -34,6 +47,22 @@ from .train import fit as train_fit, parse_select
 _MODEL_DEFAULTS = {"mlp": {"width": 128}}
 #: Rows per forward pass at prediction time.
 _PREDICT_BATCH = 4096
+#: Keys of shiftkit's configuration that messages from the training loop and the optimizer name, and the
+#: estimator's parameter that sets each (``optim.<key>`` is ``optimizer_options['<key>']``, except ``lr``).
+_PARAMETER_OF_KEY = {
+    "train.epochs": "epochs",
+    "train.batch_size": "batch_size",
+    "train.select": "select",
+    "train.divergence": "the divergence check",
+}
+_CONFIG_KEY = re.compile(r"(?<![\w.])(train|optim|loss|weighting|sampler|model)\.([a-z_]+)\b")
+_OPTIONS_OF_PART = {"optim": "optimizer_options", "loss": "loss_options", "weighting": "weighting_options",
+                    "sampler": "sampler_options", "model": "model_options"}
+
+
+def _check_integer(name: str, value, least: int, meaning: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}{meaning}, got {value!r}")
 
 
 def _encode(values: np.ndarray, known: np.ndarray, what: str) -> np.ndarray:
@@ -43,6 +72,18 @@ def _encode(values: np.ndarray, known: np.ndarray, what: str) -> np.ndarray:
     if unseen.any():
         raise ValueError(f"{what} not seen in fit: {', '.join(map(repr, np.unique(values[unseen])[:5].tolist()))}")
     return ids
+
+
+def _weighted_counts(train: Split, weights: np.ndarray) -> Dict[str, list]:
+    """Class and group counts as sums of the training rows' weights, from one (class, group) table, so that
+    sums equal in rows are equal here too (a class made of two groups; groups that are the classes)."""
+    cells = np.bincount(train.y.numpy() * train.num_groups + train.g.numpy(), weights=weights,
+                        minlength=train.num_classes * train.num_groups).reshape(train.num_classes, -1)
+
+    def tidy(counts: np.ndarray) -> list:
+        return [int(c) if float(c).is_integer() else float(c) for c in counts]
+
+    return {"class_counts": tidy(cells.sum(1)), "group_counts": tidy(cells.sum(0))}
 
 
 class ShiftClassifier(ClassifierMixin, BaseEstimator):
@@ -89,7 +130,13 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
         (SPEC §2.4; [W]'s IW-ES is ``"best:group_balanced_acc"``).
     standardize : bool, default=True
         Scale each feature by the training rows' mean and (population) standard deviation, kept in
-        ``mean_`` and ``scale_``; a constant feature is only centred.
+        ``mean_`` and ``scale_``; a constant feature is only centred. With ``sample_weight`` or
+        ``class_weight`` the mean and standard deviation are weighted.
+    class_weight : None, "balanced" or dict, default=None
+        As in scikit-learn: per-class multipliers of the example weights, a dict ``{label: weight}`` keyed
+        by the labels of ``y`` (strings too), or ``"balanced"``: ``n_samples / (n_classes * count(y))``,
+        counted with ``sample_weight`` when given (``sklearn.utils.class_weight.compute_class_weight``).
+        It multiplies ``sample_weight`` and the weighting scheme's weights, as ``sample_weight`` does.
     random_state : int, RandomState or None, default=None
         Seeds the model's initialization, the data order and the validation split; a fixed value gives
         identical predictions on the CPU (DESIGN.md, "Reliability"). The global torch RNG is left as it was.
@@ -103,8 +150,9 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
     groups_ : ndarray or None
         The sorted group ids given to ``fit``; ``None`` without ``groups``, when each row's group is its
         class (DESIGN.md, "Groups").
-    class_counts_, group_counts_ : list of int
-        Training counts per class and per group, as handed to the registries.
+    class_counts_, group_counts_ : list of int or float
+        Training counts per class and per group, as handed to the registries; with ``sample_weight`` or
+        ``class_weight``, the sums of the example weights (integers where the sums are).
     mean_, scale_ : ndarray of shape (n_features,)
         The standardization (zeros and ones when ``standardize=False``).
     model_ : torch.nn.Module
@@ -148,6 +196,7 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
         val_fraction: float = 0.0,
         select: str = "last",
         standardize: bool = True,
+        class_weight=None,
         random_state=None,
         device: str = "cpu",
     ):
@@ -167,6 +216,7 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
         self.val_fraction = val_fraction
         self.select = select
         self.standardize = standardize
+        self.class_weight = class_weight
         self.random_state = random_state
         self.device = device
 
@@ -202,16 +252,60 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
                                (sampling.SAMPLERS, self.sampler), (models.MODELS, self.model),
                                (optim.OPTIMIZERS, self.optimizer)):
             registry.get(name)
+        _check_integer("epochs", self.epochs, 1)
+        _check_integer("batch_size", self.batch_size, 0, " (0: full batch)")
+        if self.lr is not None and (isinstance(self.lr, bool) or not isinstance(self.lr, Real)
+                                    or not 0 < self.lr < math.inf):
+            raise ValueError(f"lr must be a finite number > 0 or None, got {self.lr!r}")
+        if not (self.class_weight is None or isinstance(self.class_weight, Mapping)
+                or (isinstance(self.class_weight, str) and self.class_weight == "balanced")):
+            raise ValueError(
+                f"class_weight must be None, 'balanced' or a dict {{label: weight}}, got {self.class_weight!r}"
+            )
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
         if parse_select(self.select) is not None and self.val_fraction == 0:
             raise ValueError(f"select='{self.select}' picks an epoch on validation rows: set val_fraction > 0")
 
-    def fit(self, X, y, groups=None) -> "ShiftClassifier":
+    def fit(self, X, y, groups=None, sample_weight=None) -> "ShiftClassifier":
         """Train on ``X [n, d]``, labels ``y [n]`` of any type, optional ``groups [n]`` (group ids of any
         type, for group-aware weightings, samplers and metrics; without them each row's group is its class).
         Returns the estimator.
+
+        ``sample_weight [n]`` (finite, >= 0, not all 0; a scalar is one weight for every row) multiplies
+        each example's weight from the weighting scheme in the objective, after ``class_weight``:
+        ``mean_i(s_i · w_i · loss_i)`` with ``s`` scaled to mean 1 over the training rows, so constant
+        weights change nothing. The data statistics the parts are built with (class and group counts) and
+        the standardization are weighted too, so an integer weight ``k`` is ``k`` copies of the row for
+        ERM and the count-based weightings (exactly with full batches; in expectation with mini-batches).
+        A weight of 0 keeps a row out of the gradient and the statistics, but it still fills a place in
+        its batch, enters the batch statistics of loss-based weightings (Group DRO's group losses, RGD,
+        CVaR) and the samplers' row counts, and counts in ``fit_result_``'s (unweighted) metrics.
         """
+        try:
+            return self._fit(X, y, groups, sample_weight)
+        except ShiftkitError as error:  # name the estimator's parameters, not shiftkit's configuration keys
+            error.args = (self._parameter_names(str(error)),) + error.args[1:]
+            raise
+
+    def _parameter_names(self, message: str) -> str:
+        """``message`` with each configuration key (``train.epochs``, ``optim.momentum``) replaced by the
+        estimator's parameter that sets it (``epochs``, ``optimizer_options['momentum']``)."""
+
+        def name(match: "re.Match") -> str:
+            key = match.group(0)
+            if key in _PARAMETER_OF_KEY:
+                return _PARAMETER_OF_KEY[key]
+            part, option = match.groups()
+            if key == "optim.lr" and (self.lr is not None or "lr" not in (self.optimizer_options or {})):
+                return "lr"
+            if part == "train":
+                return option
+            return f"{_OPTIONS_OF_PART[part]}['{option}']"
+
+        return _CONFIG_KEY.sub(name, message)
+
+    def _fit(self, X, y, groups, sample_weight) -> "ShiftClassifier":
         self._check_hyperparameters()
         device = resolve_device(self.device)
         X, y = validate_data(self, X, y, dtype=np.float64)
@@ -220,10 +314,13 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
         if len(classes) < 2:
             raise ValueError(f"ShiftClassifier needs at least 2 classes in y, got 1 class: {classes[0]!r}")
         self.classes_ = classes
+        weights = self._fit_weights(sample_weight, y, y_ids)
         g_ids, num_groups = self._fit_groups(groups, y_ids)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        splits = self._splits(X, y_ids, g_ids, num_groups, seed)
+        splits, train_weights = self._splits(X, y_ids, g_ids, num_groups, seed, weights)
         stats = splits.statistics()
+        if train_weights is not None:  # the counts of the weighted rows: weight k counts as k copies
+            stats.update(_weighted_counts(splits.train, train_weights))
         self.class_counts_, self.group_counts_ = stats["class_counts"], stats["group_counts"]
         # The model's initialization draws from torch's global RNG: seed it, and give the caller's state back.
         with torch.random.fork_rng(devices=[]):
@@ -239,28 +336,87 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
         self.weighting_ = parts["weighting"]
         return self
 
-    def _splits(self, X: np.ndarray, y_ids: np.ndarray, g_ids: np.ndarray, num_groups: int, seed: int) -> Splits:
+    def _fit_weights(self, sample_weight, y: np.ndarray, y_ids: np.ndarray) -> Optional[np.ndarray]:
+        """Each row's weight, ``sample_weight × class_weight[y]`` (float64, checked), or ``None`` when
+        neither is given."""
+        if sample_weight is None and self.class_weight is None:
+            return None
+        n = len(y_ids)
+        if sample_weight is None:
+            weights = np.ones(n)
+        elif isinstance(sample_weight, Real) and not isinstance(sample_weight, bool):
+            weights = np.full(n, float(sample_weight))
+        else:
+            try:
+                weights = check_array(sample_weight, ensure_2d=False, dtype=np.float64, ensure_all_finite=False,
+                                      input_name="sample_weight", copy=True)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"sample_weight must be numbers: {error}") from None
+            if weights.ndim != 1:
+                raise ValueError(f"sample_weight must be one weight per example (1-D), got shape {weights.shape}")
+            if len(weights) != n:
+                raise ValueError(f"sample_weight has {len(weights)} entries for {n} examples")
+        if not np.isfinite(weights).all():
+            raise ValueError("sample_weight must be finite, got NaN or infinite values")
+        if (weights < 0).any():
+            raise ValueError(f"sample_weight must be >= 0, got a minimum of {weights.min():g}")
+        if not weights.any():
+            raise ValueError("sample_weight must not be all zero: at least one example needs a positive weight")
+        what = "sample_weight"
+        if self.class_weight is not None:
+            given = None if sample_weight is None else weights
+            per_class = compute_class_weight(self.class_weight, classes=self.classes_, y=y, sample_weight=given)
+            per_class = np.asarray(per_class, dtype=np.float64)
+            if not (np.isfinite(per_class).all() and (per_class >= 0).all()):
+                raise ValueError(f"class_weight must give finite weights >= 0, got {per_class.tolist()}")
+            weights = weights * per_class[y_ids]
+        return weights
+
+    def _check_class_weights(self, weights: np.ndarray, y_ids: np.ndarray) -> None:
+        """Every class needs a positive total weight among the training rows."""
+        totals = np.bincount(y_ids, weights=weights, minlength=len(self.classes_))
+        if (totals > 0).all():
+            return
+        what = "sample_weight" if self.class_weight is None else "sample_weight × class_weight"
+        rows = " among the training rows (val_fraction holds some out)" if self.val_fraction > 0 else ""
+        empty = ", ".join(map(repr, self.classes_[totals == 0][:5].tolist()))
+        raise ValueError(f"{what} is 0 for every example of class {empty}{rows}: every class needs a positive weight")
+
+    def _splits(self, X: np.ndarray, y_ids: np.ndarray, g_ids: np.ndarray, num_groups: int, seed: int,
+                weights: Optional[np.ndarray] = None) -> Tuple[Splits, Optional[np.ndarray]]:
         """Training rows and validation rows (``val_fraction`` of every (class, group) cell, drawn by
-        ``stratified_split`` as ``data=tabular`` does); sets ``mean_`` and ``scale_`` from the training rows."""
+        ``stratified_split`` as ``data=tabular`` does), and the training rows' weights (``None`` without
+        ``weights``); sets ``mean_`` and ``scale_`` from the training rows, weighted by ``weights``. The
+        training split carries its weights scaled to mean 1."""
         held_out = np.zeros(len(X), dtype=bool)
         if self.val_fraction > 0:
             held_out = stratified_split(y_ids * num_groups + g_ids, self.val_fraction, 0.0, seed) == 1
         train = ~held_out
-        mean, scale = X[train].mean(0), X[train].std(0)
+        train_weights = None if weights is None else weights[train]
+        if train_weights is not None:
+            self._check_class_weights(train_weights, y_ids[train])
+        mean = np.average(X[train], axis=0, weights=train_weights)
+        scale = np.sqrt(np.average((X[train] - mean) ** 2, axis=0, weights=train_weights))
         self.mean_ = mean if self.standardize else np.zeros_like(mean)
         self.scale_ = np.where(scale > 0, scale, 1.0) if self.standardize else np.ones_like(scale)
         x = torch.from_numpy(np.ascontiguousarray(self._standardize(X), dtype=np.float32))
         y_t, g_t = torch.from_numpy(y_ids.astype(np.int64)), torch.from_numpy(g_ids.astype(np.int64))
 
-        def split(rows: np.ndarray) -> Split:
+        def split(rows: np.ndarray, weight: Optional[torch.Tensor] = None) -> Split:
             index = torch.from_numpy(np.flatnonzero(rows))
-            return Split(x[index], y_t[index], g_t[index], len(self.classes_), num_groups)
+            return Split(x[index], y_t[index], g_t[index], len(self.classes_), num_groups, weight)
 
+        # The loop's objective is mean(weight · w · loss): weights of mean 1 over the training rows make it
+        # the weighted mean, sum(s · w · loss) / sum(s), as over repeated rows.
+        multiplier = None
+        if train_weights is not None:
+            scaled = train_weights * (len(train_weights) / train_weights.sum())
+            multiplier = torch.from_numpy(scaled.astype(np.float32))
         # Splits needs validation and test rows: without held-out rows validation repeats the training rows,
-        # and test repeats validation (the caller keeps its own test data).
-        training = split(train)
+        # and test repeats validation (the caller keeps its own test data). Evaluation ignores the weights.
+        training = split(train, multiplier)
         val = split(held_out) if self.val_fraction > 0 else training
-        return Splits(training, val, val)
+        return Splits(training, val, val), train_weights
 
     def _fit_groups(self, groups, y_ids: np.ndarray) -> Tuple[np.ndarray, int]:
         """``(group ids, number of groups)``; without ``groups`` the groups are the classes."""
@@ -340,3 +496,67 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
         if self.groups_ is None:
             return dense_ids(groups)[0], None
         return _encode(groups, self.groups_, "groups"), self.group_counts_
+
+
+def _group_accuracies(y_true, y_pred, groups, metric: str) -> np.ndarray:
+    """Accuracy within each group present in ``groups`` (any ids), in sorted group order."""
+    if groups is None:
+        raise ValueError(
+            f"{metric} needs groups=: in GridSearchCV or cross_val_score, enable metadata routing "
+            "(sklearn.set_config(enable_metadata_routing=True)) and pass groups to fit (or in params=)"
+        )
+    y_true = column_or_1d(check_array(y_true, ensure_2d=False, dtype=None, input_name="y_true"))
+    y_pred = column_or_1d(check_array(y_pred, ensure_2d=False, dtype=None, input_name="y_pred"))
+    groups = column_or_1d(check_array(groups, ensure_2d=False, dtype=None, input_name="groups"))
+    if not len(y_true) == len(y_pred) == len(groups) > 0:
+        raise ValueError(f"{metric}: y_true has {len(y_true)} entries, y_pred {len(y_pred)} and groups {len(groups)}")
+    ids, _ = dense_ids(groups)
+    hits = np.bincount(ids, weights=(y_true == y_pred).astype(np.float64))
+    return hits / np.bincount(ids)
+
+
+def worst_group_accuracy(y_true, y_pred, *, groups=None) -> float:
+    """The lowest accuracy over the groups present in ``groups`` (shiftkit's ``worst_group_acc``).
+
+    >>> worst_group_accuracy([0, 0, 1, 1], [0, 1, 1, 1], groups=["a", "a", "b", "b"])
+    0.5
+    """
+    return float(_group_accuracies(y_true, y_pred, groups, "worst_group_accuracy").min())
+
+
+def group_balanced_accuracy(y_true, y_pred, *, groups=None) -> float:
+    """The mean over the groups present in ``groups`` of their accuracy (shiftkit's ``group_balanced_acc``).
+
+    >>> group_balanced_accuracy([0, 0, 1, 1, 1], [0, 1, 1, 1, 1], groups=["a", "a", "b", "b", "b"])
+    0.75
+    """
+    return float(_group_accuracies(y_true, y_pred, groups, "group_balanced_accuracy").mean())
+
+
+def balanced_accuracy(y_true, y_pred) -> float:
+    """The mean over the classes present in ``y_true`` of their recall: the group-balanced accuracy with
+    the classes as groups, equal to ``sklearn.metrics.balanced_accuracy_score`` (shiftkit's
+    ``balanced_acc``).
+
+    >>> balanced_accuracy([0, 0, 0, 1], [0, 0, 1, 1])
+    0.8333333333333333
+    """
+    return float(_group_accuracies(y_true, y_pred, y_true, "balanced_accuracy").mean())
+
+
+def _group_scorer(metric):
+    """A scorer of ``metric`` that asks scikit-learn's metadata routing for ``groups``."""
+    scorer = make_scorer(metric)
+    with config_context(enable_metadata_routing=True):  # set_score_request exists only with routing on
+        return scorer.set_score_request(groups=True)
+
+
+#: Scorers for ``GridSearchCV(scoring=...)`` and ``cross_val_score``. The group scorers request ``groups``
+#: through metadata routing: enable it (``sklearn.set_config(enable_metadata_routing=True)``) and pass
+#: ``groups`` to the search's ``fit``; each test fold's groups then reach the scorer.
+worst_group_scorer = _group_scorer(worst_group_accuracy)
+group_balanced_scorer = _group_scorer(group_balanced_accuracy)
+balanced_accuracy_scorer = make_scorer(balanced_accuracy)
+
+__all__ = ["ShiftClassifier", "balanced_accuracy", "balanced_accuracy_scorer", "group_balanced_accuracy",
+           "group_balanced_scorer", "worst_group_accuracy", "worst_group_scorer"]

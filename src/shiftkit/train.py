@@ -186,6 +186,8 @@ def train_epoch(
             with autocast(device, amp):
                 per_example = loss(forward(pipeline(train.x[idx], train=True, generator=generator)), y, g).float()
             w = weighting.weights(per_example.detach(), y, g)
+            if train.weight is not None:  # per-example multipliers (sample weights) carried by the split
+                w = w * train.weight[idx]
             objective = local = (w * per_example).mean()
         opt.zero_grad(set_to_none=True)
         local.backward()
@@ -213,6 +215,8 @@ def _sharded_objective(forward, loss, weighting, train: Split, idx: Tensor, pipe
         mine = loss(forward(x), y[lo:hi], g[lo:hi]).float()
     per_example = distributed.gather(mine.detach(), n)
     w = weighting.weights(per_example, y, g)
+    if train.weight is not None:
+        w = w * train.weight[idx]
     return (w * per_example).mean(), (w[lo:hi] * mine).sum() * (world / n), per_example
 
 

@@ -22,13 +22,18 @@ from .pipeline import Pipeline
 @dataclass
 class Split:
     """One split: ``x [N, ...]``, labels ``y [N]`` in ``[0, num_classes)``, groups ``g [N]`` in
-    ``[0, num_groups)``. Validated on construction: matching lengths, ids in range, finite features."""
+    ``[0, num_groups)``. Validated on construction: matching lengths, ids in range, finite features.
+
+    ``weight [N]`` (optional, finite, >= 0) multiplies each example's weight from the weighting scheme in
+    the training loop's objective (``ShiftClassifier``'s ``sample_weight``); ``None`` is 1 for every example.
+    """
 
     x: Tensor
     y: Tensor
     g: Tensor
     num_classes: int
     num_groups: int
+    weight: Optional[Tensor] = None
 
     def __post_init__(self) -> None:
         self.y = torch.as_tensor(self.y, dtype=torch.long)
@@ -43,6 +48,12 @@ class Split:
                 raise ShiftkitError(f"{name}s must lie in [0, {bound}), found {int(ids.min())}..{int(ids.max())}")
         if self.x.is_floating_point() and not torch.isfinite(self.x).all():
             raise ShiftkitError("features contain NaN or infinite values")
+        if self.weight is not None:
+            self.weight = torch.as_tensor(self.weight, dtype=torch.float32)
+            if self.weight.shape != (n,) or not (torch.isfinite(self.weight) & (self.weight >= 0)).all():
+                raise ShiftkitError(
+                    f"a split's weights must be {n} finite numbers >= 0, got shape {tuple(self.weight.shape)}"
+                )
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -56,10 +67,12 @@ class Split:
         return torch.bincount(self.g, minlength=self.num_groups).tolist()
 
     def subset(self, index: Tensor) -> "Split":
-        return Split(self.x[index], self.y[index], self.g[index], self.num_classes, self.num_groups)
+        weight = None if self.weight is None else self.weight[index]
+        return Split(self.x[index], self.y[index], self.g[index], self.num_classes, self.num_groups, weight)
 
     def to(self, device) -> "Split":
-        return Split(self.x.to(device), self.y.to(device), self.g.to(device), self.num_classes, self.num_groups)
+        weight = None if self.weight is None else self.weight.to(device)
+        return Split(self.x.to(device), self.y.to(device), self.g.to(device), self.num_classes, self.num_groups, weight)
 
 
 @dataclass
