@@ -1,8 +1,8 @@
 """AutoBalance's price: wall time of the search phase against ERM training of the same length.
 
 Same data, model, optimizer, batches and epochs; the search adds, every ``every`` steps from 40% of the
-run on (SPEC §5.6: bilevel from epoch 120 of 300), a hypergradient from ``batches`` train and validation
-batches through a 5-term Neumann series (SPEC §5.3), computed with Hessian-vector products. [AB] reports
+run on (docs/METHODS.md#autobalance-schedules: bilevel from epoch 120 of 300), a hypergradient from ``batches`` train and validation
+batches through a 5-term Neumann series (docs/METHODS.md#autobalance-hypergradient), computed with Hessian-vector products. [AB] reports
 4-5x the cost of ordinary training end to end.
 
     python benchmarks/autobalance.py [--data fmnist_lt] [--model cnn] [--epochs 5] [--every 20] [--batches 10]

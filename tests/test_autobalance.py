@@ -1,4 +1,4 @@
-"""AutoBalance's search (SPEC §5.2-5.6) and its validation objectives (SPEC §5.5, §10)."""
+"""AutoBalance's search (docs/METHODS.md#protocol-autobalance) and its validation objectives (docs/METHODS.md#autobalance-objectives, docs/METHODS.md#metrics)."""
 
 import math
 
@@ -230,7 +230,7 @@ def test_search_from_the_command_line_config_writes_alpha_and_both_phases(tmp_pa
         run(compose([*overrides, "weighting=iw"]))
 
 
-# ---- groups (eq. 4.2), cluster interpolation (SPEC §5.4), retraining data -------------------------------
+# ---- groups (eq. 4.2), cluster interpolation (docs/METHODS.md#autobalance-parameters), retraining data -------------------------------
 
 def spurious_toy(n_major=300, n_minor=20, seed=0):
     """g = 2y + a; the attribute a agrees with y in the large cells (a Waterbirds-like shortcut): train has

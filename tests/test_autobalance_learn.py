@@ -1,5 +1,5 @@
-"""AutoBalance's learned subset (``learn``: l, Δ, τ; [AB] Table 1's rows, SPEC §5.4) and its Group-LA init
-(SPEC §5.5, [AB] Table 3), against hand computations and the search's own hypergradient."""
+"""AutoBalance's learned subset (``learn``: l, Δ, τ; [AB] Table 1's rows, docs/METHODS.md#autobalance-parameters) and its Group-LA init
+(docs/METHODS.md#autobalance-objectives, [AB] Table 3), against hand computations and the search's own hypergradient."""
 
 import math
 
@@ -41,7 +41,7 @@ def snapshot(loss):
     return {k: v.detach().clone() for k, v in [*loss.named_parameters(), *loss.named_buffers()]}
 
 
-def test_default_learns_l_and_delta_as_before():  # SPEC §5.4: dy, ly trained, wy fixed
+def test_default_learns_l_and_delta_as_before():  # docs/METHODS.md#autobalance-parameters: dy, ly trained, wy fixed
     loss = losses.build("autobalance", class_counts=COUNTS)
     assert list(loss.hyperparameters()) == ["delta", "l"] and not hasattr(loss, "tau")
     logits, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 1, 0])
@@ -61,7 +61,7 @@ def test_only_the_learned_tensors_move_in_a_search_step(learn, init):
     assert all(not b.requires_grad for b in loss.buffers())
 
 
-def test_tau_mode_offsets_are_tau_log_pi():  # "AutoBalance: τ of LA loss", l_y = τ log π_y (SPEC §5.4)
+def test_tau_mode_offsets_are_tau_log_pi():  # "AutoBalance: τ of LA loss", l_y = τ log π_y (docs/METHODS.md#autobalance-parameters)
     loss = losses.build("autobalance", class_counts=COUNTS, init="la", tau=2.0, learn=["tau"])
     assert list(loss.hyperparameters()) == ["tau"] and loss.tau.shape == (1,)
     torch.testing.assert_close(loss.offsets()[0].double(), 2.0 * LOG_PI, rtol=1e-6, atol=1e-6)
@@ -86,7 +86,7 @@ def test_tau_hypergradient_is_the_chain_rule_through_l():
     torch.testing.assert_close(hyper_tau, (hyper_l[0] * by_tau.log_prior[0]).sum().reshape(1), rtol=1e-4, atol=1e-7)
 
 
-def test_per_class_keeps_tau_and_interpolates_the_log_prior():  # SPEC §5.4 retraining expansion
+def test_per_class_keeps_tau_and_interpolates_the_log_prior():  # docs/METHODS.md#autobalance-parameters retraining expansion
     loss = losses.build("autobalance", class_counts=[50, 40, 30, 20], cluster_size=2, init="la", learn=["tau"])
     with torch.no_grad():
         loss.tau.fill_(3.0)
@@ -156,7 +156,7 @@ def test_cluster_init_centre_gives_each_cluster_its_centre_class_log_prior():
                        losses.build("autobalance", class_counts=counts, init="la").l)
 
 
-# ---- Group-LA (SPEC §5.5, [INFERRED]): w_a·CE(f + log π_{·|a}, y), cells g = 2y + a --------------------------
+# ---- Group-LA (docs/METHODS.md#loss-autobalance, our reading): w_a·CE(f + log π_{·|a}, y), cells g = 2y + a --------------------------
 
 CELLS = [3500, 182, 58, 1055]  # fmnist_spurious / Waterbirds: (y, a) = (0,0) (0,1) (1,0) (1,1)
 

@@ -1,4 +1,4 @@
-"""AutoBalance search runs checkpoint and resume (DESIGN.md, "Reliability"): a search run stopped in its
+"""AutoBalance search runs checkpoint and resume (docs/RUNS.md): a search run stopped in its
 search or in its retraining and started again with the same config finishes with exactly the run.json
 metrics, α and metrics.jsonl of a run never interrupted, and a finished search is never redone."""
 

@@ -1,4 +1,4 @@
-"""A catalogue of bad input (DESIGN.md, "Reliability"): each row is one mistake a user makes on the
+"""A catalogue of bad input (every mistake a clear message, never a traceback): each row is one mistake a user makes on the
 command line, and each must end in exactly one line ``shiftkit: error: <what to do>`` on stderr, exit
 status 2, no traceback, and no file written (no run directory, no ``run.json``, no ``done``, no report).
 

@@ -1,4 +1,4 @@
-"""Hypergradients (SPEC §5.3) against exact implicit differentiation with full Hessians on small problems."""
+"""Hypergradients (docs/METHODS.md#autobalance-hypergradient) against exact implicit differentiation with full Hessians on small problems."""
 
 import pytest
 import torch
@@ -216,7 +216,7 @@ def autobalance_problem(seed=0, d=4):
     model = torch.nn.Linear(d, 2).to(D)
     loss = losses.build("autobalance", class_counts=counts).to(D)
     w_val = 1.0 / torch.tensor(val_counts, dtype=D)
-    w_val = w_val / w_val.norm()  # SPEC §5.3 CE_bal: (Σn / n_k) / ‖·‖₂; the Σn cancels
+    w_val = w_val / w_val.norm()  # docs/METHODS.md#autobalance-hypergradient CE_bal: (Σn / n_k) / ‖·‖₂; the Σn cancels
 
     def inner(p, h):  # mean AutoBalance loss with l, delta supplied as α, plus weight decay (H ≻ 0)
         per_example = functional_call(loss, h, (functional_call(model, p, (x,)), y))

@@ -1,4 +1,4 @@
-"""Datasets and protocols: counts, determinism and validation (SPEC §7.1, §7.5)."""
+"""Datasets and protocols: counts, determinism and validation (docs/METHODS.md#data-cifar10_binary, docs/METHODS.md#data-two_gaussians)."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ from shiftkit.data.base import Split, Splits
 from shiftkit.errors import ShiftkitError
 
 
-def test_digits_binary_follows_the_w_protocol():  # SPEC §7.1
+def test_digits_binary_follows_the_w_protocol():  # docs/METHODS.md#data-digits_binary
     splits = data.build("digits_binary")
     pool = [a + b for a, b in zip(splits.train.class_counts, splits.val.class_counts)]
     assert pool[1] == int(pool[0] / 10)  # step imbalance 10 (minority relative to majority)
@@ -39,7 +39,7 @@ def test_digits_binary_rejects_bad_options(bad):
         data.build("digits_binary", **bad)
 
 
-def test_two_gaussians():  # SPEC §7.5
+def test_two_gaussians():  # docs/METHODS.md#data-two_gaussians
     splits = data.build("two_gaussians")
     assert splits.train.class_counts == [20, 200]
     assert splits.test.class_counts == [500, 500]

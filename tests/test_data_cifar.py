@@ -113,7 +113,7 @@ def c100(tmp_path):
 
 
 def w_reference(y, classes=(3, 5), imbalance=10, seed=0):
-    """[W]'s code, transcribed: UndersampledByGroupDataset, class subset, split_dataset (SPEC §7.1)."""
+    """[W]'s code, transcribed: UndersampledByGroupDataset, class subset, split_dataset (docs/METHODS.md#data-cifar10_binary)."""
     img_max = len(y) / 10
     sizes = {c: int(img_max) if c < 5 else int(img_max * (1 / imbalance)) for c in range(10)}
     group_idxs = defaultdict(list)

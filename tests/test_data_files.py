@@ -1,5 +1,5 @@
 """File-backed datasets on small fixtures in their exact on-disk formats: CelebA (CSV and TXT), Waterbirds
-(metadata.csv + PNGs), tabular (CSV, Parquet); decoding, caching and one-line errors (SPEC §7.2, §7.3)."""
+(metadata.csv + PNGs), tabular (CSV, Parquet); decoding, caching and one-line errors (docs/METHODS.md#data-celeba, docs/METHODS.md#data-waterbirds)."""
 
 import numpy as np
 import pytest
@@ -60,7 +60,7 @@ def _build_celeba(root, **kw):
 
 
 @pytest.mark.parametrize("fmt", ["csv", "txt"])
-def test_celeba_follows_the_subsampled_protocol(tmp_path, fmt):  # SPEC §7.2, scaled down
+def test_celeba_follows_the_subsampled_protocol(tmp_path, fmt):  # docs/METHODS.md#data-celeba, scaled down
     splits = _build_celeba(_celeba(tmp_path / "celeba", fmt))
     part = np.array([p for p, _, _ in CELEBA])
     groups = np.array([2 * y + a for _, y, a in CELEBA])
@@ -157,7 +157,7 @@ def _waterbirds(root, columns=("img_id", "img_filename", "y", "split", "place", 
     return root
 
 
-def test_waterbirds_reads_the_metadata_and_images(tmp_path):  # SPEC §7.3
+def test_waterbirds_reads_the_metadata_and_images(tmp_path):  # docs/METHODS.md#data-waterbirds
     splits = data.build("waterbirds", image_size=8, root=str(_waterbirds(tmp_path / "wb")))
     assert splits.train.group_counts == [3, 1, 1, 2] and splits.train.class_counts == [4, 3]
     assert splits.val.group_counts == [1, 1, 1, 1] and splits.test.group_counts == [1, 1, 1, 1]

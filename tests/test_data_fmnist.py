@@ -1,4 +1,5 @@
-"""IDX reading, Fashion-MNIST protocols (SPEC §7.1, §7.3, §7.4, §5.6), [Z]'s images and digits_lt.
+"""IDX reading, Fashion-MNIST protocols (docs/METHODS.md#data-fmnist_binary, docs/METHODS.md#data-fmnist_spurious,
+docs/METHODS.md#data-fmnist_lt), [Z]'s images and digits_lt.
 
 The protocol tests run on the real Fashion-MNIST files (Debian's dataset-fashion-mnist, which ``make
 data`` and CI install); elsewhere they are skipped unless SHIFTKIT_REQUIRE_DATA is set, as it is in CI,
@@ -81,7 +82,7 @@ def test_missing_root_names_the_files_and_the_remedy(tmp_path):
 
 
 @needs_fmnist
-def test_fmnist_binary_is_the_w_protocol():  # SPEC §7.1
+def test_fmnist_binary_is_the_w_protocol():  # docs/METHODS.md#data-fmnist_binary
     s = data.build("fmnist_binary")
     assert s.counts()["train"]["n"] == 4400 and s.counts()["val"]["n"] == 1100  # int(0.8 * 5500)
     assert [a + b for a, b in zip(s.train.class_counts, s.val.class_counts)] == [5000, 500]
@@ -92,7 +93,7 @@ def test_fmnist_binary_is_the_w_protocol():  # SPEC §7.1
 
 
 @needs_fmnist
-def test_fmnist_lt_profiles():  # SPEC §7.4, §5.6
+def test_fmnist_lt_profiles():  # docs/METHODS.md#data-fmnist_lt
     s = data.build("fmnist_lt")
     assert s.train.class_counts == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
     assert s.val.class_counts == [100] * 10 and s.test.class_counts == [1000] * 10
@@ -104,7 +105,7 @@ def test_fmnist_lt_profiles():  # SPEC §7.4, §5.6
 
 
 @needs_fmnist
-def test_fmnist_spurious_groups():  # SPEC §7.3
+def test_fmnist_spurious_groups():  # docs/METHODS.md#data-fmnist_spurious
     s = data.build("fmnist_spurious")
     assert s.train.group_counts == [3500, 182, 58, 1055]
     assert s.val.group_counts == [250] * 4 and s.test.group_counts == [500] * 4
@@ -122,7 +123,7 @@ def test_attribute_textures():
     assert render_attribute(bright, np.array([0]), 0.5).min() == 200  # garments stay on top
 
 
-def test_mnist_zhai_six_images():  # SPEC §6.1
+def test_mnist_zhai_six_images():  # docs/METHODS.md#data-mnist_zhai
     s = data.build("mnist_zhai")
     assert s.train.class_counts == [5, 1] and s.input_shape == (784,)
     assert torch.allclose(s.train.x.norm(dim=1), torch.ones(6))
@@ -130,7 +131,7 @@ def test_mnist_zhai_six_images():  # SPEC §6.1
     assert float(pixel.train.x.max()) <= 1.0 and torch.equal(pixel.train.y, s.train.y)
 
 
-def test_digits_lt():  # SPEC §7.4 profile
+def test_digits_lt():  # docs/METHODS.md#data-digits_lt
     s = data.build("digits_lt")
     counts = [a + b for a, b in zip(s.train.class_counts, s.val.class_counts)]
     assert counts[0] / counts[-1] == pytest.approx(10, rel=0.05)

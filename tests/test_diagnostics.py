@@ -1,5 +1,5 @@
 """Implicit-bias probes (shiftkit.diagnostics): formulas against numpy, margins against a direct
-computation, and runs that log them (SPEC §6.1-6.2, §11.2)."""
+computation, and runs that log them (docs/METHODS.md#protocol-zhai2023, docs/METHODS.md#quirk-poly)."""
 
 import json
 
@@ -20,7 +20,7 @@ vectors = st.lists(st.floats(-100, 100), min_size=3, max_size=3).filter(lambda v
 
 
 @given(vectors, vectors)
-def test_norms_and_gaps_match_numpy(a, b):  # SPEC §6.2: ||θ/||θ|| − θ_ref/||θ_ref|||
+def test_norms_and_gaps_match_numpy(a, b):  # docs/METHODS.md#reproduction-zhai2023-appc: ||θ/||θ|| − θ_ref/||θ_ref|||
     ta, tb = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
     na, nb = np.array(a), np.array(b)
     assert diagnostics.weight_norm(ta) == pytest.approx(np.linalg.norm(na))
@@ -67,7 +67,7 @@ def test_fit_logs_diagnostics_and_margins_turn_positive_at_interpolation():
     assert last["weight_norm"] == pytest.approx(diagnostics.weight_norm(diagnostics.flat_parameters(net)))
     norms = [r["diagnostics"]["weight_norm"] for r in records]
     assert norms == sorted(norms)  # CE keeps growing the weights on separable data
-    # Zero training error is exactly a positive margin in every group (SPEC §11.2).
+    # Zero training error is exactly a positive margin in every group (docs/METHODS.md#quirk-poly).
     for r in records:
         assert (r["train"]["acc"] == 1.0) == (min(r["diagnostics"]["min_margin"]) > 0)
     first = next(r["epoch"] for r in records if r["train"]["acc"] == 1.0)

@@ -1,4 +1,4 @@
-"""Checkpoint and resume for vectorized ensembles (DESIGN.md, "Reliability"): an ensemble stopped mid-way
+"""Checkpoint and resume for vectorized ensembles (docs/RUNS.md): an ensemble stopped mid-way
 and started again finishes with exactly the metrics of one never interrupted; its one checkpoint covers a
 fixed set of members and goes once they have all finished (unless kept)."""
 

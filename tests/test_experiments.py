@@ -65,7 +65,7 @@ def test_user_data_presets_run_on_fixture_files(name, tmp_path, weight_files, mo
     assert record["final"]["test"]["group_balanced_acc"] is not None
 
 
-def test_presets_carry_the_papers_settings():  # SPEC §8.1
+def test_presets_carry_the_papers_settings():  # docs/METHODS.md#protocol-wang2022
     cfg = compose(["experiment=wang_fig5_poly_iw"])
     assert (cfg.loss.name, cfg.loss.alpha, cfg.weighting.name, cfg.weighting.exponent) == ("poly", 2.0, "iw", 3.0)
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.train.epochs, cfg.train.batch_size) == (0.08, 0.0, 600, 64)

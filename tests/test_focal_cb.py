@@ -1,5 +1,5 @@
 """The focal loss (Lin et al. 2017) and class-balanced weights (Cui et al. 2019): reference values, the
-limits that tie them to CE and DRW, and stability (SPEC §1.1, §1.3, §9.5)."""
+limits that tie them to CE and DRW, and stability (docs/METHODS.md#loss-focal, docs/METHODS.md#weighting-cb)."""
 
 import pytest
 import torch
@@ -20,7 +20,7 @@ def _batch(k=4, b=32, scale=3.0, seed=0):
 
 
 @pytest.mark.parametrize("scale", [0.1, 3.0, 100.0])
-def test_focal_with_gamma_zero_is_cross_entropy_exactly(scale):  # SPEC §1.1
+def test_focal_with_gamma_zero_is_cross_entropy_exactly(scale):  # docs/METHODS.md#loss-ce
     logits, y = _batch(scale=scale)
     assert torch.equal(losses.build("focal", gamma=0.0)(logits, y), losses.build("ce")(logits, y))
 
@@ -63,7 +63,7 @@ def test_focal_rejects_a_negative_gamma():
 
 
 @pytest.mark.parametrize("beta", [0.9, 0.999, 0.9999])
-def test_cb_values_are_cui_et_al_effective_numbers_summing_to_k(beta):  # SPEC §1.3
+def test_cb_values_are_cui_et_al_effective_numbers_summing_to_k(beta):  # docs/METHODS.md#weighting-cb
     counts = [5000, 1077, 232, 50]
     raw = [(1 - beta) / (1 - beta**n) for n in counts]
     expected = torch.tensor([len(counts) * r / sum(raw) for r in raw])

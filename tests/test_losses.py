@@ -1,4 +1,4 @@
-"""Losses: the contract over every registered name, and reference values (SPEC §1)."""
+"""Losses: the contract over every registered name, and reference values (docs/METHODS.md#losses)."""
 
 import math
 
@@ -41,14 +41,14 @@ def test_contract_groups_are_optional(name):
     assert losses.build(name, class_counts=[5, 1])(logits, y).shape == (16,)
 
 
-def test_ce_matches_log_softmax():  # SPEC §1.1
+def test_ce_matches_log_softmax():  # docs/METHODS.md#loss-ce
     logits, y, _ = _batch(3)
     expected = -F.log_softmax(logits, 1).gather(1, y[:, None]).squeeze(1)
     torch.testing.assert_close(losses.build("ce")(logits, y), expected)
 
 
 def _wang_logit_poly(logits, target, alpha):
-    """The [W] code's PolynomialLoss, type "logit" (SPEC §1.2 table), written from the table."""
+    """The [W] code's PolynomialLoss, type "logit" (docs/METHODS.md#loss-poly), written from its definition."""
     v = (logits[:, 1] - logits[:, 0]) * (2 * target - 1)
     left = torch.log1p(torch.exp(-v)) / math.log1p(math.exp(-1))
     right = v.abs().pow(-alpha)
@@ -60,7 +60,7 @@ def _wang_logit_poly(logits, target, alpha):
     st.integers(0, 1),
     st.sampled_from([0.5, 1.0, 2.0, 3.0]),
 )
-def test_two_class_poly_equals_wang_code(pair, target, alpha):  # SPEC §1.2
+def test_two_class_poly_equals_wang_code(pair, target, alpha):  # docs/METHODS.md#loss-poly
     logits = torch.tensor([pair], dtype=torch.float64)
     y = torch.tensor([target])
     ours = losses.build("poly", alpha=alpha)(logits, y)
@@ -69,14 +69,14 @@ def test_two_class_poly_equals_wang_code(pair, target, alpha):  # SPEC §1.2
 
 @pytest.mark.parametrize("continuity", ["scale", "shift"])
 @pytest.mark.parametrize("beta", [0.0, 1.0, 2.5])
-def test_poly_is_continuous_and_one_at_beta(continuity, beta):  # SPEC §1.2, §11.2
+def test_poly_is_continuous_and_one_at_beta(continuity, beta):  # docs/METHODS.md#loss-poly, docs/METHODS.md#quirk-poly
     loss = losses.build("poly", alpha=1.5, beta=beta, continuity=continuity)
     for v in (beta - 1e-6, beta, beta + 1e-6):
         value = loss(torch.tensor([[0.0, v]], dtype=torch.float64), torch.tensor([1]))
         assert value.item() == pytest.approx(1.0, abs=1e-5)
 
 
-def test_poly_shift_form_and_right_branch():  # SPEC §1.2: [Z]'s shifted logistic, 1/[z-(beta-1)]^alpha
+def test_poly_shift_form_and_right_branch():  # docs/METHODS.md#loss-poly: [Z]'s shifted logistic, 1/[z-(beta-1)]^alpha
     loss = losses.build("poly", alpha=2.0, beta=0.0, continuity="shift")
     z = torch.tensor([-1.0, 3.0], dtype=torch.float64)
     logits = torch.stack([torch.zeros(2, dtype=torch.float64), z], 1)
@@ -85,7 +85,7 @@ def test_poly_shift_form_and_right_branch():  # SPEC §1.2: [Z]'s shifted logist
     assert out[1].item() == pytest.approx(1 / 16)
 
 
-def test_poly_one_sided_derivatives_at_the_knot():  # SPEC §1.2: left -0.858, right -alpha
+def test_poly_one_sided_derivatives_at_the_knot():  # docs/METHODS.md#loss-poly: left -0.858, right -alpha
     loss = losses.build("poly", alpha=2.0)
     for v, expected in ((1.0, -0.8577), (1.0 + 1e-9, -2.0)):
         f1 = torch.tensor([[0.0, v]], dtype=torch.float64, requires_grad=True)
@@ -93,7 +93,7 @@ def test_poly_one_sided_derivatives_at_the_knot():  # SPEC §1.2: left -0.858, r
         assert f1.grad[0, 1].item() == pytest.approx(expected, abs=1e-3)
 
 
-def test_multiclass_margin_uses_the_largest_other_logit():  # SPEC §11.2
+def test_multiclass_margin_uses_the_largest_other_logit():  # docs/METHODS.md#quirk-poly
     logits = torch.tensor([[1.0, 4.0, 2.0], [5.0, 0.0, 1.0]])
     torch.testing.assert_close(losses.margin(logits, torch.tensor([1, 1])), torch.tensor([2.0, -5.0]))
 

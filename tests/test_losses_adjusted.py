@@ -1,6 +1,6 @@
-"""Logit-adjusted losses and AutoBalance's parametric loss against closed forms (SPEC §1.3-§1.8, §5.4, §11.1).
+"""Logit-adjusted losses and AutoBalance's parametric loss against closed forms (docs/METHODS.md#losses-logit-adjusted, docs/METHODS.md#autobalance-parameters, docs/METHODS.md#quirk-vs-group).
 
-Every expected value is written from SPEC's formulas in float64, never taken from the implementation.
+Every expected value is written from the formulas of docs/METHODS.md in float64, never taken from the implementation.
 """
 
 import contextlib
@@ -14,7 +14,7 @@ from shiftkit import losses
 from shiftkit.errors import ShiftkitError
 
 COUNTS = [40, 4, 1]
-SIGMOID_ONE = 1.0 / (1.0 + math.exp(-1.0))  # 0.7311, AutoBalance's default logit scale (SPEC §1.8)
+SIGMOID_ONE = 1.0 / (1.0 + math.exp(-1.0))  # 0.7311, AutoBalance's default logit scale (docs/METHODS.md#loss-autobalance)
 
 
 def _batch(k=3, b=12, seed=0, groups=4):
@@ -24,7 +24,7 @@ def _batch(k=3, b=12, seed=0, groups=4):
 
 
 def _ce(z, y):
-    """SPEC §1.1: -z_y + log sum_k exp z_k, per example."""
+    """docs/METHODS.md#loss-ce: -z_y + log sum_k exp z_k, per example."""
     return torch.logsumexp(z, 1) - z.gather(1, y[:, None]).squeeze(1)
 
 
@@ -43,10 +43,10 @@ def _float64_parameters():
         torch.set_default_dtype(old)
 
 
-# ---------------------------------------------------------------- LDAM (SPEC §1.3, §11.7)
+# ---------------------------------------------------------------- LDAM (docs/METHODS.md#loss-ldam, docs/METHODS.md#quirk-ldam-scale)
 
 
-def test_ldam_margins_of_the_wang_figure5_run():  # SPEC §1.3: cat 0.5623, dog 1.0
+def test_ldam_margins_of_the_wang_figure5_run():  # docs/METHODS.md#loss-ldam: cat 0.5623, dog 1.0
     loss = losses.build("ldam", class_counts=[4000, 400], max_margin=1.0)
     assert loss.margins.tolist() == pytest.approx([0.5623, 1.0], abs=1e-4)
 
@@ -61,23 +61,23 @@ def test_ldam_closed_form(s, max_margin):
     torch.testing.assert_close(out, _ce(s * shifted, y))
 
 
-def test_ldam_defaults_are_the_wang_code():  # SPEC §1.3: max_margin 0.5, s = 1
+def test_ldam_defaults_are_the_wang_code():  # docs/METHODS.md#loss-ldam: max_margin 0.5, s = 1
     loss = losses.build("ldam", class_counts=COUNTS)
     assert loss.s == 1.0 and loss.margins.max().item() == pytest.approx(0.5)
 
 
-# ---------------------------------------------------------------- LA, CDT, VS (SPEC §1.4-§1.6)
+# ---------------------------------------------------------------- LA, CDT, VS (docs/METHODS.md#losses-logit-adjusted)
 
 
 @pytest.mark.parametrize("tau", [0.5, 1.0, 3.0])
-def test_la_closed_form(tau):  # SPEC §1.4: CE(f + tau log pi)
+def test_la_closed_form(tau):  # docs/METHODS.md#loss-la: CE(f + tau log pi)
     logits, y, _ = _batch()
     pi = _n(COUNTS) / sum(COUNTS)
     torch.testing.assert_close(losses.build("la", class_counts=COUNTS, tau=tau)(logits, y), _ce(logits + tau * pi.log(), y))
 
 
 @pytest.mark.parametrize("gamma", [0.3, 0.5, 1.0])
-def test_cdt_divides_logit_j_by_its_temperature(gamma):  # SPEC §1.5: f_j / (n_max/n_j)^gamma
+def test_cdt_divides_logit_j_by_its_temperature(gamma):  # docs/METHODS.md#loss-cdt: f_j / (n_max/n_j)^gamma
     logits, y, _ = _batch()
     temperature = (max(COUNTS) / _n(COUNTS)) ** gamma
     out = losses.build("cdt", class_counts=COUNTS, gamma=gamma)(logits, y)
@@ -85,20 +85,20 @@ def test_cdt_divides_logit_j_by_its_temperature(gamma):  # SPEC §1.5: f_j / (n_
 
 
 @pytest.mark.parametrize("tau, gamma", [(1.5, 0.2), (3.0, 0.3), (1.0, 0.0), (0.0, 0.5)])
-def test_vs_closed_form(tau, gamma):  # SPEC §1.6: CE(Δ ⊙ f + ι), Δ = (n/n_max)^gamma, ι = tau log pi
+def test_vs_closed_form(tau, gamma):  # docs/METHODS.md#loss-vs: CE(Δ ⊙ f + ι), Δ = (n/n_max)^gamma, ι = tau log pi
     logits, y, _ = _batch()
     n = _n(COUNTS)
     expected = _ce(logits * (n / n.max()) ** gamma + tau * (n / n.sum()).log(), y)
     torch.testing.assert_close(losses.build("vs", class_counts=COUNTS, tau=tau, gamma=gamma)(logits, y), expected)
 
 
-def test_vs_reference_values_of_the_wang_figure5_run():  # SPEC §1.6
+def test_vs_reference_values_of_the_wang_figure5_run():  # docs/METHODS.md#loss-vs
     loss = losses.build("vs", class_counts=[4000, 400], tau=3.0, gamma=0.3)
     assert loss.delta.tolist() == pytest.approx([1.0, 0.5012], abs=1e-4)
     assert loss.iota.tolist() == pytest.approx([-0.286, -7.194], abs=1e-3)
 
 
-def test_defaults():  # SPEC §1.4-§1.6: la tau 1; vs tau 1.5, gamma 0.2 ([W] config); cdt gamma 0.5 ([W] run)
+def test_defaults():  # docs/METHODS.md#losses-logit-adjusted: la tau 1; vs tau 1.5, gamma 0.2 ([W] config); cdt gamma 0.5 ([W] run)
     n = _n(COUNTS)
     la, cdt, vs = (losses.build(name, class_counts=COUNTS) for name in ("la", "cdt", "vs"))
     torch.testing.assert_close(la.iota, (n / n.sum()).log())
@@ -108,14 +108,14 @@ def test_defaults():  # SPEC §1.4-§1.6: la tau 1; vs tau 1.5, gamma 0.2 ([W] c
 
 
 @pytest.mark.parametrize("name, options", [("la", dict(tau=0.0)), ("cdt", dict(gamma=0.0)), ("vs", dict(tau=0.0, gamma=0.0))])
-def test_neutral_settings_are_exactly_ce(name, options):  # SPEC §1.4-§1.6
+def test_neutral_settings_are_exactly_ce(name, options):  # docs/METHODS.md#losses-logit-adjusted
     logits, y, _ = _batch()
     exact_ce = F.cross_entropy(logits, y, reduction="none")  # bitwise: Δ = 1 and ι = 0 change nothing
     assert torch.equal(losses.build(name, class_counts=COUNTS, **options)(logits, y), exact_ce)
 
 
 @pytest.mark.parametrize("value", [0.3, 1.0, 3.0])
-def test_vs_halves_are_la_and_cdt(value):  # SPEC §1.6: gamma = 0 is LA, tau = 0 is CDT
+def test_vs_halves_are_la_and_cdt(value):  # docs/METHODS.md#loss-vs: gamma = 0 is LA, tau = 0 is CDT
     logits, y, _ = _batch()
     vs_la = losses.build("vs", class_counts=COUNTS, tau=value, gamma=0.0)
     vs_cdt = losses.build("vs", class_counts=COUNTS, tau=0.0, gamma=value)
@@ -129,7 +129,7 @@ def test_float32_logits_give_float32_losses():
         assert losses.build(name, class_counts=COUNTS)(logits.float(), y).dtype == torch.float32
 
 
-# ---------------------------------------------------------------- group VS (SPEC §1.7, §11.1)
+# ---------------------------------------------------------------- group VS (docs/METHODS.md#loss-vs_group, docs/METHODS.md#quirk-vs-group)
 
 GROUPS = [30, 10, 4, 1]
 
@@ -139,21 +139,21 @@ def _group_terms(counts, gamma):
     return ratio**gamma, -(ratio ** (-gamma))
 
 
-def test_vs_group_faithful_adds_iota_to_every_logit():  # SPEC §1.7: new = Δ_g f + ι_g, same ι_g everywhere
+def test_vs_group_faithful_adds_iota_to_every_logit():  # docs/METHODS.md#loss-vs_group: new = Δ_g f + ι_g, same ι_g everywhere
     logits, y, g = _batch()
     delta, iota = _group_terms(GROUPS, 0.3)
     out = losses.build("vs_group", group_counts=GROUPS)(logits, y, g)
     torch.testing.assert_close(out, _ce(delta[g][:, None] * logits + iota[g][:, None], y))
 
 
-def test_vs_group_faithful_is_a_per_group_temperature():  # SPEC §11.1: ι_g cancels in the softmax
+def test_vs_group_faithful_is_a_per_group_temperature():  # docs/METHODS.md#quirk-vs-group: ι_g cancels in the softmax
     logits, y, g = _batch()
     delta, _ = _group_terms(GROUPS, 0.4)
     out = losses.build("vs_group", group_counts=GROUPS, gamma=0.4)(logits, y, g)
     torch.testing.assert_close(out, _ce(delta[g][:, None] * logits, y))
 
 
-def test_vs_group_true_class_variant():  # SPEC §11.1: ι_g on the true-class logit only
+def test_vs_group_true_class_variant():  # docs/METHODS.md#quirk-vs-group: ι_g on the true-class logit only
     logits, y, g = _batch()
     delta, iota = _group_terms(GROUPS, 0.3)
     expected = _ce(delta[g][:, None] * logits + iota[g][:, None] * F.one_hot(y, 3).double(), y)
@@ -164,13 +164,13 @@ def test_vs_group_true_class_variant():  # SPEC §11.1: ι_g on the true-class l
     assert (losses.build("vs_group", group_counts=GROUPS, additive="true_class")(logits[:1], y[:1], rare) > faithful).all()
 
 
-def test_vs_group_readme_gamma():  # SPEC §1.7: gamma 0.4 on CelebA counts gives Δ = [1.0, 0.961, 0.637, 0.221]
+def test_vs_group_readme_gamma():  # docs/METHODS.md#loss-vs_group: gamma 0.4 on CelebA counts gives Δ = [1.0, 0.961, 0.637, 0.221]
     loss = losses.build("vs_group", group_counts=[1446, 1308, 468, 33], gamma=0.4)
-    # 0.2205 exactly; SPEC's 0.221 is within its rounding.
+    # 0.2205 exactly; docs/METHODS.md's 0.221 is within its rounding.
     assert loss.group_delta.tolist() == pytest.approx([1.0, 0.961, 0.637, 0.221], abs=1e-3)
 
 
-def test_vs_group_without_groups_uses_the_classes():  # SPEC §1.7 applied with g = y
+def test_vs_group_without_groups_uses_the_classes():  # docs/METHODS.md#loss-vs_group applied with g = y
     logits, y, _ = _batch()
     delta, iota = _group_terms(COUNTS, 0.3)
     out = losses.build("vs_group", class_counts=COUNTS, group_counts=GROUPS)(logits, y)
@@ -183,7 +183,7 @@ def test_vs_group_built_without_group_counts_refuses_groups():
         losses.build("vs_group", class_counts=COUNTS)(logits, y, g)
 
 
-# ---------------------------------------------------------------- AutoBalance (SPEC §1.8, §5.4)
+# ---------------------------------------------------------------- AutoBalance (docs/METHODS.md#loss-autobalance, docs/METHODS.md#autobalance-parameters)
 
 
 def _autobalance(**options):
@@ -191,12 +191,12 @@ def _autobalance(**options):
         return losses.build("autobalance", class_counts=options.pop("class_counts", COUNTS), **options)
 
 
-def test_autobalance_default_is_ce_on_sigmoid_one_scaled_logits():  # SPEC §1.8: dy Ones, ly Zeros, wy Ones
+def test_autobalance_default_is_ce_on_sigmoid_one_scaled_logits():  # docs/METHODS.md#loss-autobalance: dy Ones, ly Zeros, wy Ones
     logits, y, g = _batch()
     torch.testing.assert_close(_autobalance()(logits, y, g), _ce(SIGMOID_ONE * logits, y))
 
 
-def test_autobalance_la_init():  # SPEC §1.8: ly_init LA, l = tau log pi, on σ(1)-scaled logits
+def test_autobalance_la_init():  # docs/METHODS.md#loss-autobalance: ly_init LA, l = tau log pi, on σ(1)-scaled logits
     logits, y, _ = _batch()
     pi = _n(COUNTS) / sum(COUNTS)
     out = _autobalance(init="la", tau=2.0)(logits, y)
@@ -205,7 +205,7 @@ def test_autobalance_la_init():  # SPEC §1.8: ly_init LA, l = tau log pi, on σ
     torch.testing.assert_close(out, losses.build("la", class_counts=COUNTS, tau=2.0)(SIGMOID_ONE * logits, y))
 
 
-def test_autobalance_cdt_init_skips_the_sigmoid():  # SPEC §1.8: dy_init CDT without the sigmoid
+def test_autobalance_cdt_init_skips_the_sigmoid():  # docs/METHODS.md#loss-autobalance: dy_init CDT without the sigmoid
     logits, y, _ = _batch()
     n = _n(COUNTS)
     out = _autobalance(init="cdt", gamma=0.5)(logits, y)
@@ -213,7 +213,7 @@ def test_autobalance_cdt_init_skips_the_sigmoid():  # SPEC §1.8: dy_init CDT wi
     torch.testing.assert_close(out, losses.build("cdt", class_counts=COUNTS, gamma=0.5)(logits, y))
 
 
-def test_autobalance_clusters_frequency_sorted_classes():  # SPEC §5.4: D_π, K' = ceil(K/C)
+def test_autobalance_clusters_frequency_sorted_classes():  # docs/METHODS.md#autobalance-parameters: D_π, K' = ceil(K/C)
     counts = [5, 100, 1, 50, 20]  # decreasing order: classes 1, 3 | 4, 0 | 2
     loss = _autobalance(class_counts=counts, cluster_size=2)
     assert loss.cluster_of.tolist() == [1, 0, 2, 0, 1]
@@ -227,7 +227,7 @@ def test_autobalance_clusters_frequency_sorted_classes():  # SPEC §5.4: D_π, K
     torch.testing.assert_close(loss(logits, y), _ce(logits * torch.sigmoid(per_class_delta) + per_class_l, y))
 
 
-def test_autobalance_cluster_ties_keep_index_order_and_la_init_averages():  # SPEC §5.4
+def test_autobalance_cluster_ties_keep_index_order_and_la_init_averages():  # docs/METHODS.md#autobalance-parameters
     counts = [10, 10, 10, 1]
     loss = _autobalance(class_counts=counts, cluster_size=2, init="la")
     assert loss.cluster_of.tolist() == [0, 0, 1, 1]
@@ -236,7 +236,7 @@ def test_autobalance_cluster_ties_keep_index_order_and_la_init_averages():  # SP
     torch.testing.assert_close(loss.l.detach()[0], torch.stack([log_pi[:2].mean(), log_pi[2:].mean()]))
 
 
-def test_autobalance_class_group_uses_each_examples_group_row():  # SPEC §1.8, [AB] eq. 4.2
+def test_autobalance_class_group_uses_each_examples_group_row():  # docs/METHODS.md#loss-autobalance, [AB] eq. 4.2
     loss = _autobalance(by="class_group", group_counts=GROUPS, learn_w=True)
     assert loss.delta.shape == loss.l.shape == (4, 3) and loss.w.shape == (4, 3)
     gen = torch.Generator().manual_seed(1)
@@ -252,7 +252,7 @@ def test_autobalance_class_group_uses_each_examples_group_row():  # SPEC §1.8, 
     assert _autobalance(by="class_group", num_groups=2).l.shape == (2, 3)
 
 
-def test_autobalance_learnable_tensors_get_gradients():  # SPEC §5.4: l and Δ are tuned, w fixed by default
+def test_autobalance_learnable_tensors_get_gradients():  # docs/METHODS.md#autobalance-parameters: l and Δ are tuned, w fixed by default
     loss = _autobalance()
     assert set(loss.hyperparameters()) == {"l", "delta"} and "w" in dict(loss.named_buffers())
     logits, y, g = _batch()

@@ -1,4 +1,4 @@
-"""Metrics (SPEC §10) against scikit-learn and hand-built cases; batched equals one-shot."""
+"""Metrics (docs/METHODS.md#metrics) against scikit-learn and hand-built cases; batched equals one-shot."""
 
 import pytest
 import torch
@@ -54,7 +54,7 @@ def test_empty_and_singleton_groups():
     assert single["acc"] == single["worst_group_acc"] == single["balanced_acc"] == 1.0
 
 
-def test_deo_is_symmetric_over_the_two_classes():  # SPEC §10, g = 2y + a
+def test_deo_is_symmetric_over_the_two_classes():  # docs/METHODS.md#metric-deo, g = 2y + a
     y = torch.tensor([0] * 4 + [1] * 4)
     a = torch.tensor([0, 0, 1, 1] * 2)
     preds = torch.tensor([0, 0, 0, 1, 1, 0, 1, 1])  # acc: g0 1.0, g1 0.5, g2 0.5, g3 1.0
@@ -64,7 +64,7 @@ def test_deo_is_symmetric_over_the_two_classes():  # SPEC §10, g = 2y + a
     assert m["group_balanced_acc"] == pytest.approx(0.75) and m["worst_group_acc"] == 0.5
 
 
-def test_train_weighted_accuracy_uses_training_frequencies():  # SPEC §10, [AB]'s standard error
+def test_train_weighted_accuracy_uses_training_frequencies():  # docs/METHODS.md#metric-train_weighted_acc
     y = torch.tensor([0, 0, 1, 1])
     preds = torch.tensor([0, 0, 0, 0])
     m = metrics.evaluate(preds, y, train_group_counts=[90, 10])

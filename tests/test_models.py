@@ -1,5 +1,5 @@
 """Model contracts over the registry, plus reference values: parameter counts of the published
-architectures (LDAM-DRW ResNet-32, pytorch-cifar PreActResNet18), [W]'s ConvNet layer by layer (SPEC §8.1),
+architectures (LDAM-DRW ResNet-32, pytorch-cifar PreActResNet18), [W]'s ConvNet layer by layer (docs/METHODS.md#model-convnet),
 one-line errors for unusable inputs, vmap ensembles of the BatchNorm-free models, and seeded init."""
 
 import copy

@@ -1,5 +1,5 @@
 """[W]'s image reproductions (wang2022-fig3/4/5): the runs they train and how Figures 3 and 4 share them
-(SPEC §2.4, §8.1, §9.1)."""
+(docs/METHODS.md#selection-best, docs/METHODS.md#protocol-wang2022, docs/METHODS.md#headline-wang2022)."""
 
 import json
 
@@ -13,7 +13,7 @@ def test_runs_are_the_papers_presets_with_scaled_epochs():
     lists = protocol.overrides("wang_ce_iw_exp_es", settings)
     assert len(lists) == settings["seeds"] == 3
     cfg = compose(lists[2])
-    # The preset's method and optimizer (SPEC §8.1: IW-Exp, SGD 8e-3 without momentum, best-val selection) ...
+    # The preset's method and optimizer (docs/METHODS.md#protocol-wang2022: IW-Exp, SGD 8e-3 without momentum, best-val selection) ...
     assert (cfg.weighting.name, cfg.weighting.exponent, cfg.optim.lr, cfg.optim.momentum) == ("iw", 1.5, 8e-3, 0.0)
     assert cfg.train.select == "best:group_balanced_acc" and cfg.name == "CE+IW-Exp-ES" and cfg.seed == 2
     # ... for its 400 epochs on a fifth of the images, with an MLP.

@@ -1,4 +1,4 @@
-"""[W] Figures 1 and 2 (SPEC §7.5, §7.6): the fast numerics of ``wang2022-fig1`` and ``wang2022-fig2``
+"""[W] Figures 1 and 2 (docs/METHODS.md#data-two_gaussians, docs/METHODS.md#reproduction-wang2022-fig2): the fast numerics of ``wang2022-fig1`` and ``wang2022-fig2``
 against plain torch references (autograd through shiftkit's losses, torch.optim.SGD, p-dimensional
 gradient descent, scikit-learn's LinearSVC) and closed forms."""
 

@@ -1,6 +1,6 @@
-"""[Z]'s six-image experiments (SPEC §6.1-6.2): the reduced 6-dimensional iteration of
+"""[Z]'s six-image experiments (docs/METHODS.md#protocol-zhai2023): the reduced 6-dimensional iteration of
 ``shiftkit.experiments.zhai2023`` against a direct 784-dimensional gradient descent through shiftkit's
-losses and Group DRO, the SPEC's weights and the closed-form limits of the squared loss."""
+losses and Group DRO, the protocol's weights and the closed-form limits of the squared loss."""
 
 import json
 
@@ -20,7 +20,7 @@ def unit():
     return z.problem("unit", signed=False)
 
 
-def test_erm_and_iw_weights_are_the_spec_values_and_shiftkit_iw(unit):  # SPEC §6.1, §2.1
+def test_erm_and_iw_weights_are_the_spec_values_and_shiftkit_iw(unit):  # docs/METHODS.md#protocol-zhai2023, docs/METHODS.md#weighting-iw
     g0, eta = z.start(unit.counts, 0.01)
     q = g0 @ unit.pool  # q_i = g_k / n_k
     zeros, one = unit.group == 0, unit.group == 1
@@ -96,7 +96,7 @@ def test_reduced_iteration_is_the_784_dimensional_gradient_descent(kind, signed,
     assert abs(tr.groups[-1, 2, 0] - 0.5) > 0.01  # the GDRO weights moved visibly
 
 
-def test_margin_losses_match_shiftkit_poly_and_logistic_values_and_slopes():  # SPEC §1.2 "shift"
+def test_margin_losses_match_shiftkit_poly_and_logistic_values_and_slopes():  # docs/METHODS.md#loss-poly "shift"
     y = np.array([1.0, -1.0, 1.0, -1.0, 1.0, 1.0])
     f = np.array([[-3.0, 0.5, 1.0, -1.0, 2.5, 40.0], [0.2, -7.0, 0.999, 3.0, 1.001, -0.5]])
     f = np.vstack([f, f])
@@ -122,7 +122,7 @@ def test_squared_loss_reweightings_all_converge_to_the_min_norm_interpolant(norm
     assert tr.groups[-1, 2].min() > 0.4  # the GDRO weights stayed positive
 
 
-def test_regularized_static_weightings_converge_to_their_ridge_solutions(unit):  # SPEC §6.1 Fig. 2
+def test_regularized_static_weightings_converge_to_their_ridge_solutions(unit):  # docs/METHODS.md#reproduction-zhai2023-fig2
     g0, eta = z.start(unit.counts, 0.0)
     mu = 0.05 * unit.lambda_max
     tr = z.descend(unit, z.squared(unit.y), g0[:2], eta[:2], np.full(2, mu), 0.2 / unit.lambda_max, 20_000)

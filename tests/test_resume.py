@@ -1,4 +1,4 @@
-"""Checkpoint and resume (DESIGN.md, "Reliability"): a run stopped mid-way and started again finishes with
+"""Checkpoint and resume (docs/RUNS.md): a run stopped mid-way and started again finishes with
 exactly the metrics of a run never interrupted; a failed run keeps its last good checkpoint and says why
 in run.json; the same seed twice gives identical metrics."""
 

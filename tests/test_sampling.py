@@ -1,4 +1,4 @@
-"""Samplers (SPEC §2.2-2.3): the contract over every registered name, and each one's distribution."""
+"""Samplers (docs/METHODS.md#samplers): the contract over every registered name, and each one's distribution."""
 
 import pytest
 import torch
@@ -32,7 +32,7 @@ def test_none_is_a_permutation():
     assert sorted(idx.tolist()) == list(range(len(y)))
 
 
-def test_undersample_keeps_n_min_per_group_in_expectation_and_never_redraws():  # SPEC §2.3
+def test_undersample_keeps_n_min_per_group_in_expectation_and_never_redraws():  # docs/METHODS.md#sampler-undersample
     y, g = _labels()
     kept = []
     for seed in range(300):
@@ -53,7 +53,7 @@ def test_undersample_by_class():
     assert torch.bincount(y[idx]).tolist()[1] == 10  # the minority class is kept whole
 
 
-def test_resample_draws_categories_equally_often():  # SPEC §2.2
+def test_resample_draws_categories_equally_often():  # docs/METHODS.md#sampler-resample
     y, g = _labels()
     gen = torch.Generator().manual_seed(0)
     draws = torch.cat([sampling.build("resample").epoch(y, g, gen) for _ in range(200)])

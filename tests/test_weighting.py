@@ -1,4 +1,4 @@
-"""Weighting schemes: the contract over every registered name, and SPEC §2.1's reference weights."""
+"""Weighting schemes: the contract over every registered name, and the reference weights of docs/METHODS.md#weighting-iw."""
 
 import pytest
 import torch
@@ -33,7 +33,7 @@ def test_contract_state_round_trips(name):
 
 @pytest.mark.parametrize(
     "counts, exponent, expected",
-    [  # SPEC §2.1 table
+    [  # docs/METHODS.md#weighting-iw examples
         ([4000, 400], 1.0, [0.55, 5.5]),
         ([4000, 400], 1.5, [0.264, 8.357]),
         ([4000, 400], 3.0, [0.0109, 10.891]),
@@ -51,7 +51,7 @@ def test_iw_reference_weights(counts, exponent, expected):
 
 
 @given(st.lists(st.integers(1, 5000), min_size=2, max_size=6), st.floats(0.0, 3.0))
-def test_iw_weights_have_mean_one_over_the_training_set(counts, exponent):  # SPEC §2.1 step 3
+def test_iw_weights_have_mean_one_over_the_training_set(counts, exponent):  # docs/METHODS.md#weighting-iw: mean 1
     table = weighting.normalized_inverse_counts(counts, exponent).double()
     n = torch.tensor(counts, dtype=torch.float64)
     assert ((n * table).sum() / n.sum()).item() == pytest.approx(1.0, rel=1e-5)

@@ -1,4 +1,5 @@
-"""Group DRO, RGD, CVaR and DRW against closed forms written from SPEC §1.3, §3 and §4."""
+"""Group DRO, RGD, CVaR and DRW against closed forms written from docs/METHODS.md#weighting-group_dro, docs/METHODS.md#weighting-rgd and
+docs/METHODS.md#weighting-drw."""
 
 import math
 
@@ -24,7 +25,7 @@ def _softmax(values):
     return [v / sum(e) for v in e]
 
 
-# --- group_dro (SPEC §3.1-3.2) -------------------------------------------------------------------------
+# --- group_dro (docs/METHODS.md#weighting-group_dro) -------------------------------------------------------------------------
 
 # Per-group batch means (absent group -> 0): [1.5, 3.0, 0.5], [0, 0.3, 0], [2.0, 0, 1.0].
 THREE_BATCHES = [
@@ -34,7 +35,7 @@ THREE_BATCHES = [
 ]
 
 
-def test_group_dro_q_after_three_updates_matches_the_hand_computation():  # SPEC §3.1, §3.2 (1/G start)
+def test_group_dro_q_after_three_updates_matches_the_hand_computation():  # docs/METHODS.md#weighting-group_dro (1/G start)
     dro = weighting.build("group_dro", eta=0.5, group_counts=[5, 3, 2])
     torch.testing.assert_close(dro.q, torch.full((3,), 1 / 3))
     for losses, groups in THREE_BATCHES:
@@ -47,7 +48,7 @@ def test_group_dro_q_after_three_updates_matches_the_hand_computation():  # SPEC
     torch.testing.assert_close(w, T([2 * hand[0], 2 * hand[2]]))
 
 
-def test_group_dro_objective_is_the_q_weighted_group_mean_with_the_updated_q():  # SPEC §3.1 last line
+def test_group_dro_objective_is_the_q_weighted_group_mean_with_the_updated_q():  # docs/METHODS.md#weighting-group_dro
     gen = torch.Generator().manual_seed(1)
     dro = weighting.build("group_dro", eta=0.3, group_counts=[30, 10, 3, 1])
     for _ in range(3):
@@ -65,7 +66,7 @@ def test_group_dro_objective_is_the_q_weighted_group_mean_with_the_updated_q(): 
     st.floats(0, 10),
     st.integers(1, 4),
 )
-def test_group_dro_q_stays_a_distribution_for_any_losses(batch, eta, steps):  # SPEC §3.1 normalization
+def test_group_dro_q_stays_a_distribution_for_any_losses(batch, eta, steps):  # docs/METHODS.md#weighting-group_dro normalization
     dro = weighting.build("group_dro", eta=eta, group_counts=[30, 10, 3, 1])
     losses, groups = T([b[0] for b in batch]), T([b[1] for b in batch])
     for _ in range(steps):
@@ -74,7 +75,7 @@ def test_group_dro_q_stays_a_distribution_for_any_losses(batch, eta, steps):  # 
     assert dro.q.sum().item() == pytest.approx(1.0, abs=1e-5)
 
 
-def test_group_dro_eval_mode_leaves_q_unchanged():  # SPEC §3.1: update only in training
+def test_group_dro_eval_mode_leaves_q_unchanged():  # docs/METHODS.md#weighting-group_dro: update only in training
     dro = weighting.build("group_dro", eta=1.0, group_counts=[3, 1])
     dro.weights(*_batch([1.0, 2.0], [0, 1]))
     q = dro.q.clone()
@@ -84,14 +85,14 @@ def test_group_dro_eval_mode_leaves_q_unchanged():  # SPEC §3.1: update only in
     torch.testing.assert_close(w, T([3 * q[0], 1.5 * q[1], 1.5 * q[1]]))
 
 
-def test_group_dro_generalization_adjustment_uses_training_counts():  # SPEC §3.2: L_g + C / sqrt(n_g)
+def test_group_dro_generalization_adjustment_uses_training_counts():  # docs/METHODS.md#weighting-group_dro: L_g + C / sqrt(n_g)
     dro = weighting.build("group_dro", eta=1.0, adjustment=2.0, group_counts=[100, 25, 4, 0])
     dro.weights(*_batch([1.0, 1.0, 1.0], [0, 1, 2]))
     # C / sqrt(n) = [0.2, 0.4, 1.0]; a group with no training example gets no adjustment.
     torch.testing.assert_close(dro.q, T(_softmax([1.2, 1.4, 2.0, 0.0])))
 
 
-def test_group_dro_normalized_loss():  # SPEC §3.2: adjusted_loss /= sum(adjusted_loss)
+def test_group_dro_normalized_loss():  # docs/METHODS.md#weighting-group_dro: adjusted_loss /= sum(adjusted_loss)
     plain = weighting.build("group_dro", eta=1.0, normalize_loss=True, group_counts=[1, 1, 1])
     plain.weights(*_batch([1.0, 2.0, 3.0], [0, 1, 2]))
     torch.testing.assert_close(plain.q, T(_softmax([1 / 6, 2 / 6, 3 / 6])))
@@ -121,16 +122,16 @@ def test_group_dro_state_dict_restores_q():
     assert fresh.q is not dro.q
 
 
-def test_chain_default_is_iw_times_group_dro():  # DESIGN.md: chain(build("iw"), build("group_dro"))
+def test_chain_default_is_iw_times_group_dro():  # docs/METHODS.md#weighting-chain: chain(build("iw"), build("group_dro"))
     both = weighting.build("chain", group_counts=[3, 1])
     assert [type(p).__name__ for p in both.parts] == ["ImportanceWeighting", "GroupDRO"]
     assert "parts.1.q" in both.state_dict()
 
 
-# --- rgd (SPEC §4) -------------------------------------------------------------------------------------
+# --- rgd (docs/METHODS.md#weighting-rgd) -------------------------------------------------------------------------------------
 
 
-def test_rgd_closed_form():  # SPEC §4: w = exp(min(l, tau) / (tau + 1)), tau = 1
+def test_rgd_closed_form():  # docs/METHODS.md#weighting-rgd: w = exp(min(l, tau) / (tau + 1)), tau = 1
     w = weighting.build("rgd").weights(T([0.0, 0.5, 1.0, 4.0]), T([0, 0, 1, 1]), None)
     torch.testing.assert_close(w, T([1.0, math.exp(0.25), math.exp(0.5), math.exp(0.5)]))
     w = weighting.build("rgd", clip=3.0, temperature=4.0).weights(T([2.0, 10.0]), T([0, 1]), None)
@@ -138,7 +139,7 @@ def test_rgd_closed_form():  # SPEC §4: w = exp(min(l, tau) / (tau + 1)), tau =
 
 
 @given(st.lists(st.floats(-5, 1e3), min_size=1, max_size=30), st.floats(0, 5), st.floats(0.1, 10))
-def test_rgd_weights_lie_between_the_clipped_extremes(losses, clip, temperature):  # SPEC §4
+def test_rgd_weights_lie_between_the_clipped_extremes(losses, clip, temperature):  # docs/METHODS.md#weighting-rgd
     w = weighting.build("rgd", clip=clip, temperature=temperature).weights(T(losses), T([0] * len(losses)), None)
     low, high = math.exp(min(min(losses), clip) / temperature), math.exp(clip / temperature)
     # float32 rounds the exponent x to a relative 6e-8, which exp turns into a relative error of about 6e-8·x
@@ -149,7 +150,7 @@ def test_rgd_weights_lie_between_the_clipped_extremes(losses, clip, temperature)
 
 
 @given(st.lists(st.floats(0, 50), min_size=1, max_size=30))
-def test_rgd_mean_normalization_gives_mean_one_and_batch_softmax(losses):  # SPEC §4 "mean"/"softmax"
+def test_rgd_mean_normalization_gives_mean_one_and_batch_softmax(losses):  # docs/METHODS.md#weighting-rgd "mean"/"softmax"
     w = weighting.build("rgd", normalize="mean").weights(T(losses), T([0] * len(losses)), None)
     assert w.mean().item() == pytest.approx(1.0, rel=1e-5)
     expected = _softmax([min(v, 1.0) / 2.0 for v in losses])
@@ -194,7 +195,7 @@ def test_cvar_objective_is_the_mean_of_the_top_k_losses(values, alpha):  # integ
     assert w.mean().item() == pytest.approx(1.0, rel=1e-9) and (w >= 0).all()
 
 
-# --- drw (SPEC §1.3) -----------------------------------------------------------------------------------
+# --- drw (docs/METHODS.md#weighting-drw) -----------------------------------------------------------------------------------
 
 CB_4000_400 = [0.2125880, 1.7874120]  # (1 - b) / (1 - b^n), b = 0.9999, normalized to sum 2
 
@@ -215,7 +216,7 @@ def test_drw_is_one_before_and_class_balanced_from_the_start_epoch():
 
 
 @given(st.lists(st.integers(1, 10**5), min_size=1, max_size=10), st.floats(0, 0.99999))
-def test_drw_weights_sum_to_the_number_of_classes(counts, beta):  # SPEC §1.3 normalization
+def test_drw_weights_sum_to_the_number_of_classes(counts, beta):  # docs/METHODS.md#weighting-cb normalization
     drw = weighting.build("drw", beta=beta, start_epoch=0, class_counts=counts)
     per_class = drw.weights(torch.ones(len(counts)), torch.arange(len(counts)), None)
     assert per_class.sum().item() == pytest.approx(len(counts), rel=1e-5)

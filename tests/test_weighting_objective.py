@@ -1,4 +1,4 @@
-"""Batch objectives as weightings (SPEC §5.5): mean(w·ℓ) is the objective, and so is its gradient."""
+"""Batch objectives as weightings (docs/METHODS.md#autobalance-objectives): mean(w·ℓ) is the objective, and so is its gradient."""
 
 import pytest
 import torch

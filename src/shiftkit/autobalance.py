@@ -1,7 +1,7 @@
-"""AutoBalance's bilevel search (Li et al. 2021, Algorithm 1; SPEC §5.2-5.6) around the one training loop.
+"""AutoBalance's bilevel search (Li et al. 2021, Algorithm 1; docs/METHODS.md#protocol-autobalance) around the one training loop.
 
-:class:`AutoBalanceSearch` is the ``outer`` object of :func:`shiftkit.train.fit` (DESIGN.md: "AutoBalance is
-an outer update of the loss's learnable parameters around the same loop, never a second loop"): every
+:class:`AutoBalanceSearch` is the ``outer`` object of :func:`shiftkit.train.fit` (an outer update of the
+loss's learnable parameters around the same loop, never a second loop: docs/METHODS.md#protocol-autobalance): every
 ``every`` optimizer steps from epoch ``start_epoch`` on, it computes the implicit hypergradient of a
 validation objective (:mod:`shiftkit.objectives`) with respect to the ``autobalance`` loss's α = (l, Δ[, w])
 by :func:`shiftkit.bilevel.hypergradient` and takes one step of its own upper optimizer on α.
@@ -30,7 +30,7 @@ from .optim import OptimSpec
 from .optim import build as build_optim
 from .train import FitResult, fit
 
-#: Upper optimizer of SPEC §5.3 (released CIFAR-10 config): SGD, momentum 0.9, up_lr 0.01, weight decay
+#: Upper optimizer of docs/METHODS.md#autobalance-hypergradient (released CIFAR-10 config): SGD, momentum 0.9, up_lr 0.01, weight decay
 #: 1e-4. The code's up_lr_warmup (10 epochs on CIFAR-10) is left at 0 so that short runs move α at once.
 DEFAULT_UPPER = dict(lr=0.01, momentum=0.9, weight_decay=1e-4)
 
@@ -78,7 +78,7 @@ def check_search(*, epochs: int, start_epoch: Optional[int], every: int, batches
 
 
 class AutoBalanceSearch:
-    """Upper-level updates of the ``autobalance`` loss's α inside :func:`~shiftkit.train.fit` (SPEC §5.2-5.3).
+    """Upper-level updates of the ``autobalance`` loss's α inside :func:`~shiftkit.train.fit` (docs/METHODS.md#autobalance-algorithm).
 
     At each optimizer step ``step`` with ``epoch >= start_epoch`` and ``step % every == 0``:
 
@@ -94,7 +94,7 @@ class AutoBalanceSearch:
     Defaults and their source: ``every=20`` (code ``iter_interval``; 30 on ImageNet/iNat), ``batches=10``
     (code ``train_batches``/``val_batches``), ``terms=5``, ``step=1.0`` (code Neumann series),
     ``upper`` = SGD(lr 0.01, momentum 0.9, weight decay 1e-4) (code CIFAR-10; the paper says lr 0.05),
-    ``objective="balanced_ce"`` (SPEC §5.5, class imbalance). ``start_epoch=None`` means
+    ``objective="balanced_ce"`` (docs/METHODS.md#objective-balanced_ce, class imbalance). ``start_epoch=None`` means
     ``round(0.4·epochs)`` (code: 120 of 300 CIFAR epochs; the paper's warm-up t1).
 
     The upper schedule runs on the bilevel phase's own clock: during epoch e its rate is
@@ -292,7 +292,7 @@ class SearchResult:
 
 
 def merge_train_val(splits: Splits) -> Splits:
-    """SPEC §5.2 line 11 (S_T ← S_T ∪ S_V): the training split becomes train + validation. ``val`` stays for
+    """Step 4 of docs/METHODS.md#autobalance-algorithm (S_T ← S_T ∪ S_V): the training split becomes train + validation. ``val`` stays for
     reporting only and is then **not held out** (its metrics are training metrics); ``test`` is unchanged."""
     t, v = splits.train, splits.val
     merged = Split(torch.cat([t.x, v.x]), torch.cat([t.y, v.y]), torch.cat([t.g, v.g]), t.num_classes, t.num_groups)
@@ -317,15 +317,15 @@ def search_and_retrain(
     interpolate_clusters: Union[bool, str] = True,
     checkpoint: Optional[Checkpoint] = None,
 ) -> SearchResult:
-    """Algorithm 1 of SPEC §5.2 end to end with :func:`~shiftkit.train.fit` and ERM weighting.
+    """Algorithm 1 (docs/METHODS.md#autobalance-algorithm) end to end with :func:`~shiftkit.train.fit` and ERM weighting.
 
     (a) search: ``fit`` a model from ``make_model()`` (after ``torch.manual_seed(seed)``) for ``search_epochs``
     with ``outer=AutoBalanceSearch(model, loss, splits, epochs=search_epochs, **search_options)``;
     (b) α* = the loss's final hyperparameters; (c) re-seed, build a fresh model and ``fit`` it for
     ``retrain_epochs`` on :func:`merge_train_val` with a frozen copy of the loss (α* fixed, no gradient).
     ``retrain_on="train"`` retrains on the training split alone instead, so that the final model sees the
-    same examples as baselines trained on ``train`` (the validation set then only steers α; SPEC §5.2
-    line 11 merges them, the default).
+    same examples as baselines trained on ``train`` (the validation set then only steers α; the algorithm's
+    retraining step merges them, the default).
 
     With ``cluster_size > 1``, ``interpolate_clusters`` says which per-class values the retraining uses:
     ``True`` (default) always interpolates between the clusters' centres (:meth:`AutoBalance.per_class`);
@@ -338,7 +338,7 @@ def search_and_retrain(
     from LA only.
 
     ``loss`` is modified in place by the search. ``fit_options`` (eval_every, select, ...) go to both fits.
-    The code retrains 200 epochs after a 300-epoch search on CIFAR (SPEC §5.6).
+    The code retrains 200 epochs after a 300-epoch search on CIFAR (docs/METHODS.md#autobalance-schedules).
 
     With a ``checkpoint`` (:class:`shiftkit.checkpoint.Checkpoint`, its state loaded or not) both phases
     checkpoint into its one file, whose ``"phase"`` says which phase it resumes: the search saves its

@@ -1,6 +1,6 @@
-"""AutoBalance hypergradients: implicit differentiation with a Neumann series (SPEC §5.3).
+"""AutoBalance hypergradients: implicit differentiation with a Neumann series (docs/METHODS.md#autobalance-hypergradient).
 
-The bilevel problem of SPEC §5.1 tunes hyperparameters α (the AutoBalance loss's ``l``, ``delta``,
+The bilevel problem of docs/METHODS.md#autobalance-algorithm tunes hyperparameters α (the AutoBalance loss's ``l``, ``delta``,
 optionally ``w``: :meth:`shiftkit.losses.autobalance.AutoBalance.hyperparameters`) of the training loss
 so that the weights θ*(α) = argmin_θ L_in(θ; α) do well on a validation loss L_out(θ). By the implicit
 function theorem at a stationary point of L_in,
@@ -36,7 +36,7 @@ def _check_series(terms: int, step: float) -> None:
 
 
 def neumann_inverse_hvp(hvp: Callable, v, terms: int = 5, step: float = 1.0, stop_on_growth: bool = True):
-    """Approximate ``H⁻¹ v`` by the truncated Neumann series ``η Σ_{j=0}^{J} (I - ηH)^j v`` (SPEC §5.3).
+    """Approximate ``H⁻¹ v`` by the truncated Neumann series ``η Σ_{j=0}^{J} (I - ηH)^j v`` (docs/METHODS.md#autobalance-hypergradient).
 
     ``hvp(c)`` returns ``H c`` for a pytree ``c`` shaped like ``v`` (a tensor, or a dict name -> tensor
     such as a model's parameters); ``J = terms``, ``η = step``. This is the released code's
@@ -94,7 +94,7 @@ def hypergradient(
     step: float = 1.0,
     stop_on_growth: bool = True,
 ) -> Params:
-    """Implicit-function hypergradient ``dL_out/dα`` of AutoBalance (Li et al. 2021, §2.1; SPEC §5.3).
+    """Implicit-function hypergradient ``dL_out/dα`` of AutoBalance (Li et al. 2021, §2.1; docs/METHODS.md#autobalance-hypergradient).
 
     ``dL_out/dα = -(∂²L_in/∂θ∂α)ᵀ H⁻¹ ∇_θ L_out(θ)`` with ``H = ∂²L_in/∂θ²``, evaluated at the given θ
     (ideally ≈ θ*(α)) and with H⁻¹ replaced by the Neumann series of :func:`neumann_inverse_hvp`

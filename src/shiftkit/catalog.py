@@ -56,25 +56,6 @@ _ABBREVIATIONS = ("al", "e.g", "i.e", "cf", "vs", "Fig", "Eq", "resp")
 _LONGEST = 160
 
 
-#: Citations of the developers' specification, which users do not have: left out of what users read.
-_SECTION = r"§[\d.]+(?:[-–][\d.]+)?"
-_INTERNAL = re.compile(rf"(;\s*|,\s*)?SPEC\s*{_SECTION}(\s*(,|and)\s*{_SECTION})*('s)?(,\s*)?")
-
-
-def _public(text: str) -> str:
-    """``text`` without citations of the internal specification (and the parentheses they leave empty).
-
-    >>> _public("Cross-entropy (SPEC §1.1), per example; LA (Menon et al.; SPEC §1.4, §11.2)")
-    'Cross-entropy, per example; LA (Menon et al.)'
-    >>> _public("DRO (Sagawa et al. 2020; SPEC §3.1-3.2), mixes (SPEC §5.5; a note), (Lipton; SPEC §8.1, [W])")
-    'DRO (Sagawa et al. 2020), mixes (a note), (Lipton; [W])'
-    """
-    # A citation between two other parts leaves their separator: "Lipton; SPEC §8.1, [W]" -> "Lipton; [W]".
-    text = _INTERNAL.sub(lambda m: m.group(1) if m.group(1) and m.group(5) else "", text)
-    text = re.sub(r"\(\s*[;,]\s*", "(", text)
-    return re.sub(r"\s*\(\s*\)", "", text)
-
-
 def summary(obj: Any) -> str:
     """The first sentence of ``obj``'s docstring, on one line (a full stop inside parentheses or after an
     abbreviation does not end it), at most 160 characters.
@@ -83,7 +64,7 @@ def summary(obj: Any) -> str:
     'LDAM of Cao et al. (NeurIPS 2019).'
     """
     doc = inspect.getdoc(obj) or ""
-    paragraph = _public(" ".join(doc.strip().split("\n\n")[0].split()))
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
     depth, end = 0, len(paragraph)
     for i, char in enumerate(paragraph):
         depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(char, 0)

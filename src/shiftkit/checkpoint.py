@@ -1,5 +1,5 @@
-"""Checkpoints that let a killed run resume and finish exactly as if it had never stopped (DESIGN.md,
-"Reliability").
+"""Checkpoints that let a killed run resume and finish exactly as if it had never stopped (docs/RUNS.md,
+"Checkpoint and resume").
 
 A checkpoint is written at the end of an epoch, after its evaluation, or inside a long epoch after a
 step, and holds everything the rest of the run depends on: the model, the optimizer and its learning-rate

@@ -1,15 +1,15 @@
 """Implicit-bias probes: what a run that asks for them (``diagnostics.enabled=true``) logs at every
-evaluation, beside the metrics (DESIGN.md, "Layout").
+evaluation, beside the metrics (:mod:`shiftkit.metrics`).
 
 [W] and [Z] explain reweighting through the implicit bias of gradient descent: once a model interpolates,
 its parameters grow without bound along a direction that the loss's tail decides, and importance weights
-on an exponentially-tailed loss stop changing that direction (SPEC §6, §9.4). These probes measure it:
+on an exponentially-tailed loss stop changing that direction (docs/METHODS.md#protocol-zhai2023, docs/METHODS.md#headline-zhai2023). These probes measure it:
 
 - ``weight_norm``: ``‖θ‖``, all parameters as one vector (it grows without bound after interpolation
   under CE, [Z] §4);
 - ``distance`` and ``direction_gap`` to a reference run (e.g. the ERM run of the same seed):
-  ``‖θ − θ_ref‖`` and ``‖θ/‖θ‖ − θ_ref/‖θ_ref‖‖`` ([Z] Figure 1 and Appendix C, SPEC §6.1-6.2);
-- ``min_margin``: per group, the smallest training margin ``f_y(x) − max_{k≠y} f_k(x)`` (SPEC §11.2's
+  ``‖θ − θ_ref‖`` and ``‖θ/‖θ‖ − θ_ref/‖θ_ref‖‖`` ([Z] Figure 1 and Appendix C, docs/METHODS.md#protocol-zhai2023);
+- ``min_margin``: per group, the smallest training margin ``f_y(x) − max_{k≠y} f_k(x)`` (docs/METHODS.md#quirk-poly:
   multiclass margin; positive for every group once the training data are interpolated);
 - ``interpolation_epoch``: the first evaluation epoch whose training error is zero (in ``run.json``).
 

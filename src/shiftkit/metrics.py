@@ -1,4 +1,4 @@
-"""Classification metrics for every class and group (SPEC §10), from accumulated counts.
+"""Classification metrics for every class and group (docs/METHODS.md#metrics), from accumulated counts.
 
 Counts of examples and of correct predictions are kept per (class, group) cell and metrics are computed
 at the end, so that evaluating in batches gives exactly the one-shot result (no averaging of batch ratios).
@@ -6,7 +6,7 @@ Means and minima run over the classes / groups that have at least one example; a
 ``None`` in ``per_group_acc`` and takes no part in the means. Errors are ``1 - accuracy``.
 
 Groups: ``g`` is the example's group id. Where a dataset has a binary attribute ``a``, ``g = 2·y + a``
-(DESIGN.md, "Groups") and ``deo`` is the symmetric difference of equal opportunity of SPEC §10,
+(docs/METHODS.md#groups) and ``deo`` is the symmetric difference of equal opportunity (docs/METHODS.md#metric-deo),
 ``|E_{0,a=0} − E_{0,a=1}| + |E_{1,a=0} − E_{1,a=1}|``; it is ``None`` where that layout does not apply
 (not two classes and four groups) or a needed cell is empty.
 
@@ -104,14 +104,14 @@ class Accumulator:
 
 
 def _deo(per_group: List[Optional[float]]) -> Optional[float]:
-    """Symmetric DEO from the accuracies of groups ``g = 2y + a`` (SPEC §10)."""
+    """Symmetric DEO from the accuracies of groups ``g = 2y + a`` (docs/METHODS.md#metric-deo)."""
     if any(a is None for a in per_group):
         return None
     return abs(per_group[0] - per_group[1]) + abs(per_group[2] - per_group[3])
 
 
 def _train_weighted(per_group: List[Optional[float]], counts: Sequence[int]) -> Optional[float]:
-    """Accuracy re-weighted by training group frequencies (SPEC §10, [AB]'s standard error)."""
+    """Accuracy re-weighted by training group frequencies (docs/METHODS.md#metric-train_weighted_acc, [AB]'s standard error)."""
     if len(counts) != len(per_group):
         raise ShiftkitError(f"metrics: train_group_counts has {len(counts)} entries for {len(per_group)} groups")
     pairs = [(a, c) for a, c in zip(per_group, counts) if a is not None and c > 0]
@@ -127,7 +127,7 @@ def evaluate(
     num_classes: Optional[int] = None,
     num_groups: Optional[int] = None,
 ) -> Dict[str, object]:
-    """All metrics of SPEC §10 in one call: logits ``[N, K]`` or predictions ``[N]``, labels, groups.
+    """All metrics of docs/METHODS.md#metrics in one call: logits ``[N, K]`` or predictions ``[N]``, labels, groups.
 
     ``num_classes`` defaults to the logits' width (or the largest label or prediction + 1);
     ``num_groups`` to ``len(train_group_counts)`` or the largest group id + 1. Without ``g`` the groups

@@ -1,4 +1,4 @@
-"""Validation (upper-level) objectives of AutoBalance's search, L_fair of SPEC §5.1, §5.5 and §10.
+"""Validation (upper-level) objectives of AutoBalance's search, L_fair of docs/METHODS.md#autobalance-objectives.
 
 Each objective is ``(logits [B, K], y [B], g [B]) -> scalar``, differentiable in ``logits`` and free of
 host synchronization (class/cell statistics by one-hot matrix products, so they also run under
@@ -45,7 +45,7 @@ def _mean_present(means: Tensor, present: Tensor) -> Tensor:
 
 
 def balanced_ce(logits: Tensor, y: Tensor, g: Optional[Tensor] = None) -> Tensor:
-    """CE_bal (SPEC §5.3, §5.5, §10): ``(1/|K_B|) Σ_{k ∈ K_B} mean_{i: y_i = k} CE(f(x_i), k)``, the mean over
+    """CE_bal (docs/METHODS.md#objective-balanced_ce): ``(1/|K_B|) Σ_{k ∈ K_B} mean_{i: y_i = k} CE(f(x_i), k)``, the mean over
     the classes K_B present in the batch of their class-conditional mean CE. ``g`` is ignored.
 
     The released code instead uses ``F.cross_entropy(logits, y, weight=w)`` with ``w_k ∝ 1/n_val,k`` (the
@@ -53,7 +53,7 @@ def balanced_ce(logits: Tensor, y: Tensor, g: Optional[Tensor] = None) -> Tensor
     (the ``/||w||_2`` normalization cancels in the weighted mean). That equals this objective exactly when
     the batch has the validation proportions (b_k ∝ n_k) and in expectation only approximately otherwise;
     here every batch is exactly class-balanced, whatever its composition [INFERRED: same population
-    objective, the balanced risk of §10].
+    objective, the balanced risk of docs/METHODS.md#metrics].
     """
     return _balanced(F.cross_entropy(logits, y, reduction="none"), y, logits.shape[1])
 
@@ -63,7 +63,7 @@ def _balanced(values: Tensor, cells: Tensor, num_cells: int) -> Tensor:
 
 
 def ce_deo(logits: Tensor, y: Tensor, g: Tensor, check: bool = True) -> Tensor:
-    """CE_deo (SPEC §5.5, §10): ``|L_{0,a=0} - L_{0,a=1}| + |L_{1,a=0} - L_{1,a=1}|`` with ``L_{y,a}`` the mean
+    """CE_deo (docs/METHODS.md#objective-deo_mix): ``|L_{0,a=0} - L_{0,a=1}| + |L_{1,a=0} - L_{1,a=1}|`` with ``L_{y,a}`` the mean
     CE of the cell (label y, attribute a), where groups are ``g = 2y + a`` (binary labels and attribute,
     e.g. Waterbirds). A pair with an empty cell in the batch contributes 0 (no estimate of its gap).
     ``check=True`` verifies ``g // 2 == y`` (one host sync; callers validate once and pass False).
@@ -94,7 +94,7 @@ def _deo(values: Tensor, g: Tensor) -> Tensor:
 
 
 def deo_mix(logits: Tensor, y: Tensor, g: Tensor, lam: float = 0.9, check: bool = True) -> Tensor:
-    """``(1 - lam)·CE + lam·CE_deo`` (SPEC §5.5). The default lam = 0.9 is the inferred intent of the
+    """``(1 - lam)·CE + lam·CE_deo`` (docs/METHODS.md#objective-deo_mix). The default lam = 0.9 is the inferred intent of the
     paper's Table 3 ("0.1·CE + 0.9·CE_deo" in its caption; the formula read literally gives lam = 0.1)."""
     return _deo_mix(_binary_ce(logits, y, g, check), g, lam)
 
@@ -104,7 +104,7 @@ def _deo_mix(values: Tensor, g: Tensor, lam: float) -> Tensor:
 
 
 def group_balanced_ce(logits: Tensor, y: Tensor, g: Tensor, num_groups: Optional[int] = None) -> Tensor:
-    """CE^G_bal (SPEC §5.5): the mean over the (class, group) cells present in the batch of the cell mean CE,
+    """CE^G_bal (docs/METHODS.md#objective-group_balanced_ce): the mean over the (class, group) cells present in the batch of the cell mean CE,
     ``(1/|C_B|) Σ_{(k,j) ∈ C_B} L_{k,j}`` (the paper's ``1/(KG) Σ L_{k,j}`` when all cells are present).
     ``num_groups`` defaults to ``max(g) + 1`` (one host sync; pass it to avoid that)."""
     groups = int(g.max()) + 1 if num_groups is None else int(num_groups)
@@ -130,7 +130,7 @@ class Objective:
 
 @register("balanced_ce")
 class BalancedCE(Objective):
-    """Class-balanced CE (:func:`balanced_ce`); the class-imbalance objective of SPEC §5.5."""
+    """Class-balanced CE (:func:`balanced_ce`); the class-imbalance objective (docs/METHODS.md#objective-balanced_ce)."""
 
     def __init__(self, num_classes: Optional[int] = None):
         self.num_classes = num_classes
@@ -148,7 +148,7 @@ class BalancedCE(Objective):
 
 @register("deo_mix")
 class DeoMix(Objective):
-    """``(1 - lam)·CE + lam·CE_deo`` (:func:`deo_mix`); lam = 0.9 by default (SPEC §5.5, inferred)."""
+    """``(1 - lam)·CE + lam·CE_deo`` (:func:`deo_mix`); lam = 0.9 by default (docs/METHODS.md#objective-deo_mix, our reading)."""
 
     def __init__(self, lam: float = 0.9):
         if not 0.0 <= lam <= 1.0:

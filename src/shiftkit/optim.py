@@ -2,8 +2,8 @@
 
 A registered optimizer is a dataclass of its hyperparameters with ``make(params, epochs)`` returning the
 torch optimizer and an epoch-wise ``LambdaLR`` schedule. The [W] experiments use SGD with a constant rate
-and no weight decay (SPEC §8.1); [AB] and the LDAM-DRW recipe use a linear warm-up then step decays
-(``schedule="multistep"``, SPEC §5.6, §8.3).
+and no weight decay (docs/METHODS.md#protocol-wang2022); [AB] and the LDAM-DRW recipe use a linear warm-up then step decays
+(``schedule="multistep"``, docs/METHODS.md#autobalance-schedules, docs/METHODS.md#recipe-ldam-drw).
 
 >>> spec = build("sgd", lr=0.1, schedule="multistep", milestones=[2], warmup_epochs=1)
 >>> [round(spec.factor(e, epochs=4), 3) for e in range(4)]

@@ -15,8 +15,8 @@ Traceback (most recent call last):
 shiftkit.errors.ShiftkitError: unknown toy 'triple'; choose one of: double
 
 Data statistics (``class_counts``, ``group_counts`` and the other names in :data:`DATA_STATISTICS`) are
-passed to a constructor only when its signature names them (DESIGN.md: "every build accepts class_counts
-and group_counts and ignores what a method does not use"). Hyperparameters are checked strictly: an
+passed to a constructor only when its signature names them (every build accepts class_counts
+and group_counts and ignores what a method does not use, so a generic loop always passes both). Hyperparameters are checked strictly: an
 option a method does not have is an error that lists the options it has.
 
 A registry may have *shared* options, which every name takes: ``shared(name, obj, **options)`` runs after

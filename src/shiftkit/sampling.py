@@ -1,8 +1,8 @@
-"""Index samplers: which training examples enter each epoch, in which order (DESIGN.md).
+"""Index samplers: which training examples enter each epoch, in which order (docs/METHODS.md#samplers).
 
 A sampler never mutates a dataset; it returns indices into the training split, drawn with the run's
 generator (so a seed fixes them). ``none`` is the plain shuffled epoch of the [W] code (``shuffle=True``,
-SPEC §2.2); ``undersample``, ``resample`` and ``balanced`` change which examples are seen, by group
+docs/METHODS.md#sampler-none); ``undersample``, ``resample`` and ``balanced`` change which examples are seen, by group
 (default) or by class, and combine with any loss and weighting.
 
 >>> import torch
@@ -77,7 +77,7 @@ class Shuffle(Sampler):
 
 @register("undersample")
 class Undersample(Sampler):
-    """[W]'s undersampling (SPEC §2.3): keep example ``i`` iff ``U_i <= n_min / n_{c(i)}``.
+    """[W]'s undersampling (docs/METHODS.md#sampler-undersample): keep example ``i`` iff ``U_i <= n_min / n_{c(i)}``.
 
     Each category keeps ``n_min`` examples in expectation (the counts are random, as in the [W] code).
     The subset is drawn once, at the first epoch, from the run's generator, then reshuffled every epoch;
@@ -105,8 +105,8 @@ class Undersample(Sampler):
 
 @register("resample")
 class Resample(Sampler):
-    """Draw ``N`` examples i.i.d. with replacement, ``P(i) ∝ 1 / n_{c(i)}`` (SPEC §2.2's ``weighted``
-    sampler / ``resampled`` wrapper; [Z]'s IW by sampling, SPEC §6.3): every category is equally likely
+    """Draw ``N`` examples i.i.d. with replacement, ``P(i) ∝ 1 / n_{c(i)}`` (the [W] code's ``weighted``
+    sampler / ``resampled`` wrapper; [Z]'s IW by sampling; docs/METHODS.md#sampler-resample): every category is equally likely
     per draw, and an epoch has the size of the training set."""
 
     def epoch(self, y: Tensor, g: Tensor, generator: torch.Generator) -> Tensor:

@@ -1,12 +1,12 @@
 """A scikit-learn classifier over shiftkit's one training loop, for tabular data.
 
 :class:`ShiftClassifier` names a loss, a weighting scheme, a sampler, a model and an optimizer from the
-registries (DESIGN.md, "The one idea"); ``fit`` computes the data statistics (class and group counts) from
+registries (docs/METHODS.md#one-loop); ``fit`` computes the data statistics (class and group counts) from
 the training rows, builds the parts with them and trains with :func:`shiftkit.train.fit`, the same loop as
 ``shiftkit train``. Any loss composes with any weighting and sampler, as on the command line: for example
-``loss="poly", weighting="iw"`` is [W]'s polynomially-tailed loss with importance weights (SPEC §1.2,
-§2.1), ``weighting="group_dro"`` with ``groups`` is Group DRO (SPEC §3). Hyperparameters are set at
-construction and checked in ``fit`` (DESIGN.md, "Style" 5), so the estimator clones, pickles and sits in
+``loss="poly", weighting="iw"`` is [W]'s polynomially-tailed loss with importance weights (docs/METHODS.md#loss-poly,
+docs/METHODS.md#weighting-iw), ``weighting="group_dro"`` with ``groups`` is Group DRO (docs/METHODS.md#weighting-group_dro). Hyperparameters are set at
+construction and checked in ``fit`` (data statistics at fit time, the scikit-learn convention), so the estimator clones, pickles and sits in
 pipelines and grid searches like any scikit-learn classifier. docs/SKLEARN.md has a walk-through.
 
 ``fit`` takes scikit-learn's ``sample_weight`` (and the estimator a ``class_weight``): per-example multipliers
@@ -43,7 +43,7 @@ from .runner import resolve_device
 from .train import fit as train_fit, parse_select
 
 #: Options the estimator gives a model unless ``model_options`` sets them: the registry's MLP (2 x 512,
-#: [W]'s image MLP, SPEC §8.1) is far wider than tabular data needs and would make every fit slow.
+#: [W]'s image MLP, docs/METHODS.md#model-mlp) is far wider than tabular data needs and would make every fit slow.
 _MODEL_DEFAULTS = {"mlp": {"width": 128}}
 #: Rows per forward pass at prediction time.
 _PREDICT_BATCH = 4096
@@ -91,26 +91,26 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
     samplers behind scikit-learn's ``fit`` / ``predict`` / ``predict_proba`` / ``score``.
 
     Training minimizes ``mean_i(w_i · loss(f(x_i), y_i, g_i))`` over the batches a sampler draws, where
-    the weights ``w_i`` come from the weighting scheme (DESIGN.md, "The one idea"); every part is built by
+    the weights ``w_i`` come from the weighting scheme (docs/METHODS.md#one-loop); every part is built by
     name from its registry with the training split's statistics (``Splits.statistics()``: class and group
     counts, number of classes and groups, input shape).
 
     Parameters
     ----------
     loss : str, default="ce"
-        A name in ``shiftkit.losses.names()`` (SPEC §1): ``ce``, ``poly``, ``ldam``, ``la``, ``cdt``, ``vs``,
+        A name in ``shiftkit.losses.names()`` (docs/METHODS.md#losses): ``ce``, ``poly``, ``ldam``, ``la``, ``cdt``, ``vs``,
         ``vs_group``, ``focal``, ``autobalance`` (its parameters stay at their initial values: the bilevel
         search is not run here).
     loss_options, weighting_options, sampler_options, model_options, optimizer_options : dict or None
-        Hyperparameters of the named part, e.g. ``loss_options={"alpha": 2.0}`` (SPEC §1.2). Data
+        Hyperparameters of the named part, e.g. ``loss_options={"alpha": 2.0}`` (docs/METHODS.md#loss-poly). Data
         statistics (``class_counts``, ``group_counts``, ...) are computed in ``fit`` and may not be given.
         ``model_options=None`` is the registry's defaults, except that the ``mlp`` is 128 wide.
     weighting : str, default="erm"
-        A name in ``shiftkit.weighting.names()`` (SPEC §2-4): ``erm``, ``iw``, ``group_dro``, ``rgd``,
+        A name in ``shiftkit.weighting.names()`` (docs/METHODS.md#weightings): ``erm``, ``iw``, ``group_dro``, ``rgd``,
         ``cvar``, ``cb``, ``drw``, ...
     sampler : str, default="none"
         A name in ``shiftkit.sampling.names()``: ``none`` (shuffled epochs), ``undersample``, ``resample``,
-        ``balanced`` (SPEC §2.2-2.3).
+        ``balanced`` (docs/METHODS.md#samplers).
     model : str, default="mlp"
         A name in ``shiftkit.models.names()`` that accepts flat inputs: ``mlp`` or ``linear``.
     optimizer : str, default="adam"
@@ -127,7 +127,7 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
         ``data=tabular``). Needed only for ``select="best:<metric>"``.
     select : str, default="last"
         ``"last"`` keeps the final weights; ``"best:<metric>"`` the epoch with the best validation metric
-        (SPEC §2.4; [W]'s IW-ES is ``"best:group_balanced_acc"``).
+        (docs/METHODS.md#selection; [W]'s IW-ES is ``"best:group_balanced_acc"``).
     standardize : bool, default=True
         Scale each feature by the training rows' mean and (population) standard deviation, kept in
         ``mean_`` and ``scale_``; a constant feature is only centred. With ``sample_weight`` or
@@ -139,7 +139,7 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
         It multiplies ``sample_weight`` and the weighting scheme's weights, as ``sample_weight`` does.
     random_state : int, RandomState or None, default=None
         Seeds the model's initialization, the data order and the validation split; a fixed value gives
-        identical predictions on the CPU (DESIGN.md, "Reliability"). The global torch RNG is left as it was.
+        identical predictions on the CPU (docs/RUNS.md, "Determinism"). The global torch RNG is left as it was.
     device : str, default="cpu"
         Where training and prediction run (``"cuda"``, ``"auto"``: as ``shiftkit train device=...``).
 
@@ -149,7 +149,7 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
         The sorted labels; column ``k`` of ``predict_proba`` is ``classes_[k]``.
     groups_ : ndarray or None
         The sorted group ids given to ``fit``; ``None`` without ``groups``, when each row's group is its
-        class (DESIGN.md, "Groups").
+        class (docs/METHODS.md#groups).
     class_counts_, group_counts_ : list of int or float
         Training counts per class and per group, as handed to the registries; with ``sample_weight`` or
         ``class_weight``, the sums of the example weights (integers where the sums are).
@@ -160,7 +160,7 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
     weighting_ : shiftkit.weighting.Weighting
         The trained weighting scheme with its state (Group DRO's ``q``).
     fit_result_ : shiftkit.train.FitResult
-        Metrics of SPEC §10 on the training rows (``fit_result_.final["train"]``) and the validation rows
+        Metrics (docs/METHODS.md#metrics) on the training rows (``fit_result_.final["train"]``) and the validation rows
         (``["val"]``: the training rows again when ``val_fraction=0``; ``["test"]`` repeats ``["val"]``).
     n_features_in_, feature_names_in_ :
         As set by scikit-learn's ``validate_data``.
@@ -362,7 +362,6 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"sample_weight must be >= 0, got a minimum of {weights.min():g}")
         if not weights.any():
             raise ValueError("sample_weight must not be all zero: at least one example needs a positive weight")
-        what = "sample_weight"
         if self.class_weight is not None:
             given = None if sample_weight is None else weights
             per_class = compute_class_weight(self.class_weight, classes=self.classes_, y=y, sample_weight=given)
@@ -453,7 +452,7 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
 
     def decision_function(self, X) -> np.ndarray:
         """The network's logits ``f(x) [n, K]``; for two classes ``f_1 - f_0 [n]`` (positive means
-        ``classes_[1]``). Logit-adjusted losses (LA, LDAM, CDT, VS; SPEC §1.3-1.6) shift logits only during
+        ``classes_[1]``). Logit-adjusted losses (LA, LDAM, CDT, VS; docs/METHODS.md#losses-logit-adjusted) shift logits only during
         training, so these are the unadjusted logits that predictions use."""
         logits = self._logits(X)
         return logits[:, 1] - logits[:, 0] if len(self.classes_) == 2 else logits
@@ -461,7 +460,7 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         """``softmax(f(x)) [n, K]``, columns in the order of ``classes_``. A probability in the sense of a
         likelihood only for ``loss="ce"`` with ``weighting="erm"``: other losses and weightings move the
-        logits on purpose (SPEC §1-2), so read it then as a score with the same ranking as the logits."""
+        logits on purpose (docs/METHODS.md#one-loop), so read it then as a score with the same ranking as the logits."""
         return torch.softmax(torch.from_numpy(self._logits(X)), dim=1).numpy()
 
     def predict(self, X) -> np.ndarray:
@@ -470,7 +469,7 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[best]
 
     def evaluate(self, X, y, groups=None) -> Dict[str, object]:
-        """All metrics of SPEC §10 (accuracy, balanced, worst-class, group-balanced and worst-group
+        """All metrics of docs/METHODS.md#metrics (accuracy, balanced, worst-class, group-balanced and worst-group
         accuracy, DEO, per-group accuracy) of the predictions on ``X`` (:func:`shiftkit.metrics.evaluate`).
 
         Groups: with ``groups`` given to ``fit``, ``groups`` here must use those ids (``per_group_acc``

@@ -3,7 +3,7 @@
 ``logger=NAME`` picks a logger and ``logger.<option>=...`` sets its options (docs/TRACKING.md). The run
 directory stays the record of a run (``shiftkit report`` reads only it); a logger is a live view beside it.
 The runner calls :meth:`Logger.start` once, :meth:`Logger.log` with every evaluation record and
-:meth:`Logger.finish` once at the end, so logging costs nothing inside an epoch (DESIGN.md, "Performance").
+:meth:`Logger.finish` once at the end, so logging costs nothing inside an epoch (docs/PERFORMANCE.md).
 
 What a record becomes, at step ``epoch``: each split's scalar metrics
 (:data:`shiftkit.metrics.SCALAR_METRICS`) as ``<split>/<metric>`` (``val/balanced_acc``), ``train_loss``,

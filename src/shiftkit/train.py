@@ -1,9 +1,9 @@
 """The one training loop: minimize ``mean(weights * losses)`` over batches drawn by a sampler.
 
 ERM, importance weighting and DRO differ only in the weighting scheme, CE and the polynomially-tailed
-loss only in the loss, undersampling only in the sampler (DESIGN.md). Data stays on the training device;
+loss only in the loss, undersampling only in the sampler (docs/METHODS.md#one-loop). Data stays on the training device;
 inside an epoch nothing synchronizes with the host: each step's objective and loss stay on the device and
-are checked once per epoch, with the parameters' finiteness, for divergence (:mod:`shiftkit.divergence`). Model selection follows SPEC §2.4: ``last`` tests the final weights,
+are checked once per epoch, with the parameters' finiteness, for divergence (:mod:`shiftkit.divergence`). Model selection (docs/METHODS.md#selection): ``last`` tests the final weights,
 ``best:<metric>`` the evaluation with the best validation ``<metric>`` (strictly better replaces, as a
 max-mode checkpoint does; [W]'s IW-ES is ``best:group_balanced_acc``).
 """
@@ -69,7 +69,7 @@ def evaluate_model(
     train_group_counts: Optional[list] = None,
     pipeline: Optional[Pipeline] = None,
 ) -> Dict[str, object]:
-    """Metrics of ``model`` on ``split`` (SPEC §10), accumulated over batches; inputs go through
+    """Metrics of ``model`` on ``split`` (docs/METHODS.md#metrics), accumulated over batches; inputs go through
     ``pipeline`` (without augmentation) when given. Under ``torchrun`` each rank counts its shard of the
     split and the counts are summed over ranks."""
     pipeline = pipeline or Pipeline()
@@ -94,7 +94,7 @@ def _better(value: Optional[float], best: Optional[float], metric: str) -> bool:
 
 
 class Selection:
-    """Model selection over evaluations (SPEC §2.4): the last one, or the best validation ``metric``."""
+    """Model selection over evaluations (docs/METHODS.md#selection): the last one, or the best validation ``metric``."""
 
     def __init__(self, select: str):
         self.metric = parse_select(select)
@@ -172,8 +172,8 @@ def train_epoch(
     Each step's objective and summed per-example loss go into ``tally``
     (:class:`~shiftkit.divergence.Tally`; a fresh one from step 0 if ``None``), whose length says how many
     batches of ``order`` are done: a tally restored from a checkpoint inside the epoch continues after
-    them. ``after_step(step)`` runs after each optimizer step (an outer update such as AutoBalance's, SPEC
-    §5.2), then ``on_step(tally)`` (a checkpoint inside the epoch). Returns the tally.
+    them. ``after_step(step)`` runs after each optimizer step (an outer update such as AutoBalance's,
+    docs/METHODS.md#autobalance-algorithm), then ``on_step(tally)`` (a checkpoint inside the epoch). Returns the tally.
     """
     tally = tally if tally is not None else Tally(first_step=0)
     for idx in order.split(batch_size)[len(tally.sizes):]:
@@ -249,7 +249,7 @@ def fit(
     ``torch.compile``. ``on_eval`` receives each evaluation record ``{"epoch", "step", "train_loss",
     "train", "val", "test"}``. With ``select="best:<metric>"`` the model ends holding the selected weights.
     ``outer`` is an optional outer update around the same loop (AutoBalance's hyperparameter search,
-    SPEC §5.2): ``outer.start_epoch(epoch)`` before each epoch and ``outer.after_step(step)`` after each
+    docs/METHODS.md#autobalance-algorithm): ``outer.start_epoch(epoch)`` before each epoch and ``outer.after_step(step)`` after each
     optimizer step; it never builds an optimizer for the model or a loop of its own. ``probe(model, train,
     pipeline)`` (e.g. :class:`shiftkit.diagnostics.Probe`) adds its dict to each evaluation record as
     ``"diagnostics"``. With a ``checkpoint`` (:class:`shiftkit.checkpoint.Checkpoint`) the loop saves its

@@ -1,4 +1,4 @@
-"""Datasets and protocols, by name (DESIGN.md, "Data").
+"""Datasets and protocols, by name (docs/METHODS.md#datasets).
 
 >>> from shiftkit import data
 >>> splits = data.build("digits_binary")

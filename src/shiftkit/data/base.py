@@ -121,7 +121,7 @@ class Splits:
         }
 
     def statistics(self) -> Dict[str, object]:
-        """The data statistics handed to every ``build`` (training split only; DESIGN.md)."""
+        """The data statistics handed to every ``build`` (training split only)."""
         return {
             "class_counts": self.train.class_counts,
             "group_counts": self.train.group_counts,

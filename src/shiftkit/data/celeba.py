@@ -1,4 +1,4 @@
-"""CelebA from a user's directory, with [W]'s subsampled protocol (SPEC §7.2, §10; DESIGN.md "Groups").
+"""CelebA from a user's directory, with [W]'s subsampled protocol (docs/METHODS.md#data-celeba, docs/METHODS.md#groups).
 
 Files, in either standard format (the folder ``root``, else ``$SHIFTKIT_DATA/celeba``):
 
@@ -28,7 +28,7 @@ from .images import decode_images
 from .pipeline import Pipeline
 from .roots import find_root, read_csv
 
-#: ImageNet statistics used by [W]'s ``Normalize`` (SPEC §7.2).
+#: ImageNet statistics used by [W]'s ``Normalize`` (docs/METHODS.md#data-celeba).
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 #: group_DRO's training ``RandomResizedCrop(scale=(0.7, 1.0), ratio=(1.0, 1.3333333333333333))``
@@ -127,7 +127,7 @@ def celeba(
     augment: bool = False,
     root: Optional[str] = None,
 ) -> Splits:
-    """[W]'s subsampled CelebA (SPEC §7.2). ``y = target``, ``a = attribute``, ``g = 2·y + a``: with the
+    """[W]'s subsampled CelebA (docs/METHODS.md#data-celeba). ``y = target``, ``a = attribute``, ``g = 2·y + a``: with the
     defaults 0 = not-blond female, 1 = not-blond male, 2 = blond female, 3 = blond male.
 
     - train: the official train partition, ``round(n · train_fraction)`` images drawn uniformly without

@@ -1,6 +1,6 @@
 """CIFAR-10 and CIFAR-100 from their "python version" pickle batches, and the papers' protocols on them:
-[W]'s imbalanced binary cat-vs-dog (SPEC §7.1) and CIFAR10-LT / CIFAR100-LT (SPEC §7.4) with a standard or
-AutoBalance's validation split (SPEC §5.6). Nothing is downloaded; ``root`` (or ``$SHIFTKIT_DATA/cifar10``,
+[W]'s imbalanced binary cat-vs-dog (docs/METHODS.md#data-cifar10_binary) and CIFAR10-LT / CIFAR100-LT (docs/METHODS.md#data-cifar10_lt) with a standard or
+AutoBalance's validation split (docs/METHODS.md#autobalance-schedules). Nothing is downloaded; ``root`` (or ``$SHIFTKIT_DATA/cifar10``,
 ``$SHIFTKIT_DATA/cifar100``) is the extracted folder (``cifar-10-batches-py``, ``cifar-100-python``) or its
 parent. Images are decoded once, vectorized, into ``uint8 [N, 3, 32, 32]`` (a row of a batch's ``data`` is
 the red, green and blue 32x32 planes, each row-major).
@@ -52,7 +52,7 @@ class CifarFormat:
     num_classes: int
     mean: Tuple[float, ...]
     std: Tuple[float, ...]
-    autobalance: str  # AutoBalance's split arithmetic for this variant (SPEC §5.6)
+    autobalance: str  # AutoBalance's split arithmetic for this variant (docs/METHODS.md#autobalance-schedules)
 
 
 CIFAR10 = CifarFormat(
@@ -64,7 +64,7 @@ CIFAR100 = CifarFormat(
     "cifar100", "cifar-100-python", "cifar-100-python.tar.gz", ("train",), "test", "meta",
     "fine_labels", "fine_label_names", 100, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), "round",
 )  # fmt: skip
-#: [W]'s normalization for the binary protocol (SPEC §7.1), rounded differently from AutoBalance's.
+#: [W]'s normalization for the binary protocol (docs/METHODS.md#data-cifar10_binary), rounded differently from AutoBalance's.
 W_MEAN, W_STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
 
 
@@ -168,7 +168,7 @@ def _split(x: np.ndarray, y: np.ndarray, index: np.ndarray, num_classes: int) ->
 
 
 def w_step_undersample(y: np.ndarray, num_classes: int, imbalance: float, seed: int = 0) -> Tuple[np.ndarray, list]:
-    """[W]'s ``UndersampledByGroupDataset`` under a step imbalance (SPEC §7.1).
+    """[W]'s ``UndersampledByGroupDataset`` under a step imbalance (docs/METHODS.md#data-cifar10_binary).
 
     Classes ``0 .. K/2 - 1`` keep their pool, the others ``int(n_max / imbalance)``. One
     ``torch.Generator`` seeded ``seed`` draws ``randperm`` per class, in order of each class's first
@@ -198,7 +198,7 @@ def cifar10_binary(
     val_fraction: float = 0.2,
     split_seed: int = 0,
 ) -> Splits:
-    """[W]'s imbalanced binary CIFAR-10 (SPEC §7.1), exactly as its code builds it.
+    """[W]'s imbalanced binary CIFAR-10 (docs/METHODS.md#data-cifar10_binary), exactly as its code builds it.
 
     1. Step imbalance on all ten training classes (:func:`w_step_undersample`, torch generator seeded
        ``split_seed``): classes 0-4 keep 5000, classes 5-9 keep ``int(5000 / imbalance)`` = 500.
@@ -228,7 +228,7 @@ def cifar10_binary(
         _split(data.train_x, y_train, pool[val], 2),
         _split(data.test_x, y_test, test, 2),
         info=dict(
-            dataset="cifar10", protocol="[W] step imbalance (SPEC 7.1)", root=str(data.folder), classes=classes,
+            dataset="cifar10", protocol="[W] step imbalance (docs/METHODS.md#data-cifar10_binary)", root=str(data.folder), classes=classes,
             class_names=[data.class_names[c] for c in classes], imbalance=imbalance, step_counts=kept,
             pool=[kept[c] for c in classes], val_fraction=val_fraction, split_seed=split_seed,
         ),
@@ -240,7 +240,7 @@ _SPLITS = ("standard", "autobalance")
 
 
 def _long_tailed(fmt, root, rho, rounding, augment, split, val_fraction, split_seed) -> Splits:
-    """CIFAR-LT (SPEC §7.4): see :func:`cifar10_lt`."""
+    """CIFAR-LT (docs/METHODS.md#data-cifar10_lt): see :func:`cifar10_lt`."""
     if split not in _SPLITS:
         raise ShiftkitError(f"{fmt.name}_lt: split must be one of {', '.join(_SPLITS)}, got '{split}'")
     if not 0 < val_fraction < 1:
@@ -265,7 +265,7 @@ def _long_tailed(fmt, root, rho, rounding, augment, split, val_fraction, split_s
         _split(data.train_x, data.train_y, val, k),
         _split(data.test_x, data.test_y, np.arange(len(data.test_y)), k),
         info=dict(
-            dataset=fmt.name, protocol="long tail (SPEC 7.4)", root=str(data.folder), rho=rho, rounding=rounding,
+            dataset=fmt.name, protocol="long tail (docs/METHODS.md#data-cifar10_lt)", root=str(data.folder), rho=rho, rounding=rounding,
             split=split, val_fraction=val_fraction if split == "standard" else 0.2, profile=profile,
             train_counts=n_train, val_counts=n_val, split_seed=split_seed, augment=augment,
             class_names=data.class_names,
@@ -284,7 +284,7 @@ def cifar10_lt(
     val_fraction: float = 0.2,
     split_seed: int = 0,
 ) -> Splits:
-    """CIFAR10-LT (SPEC §7.4): class ``i`` keeps ``n_i = 5000 μ^i``, ``μ = ρ^(-1/9)``, of its training
+    """CIFAR10-LT (docs/METHODS.md#data-cifar10_lt): class ``i`` keeps ``n_i = 5000 μ^i``, ``μ = ρ^(-1/9)``, of its training
     images, chosen by a per-class permutation fixed by ``split_seed``; the test set is the balanced
     original one (1000 per class). ``rounding="int"`` is LDAM's: [5000, 2997, ..., 50], 12406 images.
 
@@ -307,7 +307,7 @@ def cifar100_lt(
     val_fraction: float = 0.2,
     split_seed: int = 0,
 ) -> Splits:
-    """CIFAR100-LT (SPEC §7.4): as :func:`cifar10_lt` with 100 classes of 500 (``μ = ρ^(-1/99)``, 10847
+    """CIFAR100-LT (docs/METHODS.md#data-cifar100_lt): as :func:`cifar10_lt` with 100 classes of 500 (``μ = ρ^(-1/99)``, 10847
     images at ρ = 100 with int rounding; the standard split: 8636 train, 2211 validation) and a balanced
     test set of 100 per class. The autobalance split is AutoBalance's CIFAR-100 one: 8719 train, 2180
     validation (``round``)."""

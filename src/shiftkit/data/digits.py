@@ -34,7 +34,7 @@ def digits_binary(
     val_fraction: float = 0.2,
     split_seed: int = 0,
 ) -> Splits:
-    """[W]'s imbalanced binary protocol (SPEC §7.1) on two confusable digits.
+    """[W]'s imbalanced binary protocol on two confusable digits (docs/METHODS.md#data-digits_binary).
 
     ``classes = [a, b]`` become labels 0 (majority) and 1 (minority). Per class, a permutation fixed by
     ``split_seed`` first sets aside ``test_per_class`` images for a balanced test set; of the rest, the
@@ -75,7 +75,7 @@ def digits_lt(
     rounding: str = "int",
     split_seed: int = 0,
 ) -> Splits:
-    """A 10-class long tail on the digits (SPEC §7.4's profile): after a balanced test set of
+    """A 10-class long tail on the digits (CIFAR-LT's profile, docs/METHODS.md#data-digits_lt): after a balanced test set of
     ``test_per_class`` images per class is set aside, class ``i`` keeps ``n_max · rho^(-i/9)`` images,
     with ``n_max`` the smallest remaining pool (144 with the defaults, so every class can fill its
     quota); ``val_fraction`` of each class (at least one image, leaving at least one) is validation.

@@ -1,9 +1,9 @@
-"""Fashion-MNIST protocols: the papers' constructions on real images we have offline (DESIGN.md, "Data").
+"""Fashion-MNIST protocols: the papers' constructions on real images we have offline (docs/METHODS.md#datasets-offline).
 
-- ``fmnist_binary``: [W]'s imbalanced binary protocol (SPEC §7.1) on T-shirt/top vs shirt.
-- ``fmnist_lt``: a 10-class long tail with imbalance factor rho (SPEC §7.4), or AutoBalance's search
-  split (SPEC §5.6).
-- ``fmnist_spurious``: a Waterbirds-like group shift (SPEC §7.3) with an attribute rendered into the
+- ``fmnist_binary``: [W]'s imbalanced binary protocol (docs/METHODS.md#data-fmnist_binary) on T-shirt/top vs shirt.
+- ``fmnist_lt``: a 10-class long tail with imbalance factor rho (docs/METHODS.md#data-fmnist_lt), or AutoBalance's search
+  split (docs/METHODS.md#autobalance-schedules).
+- ``fmnist_spurious``: a Waterbirds-like group shift (docs/METHODS.md#data-fmnist_spurious) with an attribute rendered into the
   background of every image.
 - ``fmnist_pretrain``: the classes those protocols do not use, for pretraining a backbone offline.
 
@@ -66,7 +66,7 @@ def fmnist_binary(
     split_seed: int = 0,
     augment: bool = False,
 ) -> Splits:
-    """[W]'s imbalanced binary protocol (SPEC §7.1) on Fashion-MNIST.
+    """[W]'s imbalanced binary protocol on Fashion-MNIST (docs/METHODS.md#data-fmnist_binary).
 
     ``classes = [a, b]`` become labels 0 (majority) and 1 (minority). Per class, a permutation fixed by
     ``split_seed`` keeps ``n_majority`` images of ``a`` and ``int(n_majority / imbalance)`` of ``b`` (the
@@ -74,7 +74,7 @@ def fmnist_binary(
     80/20 into train (about 4000/400) and validation; the test set is every test image of the two
     classes (1000/1000, balanced). The default pair, T-shirt/top vs shirt, is the pair a balanced
     logistic regression confuses most (16.8% test error, against 15.1% for pullover vs coat and 14.5%
-    for coat vs shirt), and SPEC §12's pair. No augmentation, as in [W].
+    for coat vs shirt), and the pair of docs/METHODS.md#scale. No augmentation, as in [W].
     """
     classes = check_binary_protocol("fmnist_binary", classes, imbalance, val_fraction)
     if n_majority < 2:
@@ -109,12 +109,12 @@ def fmnist_lt(
     split_seed: int = 0,
     augment: bool = False,
 ) -> Splits:
-    """Long-tailed Fashion-MNIST (SPEC §7.4): class ``i`` keeps ``n_max · rho^(-i/9)`` training images.
+    """Long-tailed Fashion-MNIST (docs/METHODS.md#data-fmnist_lt): class ``i`` keeps ``n_max · rho^(-i/9)`` training images.
 
     ``split="standard"``: the LDAM / [W] counts (``rounding="int"``: 5000, 2997, ..., 50 for rho = 100,
     12406 in all) for training and a balanced validation set of ``val_per_class`` images per class from
-    the images training does not use (Fashion-MNIST has 6000 per class). ``split="autobalance"``: SPEC
-    §5.6's search split, train ``ceil(4000 μ^i)`` and validation ``ceil(1000 μ^i)`` per class (9931 and
+    the images training does not use (Fashion-MNIST has 6000 per class). ``split="autobalance"``: [AB]'s
+    search split (docs/METHODS.md#autobalance-schedules), train ``ceil(4000 μ^i)`` and validation ``ceil(1000 μ^i)`` per class (9931 and
     2487 for rho = 100; the validation set is imbalanced like the training set). The test set is the
     balanced original (1000 per class). ``augment`` adds a padded random crop and flips.
     """
@@ -179,7 +179,7 @@ def fmnist_spurious(
     split_seed: int = 0,
     augment: bool = False,
 ) -> Splits:
-    """A Waterbirds-like spurious correlation on real images (SPEC §7.3).
+    """A Waterbirds-like spurious correlation on real images (docs/METHODS.md#data-fmnist_spurious).
 
     The label is the class (``classes = [a, b]`` → 0, 1: pullover vs coat by default, a hard pair, so
     the background is the easier cue). The attribute ``a`` is a background texture rendered into the

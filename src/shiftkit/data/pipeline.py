@@ -1,7 +1,7 @@
-"""Input preparation on the training device, batched: no per-example Python work (DESIGN.md, "Data").
+"""Input preparation on the training device, batched: no per-example Python work (docs/PERFORMANCE.md).
 
 Images are held as ``uint8`` tensors ``[N, C, H, W]``; a :class:`Pipeline` turns a batch into floats in
-``[0, 1]``, normalizes each channel and, in training only, applies a padded random crop (SPEC §7.4, §8.3:
+``[0, 1]``, normalizes each channel and, in training only, applies a padded random crop (docs/METHODS.md#data-cifar10_lt, docs/METHODS.md#recipe-ldam-drw:
 ``RandomCrop(32, 4)``) or a random resized crop (group_DRO's Waterbirds and CelebA augmentation:
 :func:`sample_boxes`, :func:`resample_boxes`), then a random horizontal flip. Float inputs (tabular data,
 digits) pass through unchanged unless a mean and std are given.

@@ -1,4 +1,4 @@
-"""Building blocks of the data protocols: fixed-seed permutations, per-class subsets, splits (SPEC §7)."""
+"""Building blocks of the data protocols: fixed-seed permutations, per-class subsets, splits (docs/METHODS.md#datasets)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ..errors import ShiftkitError
 
 
 def check_binary_protocol(name: str, classes: Sequence[int], imbalance: float, val_fraction: float) -> list:
-    """The options every imbalanced binary protocol shares (SPEC §7.1), as one-line errors."""
+    """The options every imbalanced binary protocol shares (docs/METHODS.md#data-cifar10_binary), as one-line errors."""
     classes = list(classes)
     if len(classes) != 2 or classes[0] == classes[1] or not all(0 <= c <= 9 for c in classes):
         raise ShiftkitError(f"{name}: classes must be two different class ids 0-9, got {classes}")
@@ -29,7 +29,7 @@ def per_class_permutations(y: np.ndarray, classes: Sequence[int], seed: int) -> 
 
 
 def step_imbalance(pool_sizes: Sequence[int], minority: Sequence[bool], ratio: float) -> list:
-    """Kept counts under a step imbalance (SPEC §7.1): majority classes keep their whole pool, minority
+    """Kept counts under a step imbalance (docs/METHODS.md#data-cifar10_binary): majority classes keep their whole pool, minority
     classes keep ``int(n_max / ratio)`` (at most their pool), where ``n_max`` is the largest majority pool.
 
     >>> step_imbalance([5000, 5000], [False, True], 10)
@@ -40,19 +40,19 @@ def step_imbalance(pool_sizes: Sequence[int], minority: Sequence[bool], ratio: f
 
 
 def train_val_split(n: int, val_fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
-    """[W]'s split (SPEC §7.1): one permutation by ``default_rng(seed)``, the first
+    """[W]'s split (docs/METHODS.md#data-cifar10_binary): one permutation by ``default_rng(seed)``, the first
     ``int((1 - val_fraction) n)`` indices train, the rest validation."""
     perm = np.random.default_rng(seed).permutation(n)
     n_train = int((1.0 - val_fraction) * n)
     return perm[:n_train], perm[n_train:]
 
 
-#: How long-tail counts are rounded: the LDAM / [W] code truncates, AutoBalance's code rounds (SPEC §7.4).
+#: How long-tail counts are rounded: the LDAM / [W] code truncates, AutoBalance's code rounds (docs/METHODS.md#data-cifar10_lt).
 _ROUNDING = {"int": math.floor, "ceil": math.ceil, "round": round}
 
 
 def long_tail_counts(n_max: int, num_classes: int, rho: float, rounding: str = "int") -> list:
-    """Exponential profile ``n_i = n_max · rho^(-i/(K-1))`` (SPEC §7.4), so ``n_0 / n_{K-1} = rho``.
+    """Exponential profile ``n_i = n_max · rho^(-i/(K-1))`` (docs/METHODS.md#data-cifar10_lt), so ``n_0 / n_{K-1} = rho``.
 
     ``"int"`` evaluates ``n_max · (1/rho)^(i/(K-1))`` and truncates, exactly as the LDAM and [W] code;
     ``"ceil"`` and ``"round"`` evaluate ``n_max · μ^i`` with ``μ = (1/rho)^(1/(K-1))`` as AutoBalance's code
@@ -62,7 +62,7 @@ def long_tail_counts(n_max: int, num_classes: int, rho: float, rounding: str = "
     [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
     >>> long_tail_counts(5000, 10, 50)[-1], long_tail_counts(500, 100, 10)[-1]   # LDAM's 100 and 50
     (100, 50)
-    >>> sum(long_tail_counts(5000, 10, 100, rounding="ceil"))    # AutoBalance's train+val (SPEC §5.6)
+    >>> sum(long_tail_counts(5000, 10, 100, rounding="ceil"))    # AutoBalance's train+val (docs/METHODS.md#autobalance-schedules)
     12415
     """
     if rounding not in _ROUNDING:
@@ -86,7 +86,7 @@ def holdout_counts(counts: Sequence[int], val_fraction: float) -> Tuple[list, li
 
 
 def autobalance_counts(n_max: int, num_classes: int, rho: float, style: str) -> Tuple[list, list]:
-    """AutoBalance's per-class train and validation counts (SPEC §5.6), with ``μ = (1/ρ)^(1/(K-1))``.
+    """AutoBalance's per-class train and validation counts (docs/METHODS.md#autobalance-schedules), with ``μ = (1/ρ)^(1/(K-1))``.
 
     ``"ceil"`` (CIFAR-10): train ``⌈0.8 n_max μ^i⌉``, val ``⌈0.2 n_max μ^i⌉``. ``"round"`` (CIFAR-100):
     total ``round(n_max μ^i)``, val ``max(1, round(0.2 n_max μ^i))``, train the rest. The code's constants

@@ -1,4 +1,4 @@
-"""Synthetic data: [W]'s two Gaussians (SPEC §7.5)."""
+"""Synthetic data: [W]'s two Gaussians (docs/METHODS.md#data-two_gaussians)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def two_gaussians(
     test_per_class: int = 500,
     seed: int = 1,
 ) -> Splits:
-    """[W] Figure 1 (SPEC §7.5): minority class 0 around (0, 5), majority class 1 around (5, 0), each
+    """[W] Figure 1 (docs/METHODS.md#data-two_gaussians): minority class 0 around (0, 5), majority class 1 around (5, 0), each
     ``N(0, I_2)`` projected into the ball of ``radius``. The true boundary is ``x_1 = x_0``. Validation
     is a fresh draw with the training proportions; the test set is balanced. Groups are the classes.
     """

@@ -1,11 +1,11 @@
-"""Tabular data from a CSV or Parquet file, with groups (DESIGN.md "Data", "Groups"; SPEC §10).
+"""Tabular data from a CSV or Parquet file, with groups (docs/METHODS.md#data-tabular, docs/METHODS.md#groups).
 
 One row per example, every column named once (a repeated name in the header is refused: pandas would
 rename the second ``label`` to ``label.1`` and train on it as a feature). ``label`` names the class
 column; string (or other non-id) labels become ids in sorted order, recorded in ``info["classes"]``, while
 integer labels must be the ids ``0..K-1`` (a class they skip is refused). Groups come from a ``group``
-column, or from a binary ``attribute`` column with a binary label as ``g = 2·y + a`` (the cells of SPEC
-§7.2-7.3), or are the classes. Group and attribute values of any kind (7, 1000, 3000, -1, text) become
+column, or from a binary ``attribute`` column with a binary label as ``g = 2·y + a`` (the cells of
+docs/METHODS.md#groups), or are the classes. Group and attribute values of any kind (7, 1000, 3000, -1, text) become
 ids ``0..G-1`` in sorted order, as ``ShiftClassifier`` numbers its groups; ``info["group_values"]``
 (``info["attribute_values"]``) maps each id back to its value. A ``split`` column (0/1/2 or
 train/val/test) gives the splits; without one, every (class, group) cell is split at random with

@@ -1,4 +1,4 @@
-"""Waterbirds from a user's directory: group_DRO's ``metadata.csv`` and images (SPEC §7.3, §10).
+"""Waterbirds from a user's directory: group_DRO's ``metadata.csv`` and images (docs/METHODS.md#data-waterbirds, docs/METHODS.md#metrics).
 
 The folder (``root``, else ``$SHIFTKIT_DATA/waterbirds``; group_DRO's tarball unpacks to
 ``waterbird_complete95_forest2water2/``) holds ``metadata.csv`` with at least the columns
@@ -56,7 +56,7 @@ def read_metadata(file):
 @register("waterbirds")
 def waterbirds(image_size: int = 224, augment: bool = False, split: str = "official", split_seed: int = 0,
                root: Optional[str] = None) -> Splits:
-    """Waterbirds with group_DRO's official splits (SPEC §7.3): ``g = 2·y + place``, so 0 landbird/land,
+    """Waterbirds with group_DRO's official splits (docs/METHODS.md#data-waterbirds): ``g = 2·y + place``, so 0 landbird/land,
     1 landbird/water, 2 waterbird/land, 3 waterbird/water (standard counts: train [3498, 184, 56, 1057],
     val [467, 466, 133, 133], test [2255, 2255, 642, 642]).
 

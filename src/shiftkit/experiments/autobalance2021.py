@@ -3,9 +3,9 @@ statistics over seeds and the figures the two reproductions share.
 
 Every row of a table is one :class:`Method`: the overrides of its runs (one per seed, through the one
 loop), its label in the paper and the paper's numbers. AutoBalance rows (``searches``) run the bilevel
-search (SPEC §5.2) and are trained one seed after another: a vectorized ensemble (``ensemble=true``)
+search (docs/METHODS.md#autobalance-algorithm) and are trained one seed after another: a vectorized ensemble (``ensemble=true``)
 trains the loss as it is, without the search, so they never join one. Metrics are percentages of the
-final weights on the test set (errors are ``100·(1 − accuracy)``; SPEC §10).
+final weights on the test set (errors are ``100·(1 − accuracy)``; docs/METHODS.md#metrics).
 """
 
 from __future__ import annotations

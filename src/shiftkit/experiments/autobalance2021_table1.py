@@ -1,5 +1,5 @@
-"""[AB] Table 1 (SPEC §9.2): balanced error of hand-designed and learned losses on a long tail, with
-Fashion-MNIST-LT (ρ = 100, SPEC §7.4) in place of CIFAR10-LT."""
+"""[AB] Table 1 (docs/METHODS.md#headline-autobalance-table1): balanced error of hand-designed and learned losses on a long tail, with
+Fashion-MNIST-LT (ρ = 100, docs/METHODS.md#data-cifar10_lt) in place of CIFAR10-LT."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .reproduction import Claim, Reproduction, Summary, cell, mean, p_text, pair
 
 _AB = ("experiment=autobalance",)
 #: [AB] Table 1's rows and their CIFAR10-LT balanced errors (%). AutoBalance rows learn the subset of
-#: α named by ``loss.learn`` (SPEC §5.4); "Δ & l" without an init starts from the released config's CE.
+#: α named by ``loss.learn`` (docs/METHODS.md#autobalance-parameters); "Δ & l" without an init starts from the released config's CE.
 METHODS: List[Method] = [
     Method("Cross-Entropy", "CE", ("loss=ce",), (30.45,)),
     Method("LDAM", "LDAM", ("loss=ldam",), (26.37,)),
@@ -41,7 +41,7 @@ _SCALES = {
 
 
 def _overrides(s: dict) -> tuple:
-    """Overrides of every run, of the baselines, and of the AutoBalance runs (SPEC §5.6's split and search)."""
+    """Overrides of every run, of the baselines, and of the AutoBalance runs ([AB]'s split and search, docs/METHODS.md#autobalance-schedules)."""
     milestones = ",".join(str(m) for m in s["milestones"])
     common = [
         "data=fmnist_lt", f"model={s['model']}", f"model.width={s['width']}", f"optim.lr={s['lr']}",
@@ -100,7 +100,7 @@ def _alpha_figure(ctx, runs: Dict[str, List[dict]], counts: List[int]) -> str:
 @register("autobalance-table1")
 class AutoBalanceTable1(Reproduction):
     """Every row trains through the one loop on ``fmnist_lt`` (12,406 images, CIFAR10-LT's counts) and is
-    tested on the balanced 10,000-image test set; AutoBalance rows search on SPEC §5.6's split (9,931
+    tested on the balanced 10,000-image test set; AutoBalance rows search on [AB]'s split (docs/METHODS.md#autobalance-schedules; 9,931
     train, 2,487 validation) for ``search_epochs`` with bilevel updates from ``start_epoch`` (the
     ``experiment=autobalance`` preset: balanced-CE objective, Neumann step 0.1), then retrain a fresh
     model on train+val (12,418 images) for ``epochs`` with α fixed. The model is an MLP: ResNet-32 is
@@ -109,7 +109,7 @@ class AutoBalanceTable1(Reproduction):
     model=cnn`` trains it instead (``width`` is then its channel width)."""
 
     title = "Balanced error of hand-designed and AutoBalance-learned losses on a long tail"
-    source = "[AB] Table 1; SPEC §5, §9.2 (CIFAR10-LT protocol on Fashion-MNIST, §7.4)"
+    source = "[AB] Table 1; docs/METHODS.md#reproduction-autobalance-table1 (CIFAR10-LT protocol on Fashion-MNIST)"
     keys = ("balanced_error", "autobalance_minus_ce", "autobalance_minus_la")
     scales = _SCALES
 

@@ -1,5 +1,5 @@
-"""[AB] Table 3 (SPEC §9.3): fairness of training losses under a spurious attribute, with
-``fmnist_spurious`` (Waterbirds' group fractions on Fashion-MNIST images, SPEC §7.3) in place of Waterbirds."""
+"""[AB] Table 3 (docs/METHODS.md#headline-autobalance-table3): fairness of training losses under a spurious attribute, with
+``fmnist_spurious`` (Waterbirds' group fractions on Fashion-MNIST images, docs/METHODS.md#data-waterbirds) in place of Waterbirds."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from .autobalance2021 import Method, Values, bars, learned_loss, lower, multipli
 from .reproduction import Claim, Reproduction, Summary, cell, mean, p_text, paired, register
 
 #: [AB] Table 3's rows with its Waterbirds numbers (%): balanced error E^G_bal, worst (class, group) error,
-#: DEO. Batch objectives train as weightings (SPEC §5.5); Group-LA is the ``autobalance`` loss fixed at its
+#: DEO. Batch objectives train as weightings (docs/METHODS.md#weighting-deo_mix); Group-LA is the ``autobalance`` loss fixed at its
 #: ``group_la`` init; AutoBalance searches α by (class, group) on 0.1·CE + 0.9·CE_deo.
 METHODS: List[Method] = [
     Method("CE", "CE", ("loss=ce",), (23.38, 43.25, 33.75)),
@@ -127,7 +127,7 @@ class AutoBalanceTable3(Reproduction):
     model on ``retrain_on`` (default ``train``: the baselines' images exactly)."""
 
     title = "Fairness of training losses under a spurious attribute: balanced error, worst group, DEO"
-    source = "[AB] Table 3; SPEC §5.5, §9.3, §10 (Waterbirds protocol on Fashion-MNIST, §7.3)"
+    source = "[AB] Table 3; docs/METHODS.md#reproduction-autobalance-table3 (Waterbirds protocol on Fashion-MNIST)"
     keys = ("balanced_error", "worst_error", "deo", "collapsed")
     scales = _SCALES
 
@@ -201,7 +201,7 @@ class AutoBalanceTable3(Reproduction):
         config = runs["AutoBalance"][0]["config"]
         search = config["search"]
         notes = [
-            "DEO is the sum of the two classes' accuracy gaps between backgrounds (SPEC §10), in %, so it lies in "
+            "DEO is the sum of the two classes' accuracy gaps between backgrounds (docs/METHODS.md#metrics), in %, so it lies in "
             "[0, 200]; balanced error is the mean error of the four (class, background) cells.",
             f"{_model_text(config)}, SGD lr {config['optim']['lr']} (momentum 0.9), batch "
             f"{config['train']['batch_size']}" + ("" if config["data"].get("features_from") else
@@ -214,7 +214,7 @@ class AutoBalanceTable3(Reproduction):
             "splits Waterbirds' training data 50/50 for its search; fmnist_spurious's validation set is a "
             "separate, group-balanced one (as Waterbirds'), so AutoBalance's search sees group-balanced data "
             "the baselines do not train on.",
-            "Group-LA is [INFERRED] (SPEC §5.5): w_a·CE(f + log π_(·|a), y) with π_(k|a) the class frequencies "
+            "Group-LA is our reading (docs/METHODS.md#loss-autobalance): w_a·CE(f + log π_(·|a), y) with π_(k|a) the class frequencies "
             "among training images with background a and w_a = 1/(2·π̄_a) (loss autobalance, init group_la).",
         ]
         fell = [f"{m} ({n} of {len(runs[m])} seeds)" for m, n in collapses.items() if n]

@@ -1,8 +1,8 @@
 """The default experiment (``make demo`` / ``shiftkit demo``): reweighting under interpolation.
 
-On ``digits_binary`` (1 vs 8, step imbalance 10, balanced test; SPEC §7.1) an overparameterized MLP is
-trained to zero training error with ERM, importance weighting (exponent 1 and 1.5; SPEC §2.1) and the
-polynomially-tailed loss with the same weights (SPEC §1.2), over several seeds. [W]'s claim is that once
+On ``digits_binary`` (1 vs 8, step imbalance 10, balanced test; docs/METHODS.md#data-digits_binary) an overparameterized MLP is
+trained to zero training error with ERM, importance weighting (exponent 1 and 1.5; docs/METHODS.md#weighting-iw) and the
+polynomially-tailed loss with the same weights (docs/METHODS.md#loss-poly), over several seeds. [W]'s claim is that once
 the model interpolates, importance weights on cross-entropy lose their effect, while a polynomially-tailed
 loss keeps it; the table shows what happens on this small problem.
 """

@@ -1,23 +1,23 @@
 """[RGD] Figure 5: RGD against cross-entropy, the focal loss and the class-balanced loss on long-tailed
-data, over the imbalance factor ρ (SPEC §4, §1.3, §7.4, §9.5).
+data, over the imbalance factor ρ (docs/METHODS.md#reproduction-rgd-fig5).
 
-The paper trains a ResNet-32 on CIFAR-10-LT; its figure has no numbers we can read (SPEC §9.5), only
+The paper trains a ResNet-32 on CIFAR-10-LT; its figure has no numbers we can read (docs/METHODS.md#headline-rgd), only
 the claim that RGD improves over these baselines. Here the long tail is ``fmnist_lt`` (class ``i`` keeps
-``n_max · ρ^(-i/9)`` images, SPEC §7.4) with the balanced 10,000-image test set, and every method
+``n_max · ρ^(-i/9)`` images, docs/METHODS.md#data-cifar10_lt) with the balanced 10,000-image test set, and every method
 trains through the one loop with the same model, optimizer and epochs; only the loss or the weighting
-differs (DESIGN.md, "The one idea"):
+differs (docs/METHODS.md#one-loop):
 
 - CE: ``loss=ce weighting=erm``;
 - Focal: ``loss=focal`` (Lin et al. 2017, ``gamma``);
-- CB: ``loss=ce weighting=cb`` (Cui et al. 2019, ``beta``; SPEC §1.3);
-- RGD: ``loss=ce weighting=rgd`` with SPEC §4's defaults, ``exp(min(ℓ, 1) / 2)``, unnormalized.
+- CB: ``loss=ce weighting=cb`` (Cui et al. 2019, ``beta``; docs/METHODS.md#weighting-cb);
+- RGD: ``loss=ce weighting=rgd`` with its defaults (docs/METHODS.md#weighting-rgd), ``exp(min(ℓ, 1) / 2)``, unnormalized.
 
 Settings: ``rhos`` (the imbalance factors), ``seeds``, override lists ``data`` (besides ``data.rho``),
 ``model`` and ``optim``, ``epochs``, ``batch_size``, ``ensemble`` (the seeds of a method as one
 vectorized ensemble: it pays for small MLPs on the CPU), ``gamma`` (focal) and ``beta`` (CB). Metrics
-are the final weights' balanced and worst-class test accuracy (SPEC §10). ``quick``: an MLP (2 x 128)
+are the final weights' balanced and worst-class test accuracy (docs/METHODS.md#metrics). ``quick``: an MLP (2 x 128)
 on a tail whose head class keeps 2,000 images, 10 epochs, ρ in {10, 50, 200}, 5 seeds (2-5 minutes on 2
-CPU cores). ``paper``: the LDAM-DRW recipe of SPEC §8.3 (ResNet-32, crops and flips, 200 epochs, decays
+CPU cores). ``paper``: the LDAM-DRW recipe (docs/METHODS.md#recipe-ldam-drw) (ResNet-32, crops and flips, 200 epochs, decays
 at epochs 160 and 180: change ``optim`` with ``epochs``), ρ in {10, 50, 100, 200}, 5 seeds; a GPU run.
 """
 
@@ -175,10 +175,10 @@ def _notes(records: List[dict], settings: dict) -> List[str]:
         + "; ".join(f"ρ = {_rho(rho)}: {c[0]} … {c[-1]} ({sum(c)} in all)" for rho, c in counts.items())
         + "; test: the balanced Fashion-MNIST test set (1,000 per class).",
         "One optimizer for all methods (fair comparison, nothing tuned per method). RGD's weights are "
-        "unnormalized, in [1, e^0.5] (SPEC §4 defaults), so its steps are up to 1.65 times larger than CE's; "
-        "the paper says RGD's learning rate is 'generally lower than the baseline' (SPEC §4).",
+        "unnormalized, in [1, e^0.5] (docs/METHODS.md#weighting-rgd defaults), so its steps are up to 1.65 times larger than CE's; "
+        "the paper says RGD's learning rate is 'generally lower than the baseline' (docs/METHODS.md#weighting-rgd).",
         f"Focal γ = {settings['gamma']:g} (Lin et al.); CB β = {settings['beta']:g} with softmax CE, the weights "
-        "in the plain mean of w·ℓ (SPEC §2.2, not divided by the batch's sum of weights).",
+        "in the plain mean of w·ℓ (docs/METHODS.md#one-loop, not divided by the batch's sum of weights).",
         "Mean final training accuracy (over ρ and seeds): "
         + ", ".join(f"{m} {sum(v) / len(v):.3f}" for m, v in fit.items()) + ".",
         "Metrics are those of the final weights (no model selection); p-values are one-sided paired t-tests "
@@ -193,7 +193,7 @@ class RGDFig5(Reproduction):
     one-sided tests against each baseline at every ρ."""
 
     title = "RGD vs CE, focal loss and class-balanced loss over the imbalance factor"
-    source = "[RGD] Figure 5 (long-tailed CIFAR-10, ResNet-32); SPEC §1.3, §4, §7.4, §9.5"
+    source = "[RGD] Figure 5 (long-tailed CIFAR-10, ResNet-32); docs/METHODS.md#reproduction-rgd-fig5"
     keys = ("balanced_acc", "worst_class_acc", "rgd_minus_ce", "p_rgd_better")
     scales = {
         "tiny": {
@@ -208,7 +208,7 @@ class RGDFig5(Reproduction):
             "optim": [*_SGD, "optim.lr=0.05", "optim.schedule=cosine"],
             "epochs": 10, "batch_size": 128, "ensemble": True, "gamma": 2.0, "beta": 0.9999,
         },
-        "paper": {  # SPEC §8.3's recipe: 5 warm-up epochs, x0.01 at 160 and again at 180
+        "paper": {  # docs/METHODS.md#recipe-ldam-drw: 5 warm-up epochs, x0.01 at 160 and again at 180
             "rhos": [10.0, 50.0, 100.0, 200.0], "seeds": 5, "data": ["data=fmnist_lt", "data.augment=true"],
             "model": ["model=resnet32"],
             "optim": [*_SGD, "optim.lr=0.1", "optim.schedule=multistep", "optim.milestones=[160,180]",

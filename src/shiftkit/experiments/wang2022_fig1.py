@@ -1,10 +1,10 @@
-"""[W] Figure 1 (SPEC §7.5): importance weights stop mattering for cross-entropy once the data are
+"""[W] Figure 1 (docs/METHODS.md#reproduction-wang2022-fig1): importance weights stop mattering for cross-entropy once the data are
 interpolated, but not for a polynomially-tailed loss.
 
 Two Gaussians (``data.build("two_gaussians")``: minority class 0, 20 points around (0, 5); majority
 class 1, 200 points around (5, 0); true boundary ``x1 = x0``) and a linear model ``nn.Linear(2, 2)``
 with bias, trained by full-batch gradient descent without momentum on ``mean(r_i * loss_i)`` for CE and
-Poly (SPEC §1.2, alpha = 1, the [W] code's ``logit`` type), each without IW (``r = 1``) and with IW
+Poly (docs/METHODS.md#loss-poly, alpha = 1, the [W] code's ``logit`` type), each without IW (``r = 1``) and with IW
 (``r = 200/20 = 10`` on the minority class, not normalized). All four runs start from the same
 ``nn.Linear`` initialization as [W]'s notebook (seed 1, drawn right after the data).
 
@@ -56,7 +56,7 @@ _SLOPES = {CrossEntropy: _ce_slope, PolyTail: _poly_slope}
 
 class MarginSlope:
     """``s(v) = -dl/dv`` of binary margin losses, one row per run: ``k sigmoid(-v)`` for ``v <= beta``
-    and ``alpha (v - beta + 1)^(-alpha - 1)`` above (SPEC §1.1-1.2). CE has no tail and ``k = 1``; the
+    and ``alpha (v - beta + 1)^(-alpha - 1)`` above (docs/METHODS.md#loss-ce, docs/METHODS.md#loss-poly). CE has no tail and ``k = 1``; the
     poly loss has ``k = 1/log(1 + e^-beta)`` with the [W] code's scaled left branch, ``1`` with the
     shifted one. Parameters are read from shiftkit's loss modules.
 
@@ -140,7 +140,7 @@ def log_checkpoints(epochs: int, count: int) -> List[int]:
 @register("wang2022-fig1")
 class Wang2022Fig1(Reproduction):
     title = "Importance weighting and interpolation: two Gaussians, CE vs Poly, with and without IW"
-    source = "[W] Figure 1; SPEC §7.5, §1.2, §12"
+    source = "[W] Figure 1; docs/METHODS.md#reproduction-wang2022-fig1"
     keys = ("angle_ce", "angle_ce_iw", "angle_poly", "angle_poly_iw", "angle_true")
     scales = {
         "tiny": {"epochs": 300, "lr": 0.1, "alpha": 1.0, "checkpoints": 8, "seed": 1},
@@ -192,7 +192,7 @@ class Wang2022Fig1(Reproduction):
         notes = [
             "Full-batch GD in float64 with analytic margin-loss gradients, equal to autograd through shiftkit's "
             "losses and to torch.optim.SGD on nn.Linear(2, 2) (tests/test_repro_wang_synthetic.py).",
-            "lr = 0.1: [W]'s training cell says 1.0 but its figure loads checkpoints named lr 0.1 (SPEC §11.8).",
+            "lr = 0.1: [W]'s training cell says 1.0 but its figure loads checkpoints named lr 0.1 (docs/METHODS.md#quirk-two-gaussians-lr).",
             "Angles: the boundary line's angle from the x0 axis, in [0, 180) degrees; x1 = x0 is 45.",
         ]
         return Summary(key=key, rows=rows, claims=claims, figures=figures, notes=notes)
@@ -213,7 +213,7 @@ def _findings(key: Dict, epochs: np.ndarray, history: np.ndarray):
         ("hard-margin SVM boundary, CE's limit as epochs → ∞ (deg)", "not given", f"{key['angle_max_margin']:.2f}"),
         ("angle gap CE vs CE+IW (deg)", "≈ 0 (drawn)", f"{gap_ce:.2f}"),
         ("angle gap Poly vs Poly+IW (deg)", "clearly > 0 (drawn)", f"{gap_poly:.2f}"),
-        (f"angle gap CE vs CE+IW at epoch {epochs[decade]} / {epochs[-1]} (deg)", "shrinks, slowly (SPEC §12)",
+        (f"angle gap CE vs CE+IW at epoch {epochs[decade]} / {epochs[-1]} (deg)", "shrinks, slowly (docs/METHODS.md#scale)",
          f"{gaps[decade]:.2f} / {gaps[-1]:.2f}"),
         ("training accuracy, CE / CE+IW / Poly / Poly+IW", "1 (interpolation)", " / ".join(f"{a:.3f}" for a in train)),
         ("balanced test accuracy, same order", "not given",

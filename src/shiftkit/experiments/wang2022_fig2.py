@@ -1,4 +1,4 @@
-"""[W] Figure 2 (SPEC §7.6): with a polynomially-tailed loss, importance weights change the
+"""[W] Figure 2 (docs/METHODS.md#reproduction-wang2022-fig2): with a polynomially-tailed loss, importance weights change the
 interpolating classifier, and exponentiated weights help.
 
 Theory simulation (numerics in :mod:`.wang2022_theory`): two Gaussian classes in ``p = 10^6`` dimensions
@@ -43,7 +43,7 @@ FEATURES = {
 @register("wang2022-fig2")
 class Wang2022Fig2(Reproduction):
     title = "Theory simulation: exponentiated importance weights with a polynomially-tailed loss"
-    source = "[W] Figure 2; SPEC §7.6"
+    source = "[W] Figure 2; docs/METHODS.md#reproduction-wang2022-fig2"
     keys = ("p", "error_a0", "error_a1", "error_a3", "error_max_margin", "best_a_right")
     _common = {"n": 100, "mu_exponent": 0.251, "right_t": 10, "lr": 1e-3, "momentum": 0.9, "tol": 1e-5,
                "max_steps": 100_000, "seed": 0}

@@ -1,5 +1,5 @@
 """[W] Figure 3: CE vs the polynomially-tailed loss, trained to interpolation, under no importance
-weights, IW (w̄) and IW-Exp (w̄^3/2) (SPEC §9.1, §2.1, §1.2, §8.1) on ``fmnist_binary``."""
+weights, IW (w̄) and IW-Exp (w̄^3/2) (docs/METHODS.md#reproduction-wang2022-fig3) on ``fmnist_binary``."""
 
 from __future__ import annotations
 
@@ -31,10 +31,10 @@ def paper_means(table: dict) -> dict:
 class WangFig3(Reproduction):
     """Six methods (CE and Poly, each without IW, with IW and with IW-Exp), every seed trained for [W]'s
     400 epochs (scaled by ``epoch_scale``) at a constant learning rate, tested with their final weights.
-    Balanced test accuracy equals [W]'s ``test_reweighted_acc`` on this balanced test set (SPEC §9.1)."""
+    Balanced test accuracy equals [W]'s ``test_reweighted_acc`` on this balanced test set (docs/METHODS.md#headline-wang2022)."""
 
     title = "Importance weighting under interpolation: CE vs polynomially-tailed loss (final weights)"
-    source = "[W] Figure 3, binary CIFAR-10 protocol on Fashion-MNIST; SPEC §7.1, §8.1, §9.1"
+    source = "[W] Figure 3, binary CIFAR-10 protocol on Fashion-MNIST; docs/METHODS.md#reproduction-wang2022-fig3"
     keys = ("balanced_acc", "p_poly_gt_ce", "train_acc")
     scales = scales(tiny_data=["data.n_majority=200"], quick_data=["data.n_majority=1000"])
 
@@ -64,8 +64,8 @@ class WangFig3(Reproduction):
         ]
         notes = [
             interpolation_note(runs),
-            "Fashion-MNIST T-shirt/top vs shirt stands in for CIFAR-10 cat vs dog (SPEC §7.1 protocol, "
-            "DESIGN.md 'Data'); accuracies are not comparable across the two datasets, the orderings are.",
+            "Fashion-MNIST T-shirt/top vs shirt stands in for CIFAR-10 cat vs dog (docs/METHODS.md#data-fmnist_binary, "
+            "docs/METHODS.md#datasets-offline); accuracies are not comparable across the two datasets, the orderings are.",
         ]
         return Summary(
             key={"balanced_acc": key, "p_poly_gt_ce": ps, "train_acc": train_acc},

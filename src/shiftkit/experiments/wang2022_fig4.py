@@ -1,5 +1,5 @@
 """[W] Figure 4: the same comparison with early stopping (IW-ES): each run tested at its epoch of best
-validation group-balanced accuracy (SPEC §2.4, §9.1) on ``fmnist_binary``."""
+validation group-balanced accuracy (docs/METHODS.md#selection-best, docs/METHODS.md#headline-wang2022) on ``fmnist_binary``."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ PAIRS = [pair for pair in FIG34_PAIRS if pair[1] != "no_iw"]
 class WangFig4(Reproduction):
     """The IW and IW-Exp runs of Figure 3 (the ``wang_*_es`` presets: identical training, so a shared
     runs directory reuses them), tested with the weights of their best validation epoch
-    (``train.select=best:group_balanced_acc``, [W]'s max-mode checkpoint, SPEC §2.4). Also compares each
+    (``train.select=best:group_balanced_acc``, [W]'s max-mode checkpoint, docs/METHODS.md#selection-best). Also compares each
     early-stopped CE run with its own final weights: early stopping is where [W] finds IW still helps CE."""
 
     title = "Importance weighting with early stopping: CE vs polynomially-tailed loss (best validation epoch)"
-    source = "[W] Figure 4, binary CIFAR-10 protocol on Fashion-MNIST; SPEC §2.4, §8.1, §9.1"
+    source = "[W] Figure 4, binary CIFAR-10 protocol on Fashion-MNIST; docs/METHODS.md#reproduction-wang2022-fig4"
     keys = ("balanced_acc", "p_poly_gt_ce", "selected_epoch", "ce_es_minus_final")
     scales = WangFig3.scales
 

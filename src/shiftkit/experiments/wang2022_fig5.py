@@ -1,6 +1,6 @@
 """[W] Figure 5: Poly+IW against the state of the art, under class imbalance (``fmnist_binary``: CE+US,
 LDAM, CDT, LA, VS) and under group shift (``fmnist_spurious``: CE+US, VS-group and CE / Poly / VS with
-Group DRO) (SPEC §1.3-1.7, §2.3, §3, §8.1, §9.1)."""
+Group DRO) (docs/METHODS.md#reproduction-wang2022-fig5)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from .reproduction import Claim, Reproduction, Summary, cell, mean, p_text, pair
 from .wang2022_fig3 import shown
 from .wang2022_protocol import bars, interpolation_note, scales, train_presets, values
 
-#: (label, preset, paper's mean ± s.e.m.) per method; binary CIFAR-10 and subsampled CelebA (SPEC §9.1).
+#: (label, preset, paper's mean ± s.e.m.) per method; binary CIFAR-10 and subsampled CelebA (docs/METHODS.md#headline-wang2022).
 BINARY: List[Tuple[str, str, str]] = [
     ("Poly+IW", "wang_fig5_poly_iw", "0.673 ± 0.002"),
     ("CE+US", "wang_fig5_ce_us", "0.585 ± 0.005"),
@@ -45,14 +45,14 @@ def _table(runs, methods, metric: str, prefix: str) -> Tuple[list, Dict[str, Dic
 
 @register("wang2022-fig5")
 class WangFig5(Reproduction):
-    """Each method is its ``wang_fig5_*`` / ``wang_group_*`` preset (the [W] README's settings, SPEC §8.1),
+    """Each method is its ``wang_fig5_*`` / ``wang_group_*`` preset (the [W] README's settings, docs/METHODS.md#protocol-wang2022),
     tested with its final weights: balanced test accuracy on ``fmnist_binary``, group-balanced test
     accuracy (the mean of per-group accuracies, [W]'s ``test_reweighted_acc``) on ``fmnist_spurious``,
-    whose train / validation / test splits follow Waterbirds' construction (SPEC §7.3) in place of
+    whose train / validation / test splits follow Waterbirds' construction (docs/METHODS.md#data-waterbirds) in place of
     subsampled CelebA."""
 
     title = "Poly+IW against logit-adjusted losses, undersampling and Group DRO"
-    source = "[W] Figure 5; SPEC §8.1, §9.1 (binary CIFAR-10 and CelebA protocols on Fashion-MNIST)"
+    source = "[W] Figure 5; docs/METHODS.md#reproduction-wang2022-fig5 (binary CIFAR-10 and CelebA protocols on Fashion-MNIST)"
     keys = ("balanced_acc", "group_balanced_acc", "worst_group_acc")
     scales = _scales()
 

@@ -1,4 +1,4 @@
-"""The numerics of [W] Figure 2's theory simulation (SPEC §7.6), exact and in the span of the data.
+"""The numerics of [W] Figure 2's theory simulation (docs/METHODS.md#reproduction-wang2022-fig2), exact and in the span of the data.
 
 Model: ``z ~ N(mu_c, I_p)`` with label-signed features (``z . v > 0`` is correct), ``mu_1 = |mu| e_1``,
 ``mu_2 = |mu| e_2``, ``|mu| = p^0.251``; ``n_1`` majority and ``n_2`` minority points. The poly-tailed

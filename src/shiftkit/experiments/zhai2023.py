@@ -1,4 +1,4 @@
-"""Shared numerics of the [Z] reproductions (Zhai et al., ICLR 2023; SPEC §6.1-6.2, §12).
+"""Shared numerics of the [Z] reproductions (Zhai et al., ICLR 2023; docs/METHODS.md#protocol-zhai2023, docs/METHODS.md#scale).
 
 [Z] trains a linear model ``f(x) = θᵀx`` (784 weights, no bias) on six MNIST images (five 0s, one 1)
 by full-batch gradient descent from ``θ0 = 0`` with ERM, importance weighting (IW) and Group DRO. Every
@@ -7,15 +7,15 @@ gradient ``Σ_i q_i ℓ'(f_i) x_i + μθ`` lies in ``span{x_i}``, so ``θ(t) = X
 
     a ← (1 − lr·μ)·a − lr·q ⊙ ℓ'(f)
 
-Methods are one family (SPEC §3.2, [Z]'s paper form): group weights ``g ∈ Δ^G``, per-example weights
+Methods are one family (docs/METHODS.md#weighting-group_dro, [Z]'s paper form): group weights ``g ∈ Δ^G``, per-example weights
 ``q_i = g_{k(i)} / n_{k(i)}`` and, after each step, ``g_k ← g_k·exp(η R̂_k(θ))`` normalized, where
 ``R̂_k`` is group k's mean loss at the θ the step started from. ERM is ``g = n_k/n, η = 0``
-(``q_i = 1/6``), IW ``g = 1/G, η = 0`` (``q = 1/10`` per 0, ``1/2`` for the 1; SPEC §6.1), Group DRO
+(``q_i = 1/6``), IW ``g = 1/G, η = 0`` (``q = 1/10`` per 0, ``1/2`` for the 1; docs/METHODS.md#protocol-zhai2023), Group DRO
 ``g = 1/G`` and ``η > 0``. All runs (methods, losses, μ) are rows of one stacked numpy iteration, so a
 step is a few dozen small array operations and 10^7 epochs take minutes.
 
 shiftkit's :class:`~shiftkit.weighting.dro.GroupDRO` applies the group weights *after* updating them
-on the batch (the [W] and group_DRO codes, SPEC §3.1); the paper form used here applies ``g^{(t)}`` and
+on the batch (the [W] and group_DRO codes, docs/METHODS.md#weighting-group_dro); the paper form used here applies ``g^{(t)}`` and
 then updates, one step apart. The tests check the update against GroupDRO's, and the whole iteration
 against a direct 784-dimensional run through shiftkit's losses.
 """
@@ -97,7 +97,7 @@ def start(counts: np.ndarray, eta: float) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def squared(y: np.ndarray) -> Callable:
-    """``ℓ(f) = ½(f − y)²`` [Z] §4.1 (SPEC §6.1; the ½ is ours): ``f`` [M, n] → (values, derivatives)."""
+    """``ℓ(f) = ½(f − y)²`` [Z] §4.1 (docs/METHODS.md#reproduction-zhai2023-fig1; the ½ is ours): ``f`` [M, n] → (values, derivatives)."""
 
     def loss(f: np.ndarray):
         r = f - y
@@ -107,7 +107,7 @@ def squared(y: np.ndarray) -> Callable:
 
 
 def margin_losses(y: np.ndarray, poly: np.ndarray, alpha: float, beta: float) -> Callable:
-    """Per row, the logistic loss (``poly`` False) or [Z]'s polynomially-tailed loss eq. (19) (SPEC §1.2,
+    """Per row, the logistic loss (``poly`` False) or [Z]'s polynomially-tailed loss eq. (19) (docs/METHODS.md#loss-poly,
     shiftkit ``poly`` with ``continuity="shift"``) of the margin ``z = y·f``, ``y ∈ {−1,+1}``::
 
         logistic  log(1 + e^{−z})

@@ -1,4 +1,4 @@
-"""[Z] Appendix C (Zhai et al., ICLR 2023; SPEC §6.2, §9.4, §12): classification on the six MNIST images
+"""[Z] Appendix C (Zhai et al., ICLR 2023; docs/METHODS.md#reproduction-zhai2023-appc, docs/METHODS.md#headline-zhai2023, docs/METHODS.md#scale): classification on the six MNIST images
 with the logistic loss and with the polynomially-tailed loss, ERM, IW and Group DRO.
 
 Labels ``y ∈ {−1,+1}``, margin ``z = y·θᵀx``, full-batch GD from ``θ0 = 0`` for 10^7 epochs at the
@@ -8,9 +8,9 @@ solution, so the normalized-direction gap ``‖θ_m/‖θ_m‖ − θ_ERM/‖θ_
 runs (two losses × three methods) are one stacked iteration in the 6-dimensional span of the data
 (:mod:`.zhai2023`).
 
-Unknown in the paper (SPEC §6.2, §11.9), chosen here: unit-norm images, ``lr = lr_rel / λ_max(XᵀX/n)``
+Unknown in the paper (docs/METHODS.md#reproduction-zhai2023-appc, docs/METHODS.md#quirk-zhai-unknowns), chosen here: unit-norm images, ``lr = lr_rel / λ_max(XᵀX/n)``
 with ``lr_rel = 0.1`` (as for Figure 1), ``η = 0.01``, and the polynomially-tailed loss with
-``α = 1, β = 1`` and the shifted logistic left branch ([Z]'s ``continuity="shift"``; SPEC §1.2).
+``α = 1, β = 1`` and the shifted logistic left branch ([Z]'s ``continuity="shift"``; docs/METHODS.md#loss-poly).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from . import zhai2023 as z
 from .reproduction import Claim, Reproduction, Summary, register
 
 LOSSES = ("logistic", "poly")
-PAPER = {"logistic": "≈ 0.06", "poly": "> 0.22, growing"}  # IW gaps after 10^7 epochs (SPEC §9.4)
+PAPER = {"logistic": "≈ 0.06", "poly": "> 0.22, growing"}  # IW gaps after 10^7 epochs (docs/METHODS.md#headline-zhai2023)
 
 
 @register("zhai2023-appc")
 class ZhaiAppendixC(Reproduction):
     title = "Logistic loss: GRW's direction approaches ERM's; polynomially-tailed loss: it stays apart"
-    source = "[Z] Appendix C; SPEC §6.2, §9.4, §12"
+    source = "[Z] Appendix C; docs/METHODS.md#reproduction-zhai2023-appc"
     keys = ("gap_logistic", "gap_poly", "gap_gdro_logistic", "gap_gdro_poly", "train_loss_final",
             "gdro_group_weights", "min_margin", "lr")
     _base = {"normalize": "unit", "lr_rel": 0.1, "eta": 0.01, "alpha": 1.0, "beta": 1.0}
@@ -65,7 +65,7 @@ class ZhaiAppendixC(Reproduction):
             f"lr = {settings['lr_rel']} / λ_max(XᵀX/n) = {lr:.4g} for all six runs; η = {settings['eta']}; poly: "
             f"α = {settings['alpha']}, β = {settings['beta']}, left branch log(1 + e^−z) − log(1 + e^−β) + 1.",
             "The gap after a fixed number of epochs depends on lr (the logistic gap shrinks with lr × epochs), "
-            "which [Z] does not give; SPEC §12's independent run found 0.1 / 0.05 / 0.04 at 1e4 / 1e6 / 1e7 epochs.",
+            "which [Z] does not give; the independent run of docs/METHODS.md#scale found 0.1 / 0.05 / 0.04 at 1e4 / 1e6 / 1e7 epochs.",
             f"float64 throughout: the largest logistic margin reached is {final_margins[0].max():.1f}, so the "
             "smallest per-example loss stays far above float64's underflow and the weights never get stuck "
             "as [Z] reports for its run.",

@@ -1,4 +1,4 @@
-"""[Z] Figures 1 and 2 (Zhai et al., ICLR 2023, Section 4.1; SPEC §6.1, §9.4, §12): regression on six
+"""[Z] Figures 1 and 2 (Zhai et al., ICLR 2023, Section 4.1; docs/METHODS.md#reproduction-zhai2023-fig1, docs/METHODS.md#headline-zhai2023, docs/METHODS.md#scale): regression on six
 MNIST images with ERM, importance weighting and Group DRO, without and with L2 regularization.
 
 A linear model ``f(x) = θᵀx`` (784 weights, no bias) minimizes the weighted squared loss
@@ -8,8 +8,8 @@ the ERM interpolant, here the minimum-norm one ``X⁺y`` since GD from 0 stays i
 With a small μ the three solutions still nearly coincide; only a μ large enough to keep the training
 loss away from 0 separates them.
 
-Unknown in the paper (SPEC §11.9), chosen here: unit-norm images (``normalize``), targets {0, 1}
-(``signed_labels``), ``lr = lr_rel / λ_max(XᵀX/n)`` with ``lr_rel = 0.1`` (SPEC §6.1), Group DRO
+Unknown in the paper (docs/METHODS.md#quirk-zhai-unknowns), chosen here: unit-norm images (``normalize``), targets {0, 1}
+(``signed_labels``), ``lr = lr_rel / λ_max(XᵀX/n)`` with ``lr_rel = 0.1`` (docs/METHODS.md#protocol-zhai2023), Group DRO
 ``η = 0.01`` ([Z]'s code), and ``μ = mu_*_rel · λ_max(XᵀX/n)``: 1e-4 (small) and 0.1 (large).
 """
 
@@ -23,7 +23,7 @@ from ..plots import _pyplot
 from . import zhai2023 as z
 from .reproduction import Claim, Reproduction, Summary, register
 
-PAPER_NORM = 0.63  # [Z] Figure 1's common limit ‖θ‖ (SPEC §9.4)
+PAPER_NORM = 0.63  # [Z] Figure 1's common limit ‖θ‖ (docs/METHODS.md#headline-zhai2023)
 STYLES = {m: {"color": c, "linestyle": "--" if m == "GDRO" else "-"} for m, c in z.COLORS.items()}
 GAP_STYLES = {"‖θ_IW − θ_ERM‖": STYLES["IW"], "‖θ_GDRO − θ_ERM‖": STYLES["GDRO"]}
 
@@ -47,7 +47,7 @@ def _labels(settings: Dict) -> str:
 
 
 def _min_norm_norms() -> Dict[str, float]:
-    """‖X⁺y‖ for both normalizations and label codings: the limit's norm depends on them (SPEC §12)."""
+    """‖X⁺y‖ for both normalizations and label codings: the limit's norm depends on them (docs/METHODS.md#scale)."""
     out = {}
     for normalize in ("unit", "pixel"):
         for signed in (False, True):
@@ -59,7 +59,7 @@ def _min_norm_norms() -> Dict[str, float]:
 @register("zhai2023-fig1")
 class ZhaiFigure1(Reproduction):
     title = "GRW (IW, Group DRO) converges to the ERM interpolant under the squared loss"
-    source = "[Z] Figure 1, Section 4.1; SPEC §6.1, §9.4, §12"
+    source = "[Z] Figure 1, Section 4.1; docs/METHODS.md#reproduction-zhai2023-fig1"
     keys = ("norm_erm", "norm_min_norm_interpolant", "gap_iw_final", "gap_gdro_final", "train_loss_final",
             "gdro_group_weights", "lr", "norms_by_preprocessing")
     _base = {"normalize": "unit", "signed_labels": False, "lr_rel": 0.1, "eta": 0.01}
@@ -88,8 +88,8 @@ class ZhaiFigure1(Reproduction):
         notes = [
             f"lr = {settings['lr_rel']} / λ_max(XᵀX/n) = {lr:.4g} for all methods; squared loss ½(θᵀx − y)²; "
             f"Group DRO in [Z]'s paper form (q_i = g_k/n_k with g from the previous step), η = {settings['eta']}.",
-            "‖θ‖ of the limit depends on pixel scaling and label coding, which [Z] does not give (SPEC §11.9, "
-            "§12); 'norms_by_preprocessing' in summary.json lists ‖X⁺y‖ for the four combinations.",
+            "‖θ‖ of the limit depends on pixel scaling and label coding, which [Z] does not give (docs/METHODS.md#quirk-zhai-unknowns, "
+            "docs/METHODS.md#scale); 'norms_by_preprocessing' in summary.json lists ‖X⁺y‖ for the four combinations.",
             "With η = 0.01 the GDRO group weights move little from (0.5, 0.5) before the losses vanish. "
             "The curves level off near 1e-30 (loss) and 1e-14 (gaps): float64 rounding.",
         ]
@@ -168,7 +168,7 @@ def _plot1(tr, theta, gaps, groups, norm_limit, settings):
 @register("zhai2023-fig2")
 class ZhaiFigure2(Reproduction):
     title = "With L2 regularization, GRW differs from ERM only when μ keeps the training loss away from 0"
-    source = "[Z] Figure 2, Section 4.1; SPEC §6.1"
+    source = "[Z] Figure 2, Section 4.1; docs/METHODS.md#reproduction-zhai2023-fig2"
     keys = ("gap_iw_small_mu", "gap_gdro_small_mu", "gap_iw_large_mu", "gap_gdro_large_mu", "train_loss_small_mu",
             "train_loss_large_mu", "norm_erm_small_mu", "norm_erm_large_mu", "mu_small", "mu_large", "lr")
     _base = {"normalize": "unit", "signed_labels": False, "lr_rel": 0.1, "eta": 0.01, "mu_small_rel": 1e-4,
@@ -200,7 +200,7 @@ class ZhaiFigure2(Reproduction):
         figure = ctx.save_figure(_plot2(tr, loss, gaps, mus, settings), "zhai2023_fig2.png")
         notes = [
             f"μ = mu_*_rel × λ_max(XᵀX/n) = {mus['small']:.3g} (small) and {mus['large']:.3g} (large); [Z] does not "
-            "give its values (SPEC §6.1). The penalty μ/2‖θ‖² is added to each method's weighted risk; the "
+            "give its values (docs/METHODS.md#reproduction-zhai2023-fig2). The penalty μ/2‖θ‖² is added to each method's weighted risk; the "
             "plotted training loss is the plain mean squared loss, without it.",
             f"ERM and IW end {ridge:.1e} (max distance) from their closed-form ridge solutions "
             "Xᵀ(QK + μI)⁻¹Qy; about 1e-14 means converged.",

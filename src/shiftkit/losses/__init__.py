@@ -1,8 +1,8 @@
-"""Per-example classification losses (SPEC §1).
+"""Per-example classification losses (docs/METHODS.md#losses).
 
 Every loss is an ``nn.Module`` with one signature, ``loss(logits, y, g=None) -> Tensor[B]``: logits
 ``[B, K]``, labels ``[B]`` (long), groups ``[B]`` (long) or ``None``. Losses never reduce; the training
-loop multiplies by the weighting scheme's weights and takes the mean (DESIGN.md, "The one idea").
+loop multiplies by the weighting scheme's weights and takes the mean (docs/METHODS.md#one-loop).
 
 >>> import torch
 >>> from shiftkit import losses
@@ -31,9 +31,9 @@ def build(name: str, **kwargs) -> nn.Module:
 
 
 def margin(logits: Tensor, y: Tensor) -> Tensor:
-    """Multiclass margin ``f_y - max_{k != y} f_k`` (SPEC §11.2), shape ``[B]``.
+    """Multiclass margin ``f_y - max_{k != y} f_k`` (docs/METHODS.md#quirk-poly), shape ``[B]``.
 
-    For two classes it is exactly [W]'s binary margin ``(f_1 - f_0)(2y - 1)`` (SPEC §1.2).
+    For two classes it is exactly [W]'s binary margin ``(f_1 - f_0)(2y - 1)`` (docs/METHODS.md#loss-poly).
 
     >>> margin(torch.tensor([[1.0, 4.0, 2.0]]), torch.tensor([1]))
     tensor([2.])

@@ -1,4 +1,4 @@
-"""AutoBalance's parametric loss (SPEC §1.8, §5.4): the lower-level training loss of the bilevel search."""
+"""AutoBalance's parametric loss (docs/METHODS.md#loss-autobalance, docs/METHODS.md#autobalance-parameters): the lower-level training loss of the bilevel search."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _cdt_init(n: Tensor, groups, rows: int, gamma: float) -> tuple:
 
 
 def _group_la_init(n: Tensor, groups, rows: int, gamma: float) -> tuple:
-    """[AB]'s Group-LA baseline (SPEC §5.5) as a point of eq. 4.2: row g (cell ``g = A·y + a``) gets
+    """[AB]'s Group-LA baseline (docs/METHODS.md#loss-autobalance) as a point of eq. 4.2: row g (cell ``g = A·y + a``) gets
     ``l_k = tau·log π_{k|a}`` and ``w = 1/(A·π̄_a)``, with Δ = 1 used without the sigmoid."""
     k = len(n)
     if groups is None or rows != len(groups) or len(groups) % k:
@@ -73,12 +73,12 @@ def _check_learn(learn: Sequence[str], init: str) -> tuple:
 
 @register("autobalance")
 class AutoBalance(Loss):
-    """AutoBalance's parametric loss (Li et al. 2021, eq. 2.2 and 4.2; SPEC §1.8, §5.4), per example:
+    """AutoBalance's parametric loss (Li et al. 2021, eq. 2.2 and 4.2; docs/METHODS.md#loss-autobalance), per example:
 
     ``w_y · CE(σ(Δ) ⊙ f + l, y)``, the released code's ``x = logits * sigmoid(dy) + ly``. The weight
     multiplies each example's CE and is not divided by ``Σ w`` (the training loop takes the mean).
 
-    ``learn`` picks α, the tensors the bilevel search tunes ([AB] Table 1's rows; SPEC §5.4): any of
+    ``learn`` picks α, the tensors the bilevel search tunes ([AB] Table 1's rows; docs/METHODS.md#autobalance-parameters): any of
     ``"l"`` (additive), ``"delta"`` (multiplicative, through the sigmoid) and ``"tau"``, one scalar τ
     with ``l = τ·log π`` ("AutoBalance: τ of LA loss", not in the released code; τ starts at the ``tau``
     option and scales the init's log-prior, so it needs init ``la`` or ``group_la``; ``l`` and ``tau``
@@ -103,9 +103,9 @@ class AutoBalance(Loss):
       whatever the init, so its multiplier is σ((n/n_max)^gamma), between σ(0) = 0.5 and σ(1) = 0.7311,
       which is not CDT. ``core/utils.py`` defines ``cdt_cross_entropy`` (``logits * dy + ly``, the
       form used here), but neither script calls it. The released ``dy_init: CDT`` is not offered here;
-    - ``"group_la"`` (``by="class_group"``; ours): [AB]'s Group-LA baseline of Table 3 (SPEC §5.5),
+    - ``"group_la"`` (``by="class_group"``; ours): [AB]'s Group-LA baseline of Table 3 (docs/METHODS.md#autobalance-objectives),
       ``w_a · CE(f + tau·log π_{·|a}, y)`` for an example with attribute a: groups are the cells
-      ``g = A·y + a`` of DESIGN.md ("Groups"; A = 2 for a binary attribute), ``π_{k|a}`` the class
+      ``g = A·y + a`` (docs/METHODS.md#groups; A = 2 for a binary attribute), ``π_{k|a}`` the class
       frequencies among training examples with attribute a, ``w_a = 1/(A·π̄_a)`` with π̄_a the
       attribute's frequency, and the multiplier Δ = 1 (no sigmoid). [INFERRED: the paper says only
       "w_g = 1/π̄_g plus LA with τ = 1 over classes conditioned on group"; l_{kg} = log π_{k|g} is our

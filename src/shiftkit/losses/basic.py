@@ -1,4 +1,4 @@
-"""Cross-entropy, the focal loss and the polynomially-tailed loss (SPEC §1.1-1.2)."""
+"""Cross-entropy, the focal loss and the polynomially-tailed loss (docs/METHODS.md#loss-ce, docs/METHODS.md#loss-poly)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from . import Loss, margin, register
 
 @register("ce")
 class CrossEntropy(Loss):
-    """Cross-entropy ``-f_y + log sum_k exp f_k`` (SPEC §1.1), per example.
+    """Cross-entropy ``-f_y + log sum_k exp f_k`` (docs/METHODS.md#loss-ce), per example.
 
     >>> CrossEntropy()(torch.zeros(1, 4), torch.tensor([2]))   # log 4
     tensor([1.3863])
@@ -31,8 +31,8 @@ class CrossEntropy(Loss):
 class Focal(Loss):
     """Focal loss ``-(1 - p_y)^gamma log p_y`` with ``p = softmax(f)`` (Lin et al., ICCV 2017), per example.
 
-    The multiclass softmax form that RGD's Figure 5 compares against on long-tailed CIFAR (SPEC §9.5).
-    ``gamma = 0`` is cross-entropy exactly (SPEC §1.1); the default ``gamma = 2`` is Lin et al.'s
+    The multiclass softmax form that RGD's Figure 5 compares against on long-tailed CIFAR (docs/METHODS.md#reproduction-rgd-fig5).
+    ``gamma = 0`` is cross-entropy exactly (docs/METHODS.md#loss-ce); the default ``gamma = 2`` is Lin et al.'s
     choice (their α-balancing factor is left to a weighting scheme, e.g. ``cb``). Forks of the LDAM-DRW
     code use ``gamma = 1`` on long-tailed CIFAR.
 
@@ -65,7 +65,7 @@ def _softplus(x: float) -> float:
 
 @register("poly")
 class PolyTail(Loss):
-    """Polynomially-tailed loss of Wang et al. (SPEC §1.2, §11.2) on the margin ``v``.
+    """Polynomially-tailed loss of Wang et al. (docs/METHODS.md#loss-poly) on the margin ``v``.
 
     ``v <= beta``: a logistic left branch, ``log(1 + e^-v)`` divided by ``log(1 + e^-beta)``
     (``continuity="scale"``, the [W] code's ``logit`` type) or shifted by ``1 - log(1 + e^-beta)``
@@ -74,7 +74,7 @@ class PolyTail(Loss):
     experiments use alpha = 1 by default and alpha = 2 for Poly+IW / Poly+DRO.
 
     The margin is ``f_y - max_{k != y} f_k``: [W]'s binary margin for two classes, its natural
-    multiclass extension otherwise (SPEC §11.2, inferred). Finite values and gradients for any finite
+    multiclass extension otherwise (our choice, docs/METHODS.md#quirk-poly). Finite values and gradients for any finite
     logits: the power branch is evaluated on a base clamped to >= 1.
 
     >>> loss = PolyTail(alpha=1.0)

@@ -1,4 +1,4 @@
-"""Logit-adjusted cross-entropies: LDAM, LA, CDT, VS and group VS (SPEC §1.3-§1.7, §11.1).
+"""Logit-adjusted cross-entropies: LDAM, LA, CDT, VS and group VS (docs/METHODS.md#losses-logit-adjusted, docs/METHODS.md#quirk-vs-group).
 
 Each loss rewrites the logits with constants computed once from the training counts (``n_k`` per class or
 ``n_g`` per group) and returns the per-example cross-entropy of the rewritten logits. The constants are
@@ -48,11 +48,11 @@ def check_classes(loss: str, logits: Tensor, k: int) -> None:
 
 @register("ldam")
 class LDAM(Loss):
-    """LDAM of Cao et al. 2019 (SPEC §1.3): ``CE(s·(f - m_y e_y), y)`` with ``m_j = C·n_j^(-1/4)``.
+    """LDAM of Cao et al. 2019 (docs/METHODS.md#loss-ldam): ``CE(s·(f - m_y e_y), y)`` with ``m_j = C·n_j^(-1/4)``.
 
     ``C`` makes the largest margin (the rarest class's) equal ``max_margin``; the margin is subtracted
-    from the true-class logit only. Defaults are the [W] code's (``max_margin = 0.5``, ``s = 1``, SPEC
-    §11.7); the original and the VS-Loss repo use ``s = 30``. DRW is a weighting schedule, not part of
+    from the true-class logit only. Defaults are the [W] code's (``max_margin = 0.5``, ``s = 1``,
+    docs/METHODS.md#quirk-ldam-scale); the original and the VS-Loss repo use ``s = 30``. DRW is a weighting schedule, not part of
     this loss (the [W] code has none).
 
     >>> loss = LDAM(class_counts=[4000, 400], max_margin=1.0)      # [W] Figure 5 run
@@ -81,7 +81,7 @@ class LDAM(Loss):
 
 
 class _ClassAdjusted(Loss):
-    """``CE(Δ ⊙ f + ι, y)`` with per-class buffers ``delta`` (Δ) and ``iota`` (ι); the VS form (§1.6).
+    """``CE(Δ ⊙ f + ι, y)`` with per-class buffers ``delta`` (Δ) and ``iota`` (ι); the VS form (docs/METHODS.md#loss-vs).
 
     LA (Δ = 1) and CDT (ι = 0) are the two halves, so ``vs`` with ``gamma = 0`` computes exactly what
     ``la`` computes and ``vs`` with ``tau = 0`` exactly what ``cdt`` computes.
@@ -104,7 +104,7 @@ class _ClassAdjusted(Loss):
 
 @register("la")
 class LogitAdjusted(_ClassAdjusted):
-    """Logit-adjusted loss of Menon et al. (SPEC §1.4): ``CE(f + tau·log π, y)``, ``π = n / Σn``.
+    """Logit-adjusted loss of Menon et al. (docs/METHODS.md#loss-la): ``CE(f + tau·log π, y)``, ``π = n / Σn``.
 
     ``tau = 1`` is the [W] code's ``LogitAdjustedLoss`` default and [AB]'s Table 1 baseline; [W]'s
     Figure 5 LA run is ``vs`` with ``tau = 3, gamma = 0``, i.e. this loss with ``tau = 3``.
@@ -124,7 +124,7 @@ class LogitAdjusted(_ClassAdjusted):
 
 @register("cdt")
 class ClassDependentTemperature(_ClassAdjusted):
-    """Class-dependent temperatures of Ye et al. (SPEC §1.5): ``CE(Δ ⊙ f, y)``, ``Δ_j = (n_j/n_max)^gamma``.
+    """Class-dependent temperatures of Ye et al. (docs/METHODS.md#loss-cdt): ``CE(Δ ⊙ f, y)``, ``Δ_j = (n_j/n_max)^gamma``.
 
     Equivalently, logit j is divided by ``(n_max/n_j)^gamma``.
 
@@ -146,7 +146,7 @@ class ClassDependentTemperature(_ClassAdjusted):
 
 @register("vs")
 class VectorScaling(_ClassAdjusted):
-    """VS loss of Kini et al. (SPEC §1.6): ``CE(Δ ⊙ f + ι, y)``.
+    """VS loss of Kini et al. (docs/METHODS.md#loss-vs): ``CE(Δ ⊙ f + ι, y)``.
 
     ``Δ_j = (n_j/n_max)^gamma`` (CDT's temperatures) and ``ι_j = tau·log π_j`` (LA's offsets).
 
@@ -165,26 +165,26 @@ class VectorScaling(_ClassAdjusted):
 
 
 def _group_terms(n: Tensor, gamma: float) -> tuple:
-    """Group VS constants (SPEC §1.7): ``Δ = (n/n_max)^gamma`` and ``ι = -(n/n_max)^-gamma``."""
+    """Group VS constants (docs/METHODS.md#loss-vs_group): ``Δ = (n/n_max)^gamma`` and ``ι = -(n/n_max)^-gamma``."""
     ratio = n / n.max()
     return ratio.pow(gamma), -ratio.pow(-gamma)
 
 
 @register("vs_group")
 class VSGroup(Loss):
-    """Group VS loss of the [W] code (SPEC §1.7, §11.1): per example of group g, ``Δ_g·f + ι_g``.
+    """Group VS loss of the [W] code (docs/METHODS.md#loss-vs_group): per example of group g, ``Δ_g·f + ι_g``.
 
     ``Δ_g = (n_g/n_max)^gamma`` and ``ι_g = -(n_g/n_max)^-gamma``. With ``additive="all"`` (default,
     faithful to the [W] code and the VS-Loss repo) the same ``ι_g`` is added to every class logit, where
     it cancels inside the softmax: the loss equals ``CE(Δ_g·f, y)``, a per-group temperature.
     ``additive="true_class"`` adds ``ι_g`` to the true-class logit only, so that it acts as a group margin
-    (SPEC §11.1's opt-in variant). ``gamma = 0.3`` is the [W] config default; its README runs use 0.4.
+    (the opt-in variant of docs/METHODS.md#quirk-vs-group). ``gamma = 0.3`` is the [W] config default; its README runs use 0.4.
 
     Groups come from ``group_counts``; called with ``g=None`` the classes serve as groups
     (``class_counts`` and ``y``).
 
     >>> loss = VSGroup(group_counts=[1446, 1308, 468, 33], gamma=0.4)   # [W] README CelebA runs
-    >>> [round(v, 4) for v in loss.group_delta.tolist()]   # SPEC §1.7 quotes 1.0, 0.961, 0.637, 0.221
+    >>> [round(v, 4) for v in loss.group_delta.tolist()]   # docs/METHODS.md#loss-vs_group: 1.0, 0.961, 0.637, 0.221
     [1.0, 0.9607, 0.6368, 0.2205]
     """
 

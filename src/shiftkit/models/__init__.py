@@ -74,7 +74,7 @@ def linear(input_shape: Sequence[int], num_classes: int, bias: bool = True) -> n
 @register("mlp")
 def mlp(input_shape: Sequence[int], num_classes: int, width: int = 512, depth: int = 2) -> nn.Module:
     """A ReLU multilayer perceptron with ``depth`` hidden layers of ``width`` units ([W]'s MLP has 3
-    layers of 200, SPEC §8.1); wide enough, it interpolates small training sets."""
+    layers of 200, docs/METHODS.md#model-mlp); wide enough, it interpolates small training sets."""
     if width < 1 or depth < 1:
         raise ShiftkitError(f"model 'mlp': width and depth must be >= 1, got width={width}, depth={depth}")
     layers: list = [nn.Flatten()]

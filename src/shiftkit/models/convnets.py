@@ -1,4 +1,4 @@
-"""Plain convolutional networks without BatchNorm: a small CNN and [W]'s ConvNet (SPEC §8.1).
+"""Plain convolutional networks without BatchNorm: a small CNN and [W]'s ConvNet (docs/METHODS.md#model-convnet).
 
 Neither has BatchNorm, so both run under ``torch.func.vmap`` ensembles with a plain ``functional_call``
 (which cannot update BN running statistics) and give the same logits in training and evaluation mode.
@@ -58,7 +58,7 @@ def cnn(input_shape: Sequence[int], num_classes: int, width: int = 32) -> nn.Mod
 
 @register("convnet")
 def convnet(input_shape: Sequence[int], num_classes: int) -> nn.Module:
-    """[W]'s ConvNet (Byrd & Lipton; SPEC §8.1, [W] ``src/architectures/simple_models.py``), exactly:
+    """[W]'s ConvNet (Byrd & Lipton; docs/METHODS.md#model-convnet; [W] ``src/architectures/simple_models.py``), exactly:
 
     ``Conv(C,64,3) ReLU Conv(64,64,3) ReLU MaxPool2 Conv(64,128,3) ReLU Conv(128,128,3) ReLU
     Conv(128,128,3) ReLU MaxPool2 Flatten Linear(F,512) ReLU Linear(512,128) ReLU Linear(128,K)``,

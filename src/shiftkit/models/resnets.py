@@ -98,7 +98,7 @@ class ResNet(nn.Module):
 
 @register("resnet32")
 def resnet32(input_shape: Sequence[int], num_classes: int, width: int = 16) -> nn.Module:
-    """ResNet-32 for CIFAR (He et al. 2016, §4.2) as used by LDAM-DRW and AutoBalance (SPEC §8.2, §8.3;
+    """ResNet-32 for CIFAR (He et al. 2016, §4.2) as used by LDAM-DRW and AutoBalance (docs/METHODS.md#model-resnet32;
     ``kaidic/LDAM-DRW models/resnet_cifar.py: resnet32``): a 3×3 conv + BN + ReLU stem of ``width``
     channels, 3 stages × 5 :class:`BasicBlock` of widths ``w, 2w, 4w`` (16/32/64) with option-A shortcuts,
     global average pooling, ``Linear(4w, K)``; Kaiming-normal (fan-in) weights in every conv and linear
@@ -123,7 +123,7 @@ def resnet32(input_shape: Sequence[int], num_classes: int, width: int = 16) -> n
 
 @register("preact_resnet18")
 def preact_resnet18(input_shape: Sequence[int], num_classes: int, width: int = 64) -> nn.Module:
-    """PreAct ResNet-18 (He et al. 2016b), [W]'s ``CIFARResNet`` with ``init_channels`` 64 (SPEC §8.1), as
+    """PreAct ResNet-18 (He et al. 2016b), [W]'s ``CIFARResNet`` with ``init_channels`` 64 (docs/METHODS.md#model-preact_resnet18), as
     Kuang Liu's pytorch-cifar ``PreActResNet18``: a 3×3 conv stem of ``width`` channels (no BN, no
     max-pool), 4 stages × 2 :class:`PreActBlock` of widths ``w, 2w, 4w, 8w`` (64/128/256/512), global
     average pooling, ``Linear(8w, K)``; PyTorch's default initialization. Like the reference, no BN-ReLU

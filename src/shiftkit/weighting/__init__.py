@@ -1,6 +1,6 @@
-"""Weighting schemes: per-example losses in, per-example weights out (SPEC §2-4).
+"""Weighting schemes: per-example losses in, per-example weights out (docs/METHODS.md#weightings).
 
-The training loop minimizes ``(w * losses).mean()`` over the batch (SPEC §2.2: the plain mean, not
+The training loop minimizes ``(w * losses).mean()`` over the batch (docs/METHODS.md#one-loop: the plain mean, not
 divided by the batch's sum of weights). A scheme is an ``nn.Module`` so that its state (none for static
 schemes; Group DRO's ``q`` for dynamic ones) moves with ``.to(device)`` and round-trips through
 ``state_dict()`` / ``load_state_dict()``. Dynamic schemes change their state only in training mode.
@@ -58,7 +58,7 @@ class Weighting(nn.Module):
 
 
 def normalized_inverse_counts(counts: Sequence[int], exponent: float) -> Tensor:
-    """Per-category weights ``(1/n_k)^e``, scaled to mean 1 over the training set (SPEC §2.1).
+    """Per-category weights ``(1/n_k)^e``, scaled to mean 1 over the training set (docs/METHODS.md#weighting-iw).
 
     A category with no training example gets weight 0 (it cannot occur in training).
 

@@ -1,7 +1,8 @@
-"""Distributionally robust weightings: Group DRO, RGD (KL-DRO) and CVaR-DRO (SPEC §3, §4).
+"""Distributionally robust weightings: Group DRO, RGD (KL-DRO) and CVaR-DRO
+(docs/METHODS.md#weighting-group_dro, docs/METHODS.md#weighting-rgd, docs/METHODS.md#weighting-cvar).
 
 All three turn the batch's detached losses into weights whose plain mean with the losses is the robust
-objective (SPEC §2.2): ``mean(w * loss)``. Only Group DRO keeps state (``q``), changed only in training
+objective (docs/METHODS.md#one-loop): ``mean(w * loss)``. Only Group DRO keeps state (``q``), changed only in training
 mode.
 """
 
@@ -20,7 +21,7 @@ from . import Categories, Weighting, register
 
 @register("group_dro")
 class GroupDRO(Weighting):
-    """Group DRO by online multiplicative weights (Sagawa et al. 2020; SPEC §3.1-3.2).
+    """Group DRO by online multiplicative weights (Sagawa et al. 2020; docs/METHODS.md#weighting-group_dro).
 
     State ``q`` (a distribution over the G groups, uniform at the start). A training call computes the
     batch's per-group mean losses ``L_g`` (0 for a group absent from the batch), then::
@@ -31,14 +32,14 @@ class GroupDRO(Weighting):
         w_i = B * q_{g(i)} / count_{g(i)}        (count in the batch)
 
     so that ``mean(w * loss) = sum_g q_g L_g`` with the UPDATED ``q``, as in [W], group_DRO and [Z]'s
-    code (SPEC §3.1). [Z]'s paper form ``q_i = g_k / n_k`` (SPEC §3.2) is this with the full batch.
+    code. [Z]'s paper form ``q_i = g_k / n_k`` is this with the full batch.
 
     Defaults: ``eta = 0.01``, the [W] configs' ``adv_probs_lr`` (``celeba_dro``, ``cifar_dro``), the
     group_DRO ``--robust_step_size`` and [Z]'s ``dro_step_size``; [W]'s README Figure 5 runs override it
     to 0.05. ``adjustment = 0`` and ``normalize_loss = False`` are group_DRO's defaults ([W] has
     neither). [W] starts from unnormalized ones, which gives the same ``q`` after the first update.
 
-    Choices (SPEC §3.2, §11.4):
+    Choices (docs/METHODS.md#weighting-group_dro, docs/METHODS.md#quirk-dro-eval):
 
     - group_DRO adds the adjustment only ``if torch.all(adj > 0)``; here it is added whenever ``C > 0``
       (the same for one scalar C). A group with no training example gets no adjustment (C/sqrt(0)
@@ -89,7 +90,7 @@ class GroupDRO(Weighting):
         losses = losses.detach()
         index = self.categories.index(losses, y, g)
         zeros = torch.zeros(self.q.numel(), dtype=losses.dtype, device=losses.device)
-        count = zeros.index_add(0, index, torch.ones_like(losses)).clamp_min(1)  # absent group: mean 0 (SPEC §3.1)
+        count = zeros.index_add(0, index, torch.ones_like(losses)).clamp_min(1)  # absent group: mean 0
         if self.training:  # group means over the finite losses only (class docstring)
             finite = torch.isfinite(losses)
             total = zeros.index_add(0, index, torch.where(finite, losses, 0.0))
@@ -106,15 +107,15 @@ class GroupDRO(Weighting):
 
 @register("rgd")
 class RGD(Weighting):
-    """Re-weighted gradient descent (Kumar et al., TMLR 2024; SPEC §4, §11.10).
+    """Re-weighted gradient descent (Kumar et al., TMLR 2024; docs/METHODS.md#weighting-rgd).
 
     ``w_i = exp(min(loss_i, clip) / temperature)``, detached: the KL-DRO (Donsker-Varadhan) weight with
     the loss clipped. ``normalize="mean"`` rescales each batch to mean weight 1 (``B * w / sum(w)``,
-    i.e. ``B * softmax(min(loss, clip) / temperature)``, SPEC §4's ``"mean"`` and ``"softmax"`` options,
+    i.e. ``B * softmax(min(loss, clip) / temperature)``, the ``"mean"`` and ``"softmax"`` options of docs/METHODS.md#weighting-rgd,
     which are the same quantity); ``"none"`` (default) matches the available code.
 
     Defaults ``clip = 1``, ``temperature = 2`` are ``tau`` and ``tau + 1`` with ``tau = 1``, from
-    third-party code citing the paper (SPEC §4: inferred, unverified; no official code). For losses
+    third-party code citing the paper (our choice, docs/METHODS.md#quirk-rgd-formula; no official code). For losses
     ``>= 0`` the weights lie in ``[1, e^(clip / temperature)]``.
 
     >>> RGD().weights(torch.tensor([0.0, 0.5, 3.0]), torch.zeros(3, dtype=torch.long), None).round(decimals=4)
@@ -145,7 +146,7 @@ class CVaR(Weighting):
     ``mean(w * loss)`` is the mean of the top-``k`` losses and the weights have mean 1. ``alpha = 1``
     is ERM. Losses tied with the ``k``-th largest share its remaining mass equally, so the weights do
     not depend on the order of the batch. ``alpha * B`` is rounded to 6 decimals before the ceiling so
-    that ``0.1 * 30`` gives 3, not 4. Default ``alpha = 0.1`` (a common CVaR level; no SPEC source).
+    that ``0.1 * 30`` gives 3, not 4. Default ``alpha = 0.1`` (a common CVaR level, our choice; docs/METHODS.md#weighting-cvar).
 
     A NaN loss ranks as ``+inf``, the worst (as ``torch.topk`` orders it), tied with infinite losses: the
     weights then still have mean 1 and none exceeds ``B / k``. Compared as a number, NaN would be neither

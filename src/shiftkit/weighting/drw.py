@@ -1,5 +1,5 @@
 """Class-balanced weights (Cui et al. 2019) and deferred re-weighting (DRW) of LDAM-DRW (Cao et al. 2019;
-SPEC §1.3): DRW is the class-balanced scheme switched on at a given epoch, so it extends ``cb``."""
+docs/METHODS.md#weighting-cb, docs/METHODS.md#weighting-drw): DRW is the class-balanced scheme switched on at a given epoch, so it extends ``cb``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from . import Categories, Weighting, register
 
 
 def class_balanced(counts: Tensor, beta: float) -> Tensor:
-    """Class-balanced weights ``(1 - beta) / (1 - beta^n_j)`` scaled to sum to K (SPEC §1.3).
+    """Class-balanced weights ``(1 - beta) / (1 - beta^n_j)`` scaled to sum to K (docs/METHODS.md#weighting-cb).
 
     A category with no training example gets 0; the others then sum to K.
 
@@ -29,14 +29,14 @@ def class_balanced(counts: Tensor, beta: float) -> Tensor:
 class ClassBalanced(Weighting):
     """Class-balanced weighting (Cui et al., CVPR 2019, "Class-Balanced Loss Based on Effective Number of
     Samples"): each example of class ``j`` weighs ``(1 - beta) / (1 - beta^n_j)``, the inverse of the
-    class's effective number of samples, normalized to sum to K over the classes (SPEC §1.3).
+    class's effective number of samples, normalized to sum to K over the classes (docs/METHODS.md#weighting-cb).
 
     With ``loss=ce`` this is Cui et al.'s class-balanced softmax cross-entropy, one of the baselines of
-    RGD's Figure 5 (SPEC §9.5); with ``loss=focal``, their class-balanced focal loss. ``beta = 0`` gives
+    RGD's Figure 5 (docs/METHODS.md#reproduction-rgd-fig5); with ``loss=focal``, their class-balanced focal loss. ``beta = 0`` gives
     all ones (ERM), ``beta -> 1`` inverse class frequencies. The default ``beta = 0.9999`` is DRW's
-    (SPEC §1.3) and among the values Cui et al. search on long-tailed CIFAR. ``by="group"`` uses the
-    group counts instead (an extension). The weights enter the plain mean ``mean(w * loss)`` (SPEC
-    §2.2); PyTorch code that passes them to ``F.cross_entropy(weight=...)`` divides by the batch's sum
+    (docs/METHODS.md#weighting-drw) and among the values Cui et al. search on long-tailed CIFAR. ``by="group"`` uses the
+    group counts instead (an extension). The weights enter the plain mean ``mean(w * loss)``
+    (docs/METHODS.md#one-loop); PyTorch code that passes them to ``F.cross_entropy(weight=...)`` divides by the batch's sum
     of weights instead (see ``drw``).
 
     >>> cb = ClassBalanced(class_counts=[4000, 400])
@@ -76,13 +76,13 @@ class DRW(ClassBalanced):
 
     From epoch ``start_epoch`` (0-based, as the loop's ``start_epoch(epoch)`` hook counts) each example
     of class ``j`` weighs ``(1 - beta) / (1 - beta^n_j)``, normalized to sum to K over the classes. This
-    is the VS-Loss / LDAM-DRW code's ``--train_rule DRW`` (SPEC §1.3): ``beta = [0, 0.9999][epoch // 160]``
+    is the VS-Loss / LDAM-DRW code's ``--train_rule DRW`` (docs/METHODS.md#weighting-drw): ``beta = [0, 0.9999][epoch // 160]``
     (``beta = 0`` gives all ones) with 200 epochs, hence the defaults ``beta = 0.9999``,
-    ``start_epoch = 160``. ``by="group"`` uses the group counts instead (an extension; SPEC has classes).
+    ``start_epoch = 160``. ``by="group"`` uses the group counts instead (an extension; the DRW code has classes).
     With ``start_epoch = 0`` it is ``cb``.
 
     That code passes the weights to ``F.cross_entropy(weight=...)``, whose mean divides by the batch's
-    sum of weights; shiftkit's objective is the plain mean (SPEC §2.2), so the two differ by a per-batch
+    sum of weights; shiftkit's objective is the plain mean (docs/METHODS.md#one-loop), so the two differ by a per-batch
     factor (an effective learning-rate scale).
 
     The current epoch is a buffer, so a checkpoint resumes with the right phase.

@@ -1,6 +1,6 @@
-"""Batch objectives as weightings: train directly on CE_deo, (1 - λ)·CE + λ·CE_deo or CE^G_bal (SPEC §5.5).
+"""Batch objectives as weightings: train directly on CE_deo, (1 - λ)·CE + λ·CE_deo or CE^G_bal (docs/METHODS.md#autobalance-objectives).
 
-[AB]'s group baselines (Table 3, SPEC §9.3) train on a loss of the whole batch, not a sum over examples:
+[AB]'s group baselines (Table 3, docs/METHODS.md#headline-autobalance-table3) train on a loss of the whole batch, not a sum over examples:
 ``CE_deo = Σ_y |L_{y,a=0} - L_{y,a=1}|`` compares cell means. Such an objective ``O(ℓ_1..ℓ_B)`` of the
 per-example losses fits the one loop unchanged: the objectives of :mod:`shiftkit.objectives` are
 positively homogeneous of degree one and piecewise linear in ℓ, so with the per-example weights
@@ -55,7 +55,7 @@ class ObjectiveWeighting(Weighting):
 
 @register("deo_mix")
 class DeoMixWeighting(ObjectiveWeighting):
-    """Train on ``(1 - lam)·mean ℓ + lam·ℓ_deo`` (SPEC §5.5; ℓ = CE gives [AB]'s ``(1-λ)·CE + λ·CE_deo``).
+    """Train on ``(1 - lam)·mean ℓ + lam·ℓ_deo`` (docs/METHODS.md#weighting-deo_mix; ℓ = CE gives [AB]'s ``(1-λ)·CE + λ·CE_deo``).
 
     ``lam = 1`` is [AB] Table 3's "CE_deo" row, ``lam = 0.9`` its "0.1·CE + 0.9·CE_deo" row. Needs two
     classes and four groups ``g = 2y + a`` (binary attribute a); given the training counts, it checks
@@ -81,7 +81,7 @@ class DeoMixWeighting(ObjectiveWeighting):
 
 @register("group_balanced")
 class GroupBalancedWeighting(ObjectiveWeighting):
-    """Train on CE^G_bal (SPEC §5.5): the mean over the (class, group) cells present in the batch of the
+    """Train on CE^G_bal (docs/METHODS.md#weighting-group_balanced): the mean over the (class, group) cells present in the batch of the
     cell's mean loss, i.e. ``w_i = B / (|C_B| · n_{cell(i)})`` with batch counts (a per-batch importance
     weighting by (class, group) cell; :class:`ImportanceWeighting` uses the training set's counts)."""
 

@@ -1,4 +1,4 @@
-"""Static weightings: ERM and importance weighting (SPEC §2.1-2.2)."""
+"""Static weightings: ERM and importance weighting (docs/METHODS.md#weighting-iw)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class ERM(Weighting):
 
 @register("iw")
 class ImportanceWeighting(Weighting):
-    """Importance weighting with exponentiated weights ([W], SPEC §2.1-2.2).
+    """Importance weighting with exponentiated weights ([W], docs/METHODS.md#weighting-iw).
 
     ``w_i ∝ (1/n_{c(i)})^exponent`` where ``c(i)`` is the example's group (``by="group"``, the [W] code;
     for data without an attribute the group is the class) or its class (``by="class"``), normalized to
