@@ -37,13 +37,14 @@ def test_sweep_expansion_is_the_cartesian_product():
     assert len(runs) == 12 and all(r[-1] == "train.epochs=2" for r in runs)
 
 
-#: Run directories made by earlier versions: new options at their defaults (``train.divergence``,
-#: ``loss.cluster_init``) must not change them, or every finished run would train again.
+#: Run identities made by earlier versions: new options at their defaults (``train.divergence``,
+#: ``loss.cluster_init``) must not change them, or every finished run would train again. (A preset's runs
+#: moved to folders that name it, ``@<preset>``; their hashes did not change.)
 IDENTITIES = [
     ([], "digits_binary/ce+erm/seed0-1169e7da03"),
     (["loss=poly", "weighting=iw"], "digits_binary/poly+iw/seed0-41b165b12d"),
-    (["experiment=autobalance"], "digits_binary/AutoBalance/seed0-5877cb936d"),
-    (["experiment=wang_fig5_poly_iw", "data=fmnist_binary"], "fmnist_binary/Poly+IW/seed0-d29cec4d87"),
+    (["experiment=autobalance"], "digits_binary/AutoBalance@autobalance/seed0-5877cb936d"),
+    (["experiment=wang_fig5_poly_iw", "data=fmnist_binary"], "fmnist_binary/Poly+IW@wang_fig5_poly_iw/seed0-d29cec4d87"),
 ]
 
 

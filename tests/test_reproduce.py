@@ -1,5 +1,5 @@
 """``shiftkit reproduce``: the framework (settings, staging, summaries) and every registered
-reproduction at its tiny scale (SPEC §6, §7.5-7.6, §9)."""
+reproduction at its tiny scale (docs/METHODS.md#reproductions)."""
 
 import json
 
@@ -90,9 +90,22 @@ def test_a_failed_reproduction_leaves_the_previous_files_untouched(toy, tmp_path
     experiments.reproduce("toy", "tiny", tmp_path)
     before = (tmp_path / "summary.json").read_text()
     with pytest.raises(ShiftkitError, match="on purpose"):
-        experiments.reproduce("toy", "quick", tmp_path, overrides=["fail=true", "n=7"])
+        experiments.reproduce("toy", "tiny", tmp_path, overrides=["fail=true", "n=7"])
     assert (tmp_path / "summary.json").read_text() == before
     assert not (tmp_path / ".staging").exists()
+
+
+def test_a_tiny_check_never_replaces_another_scale_and_its_figures_say_tiny(toy, tmp_path):
+    from shiftkit.experiments.reproduction import Context, default_out
+
+    assert default_out("toy", "quick").as_posix() == "results/reproduce/toy"
+    assert default_out("toy", "tiny").as_posix() == "results/reproduce/toy-tiny"
+    experiments.reproduce("toy", "quick", tmp_path)
+    before = (tmp_path / "summary.json").read_text()
+    with pytest.raises(ShiftkitError, match="holds a quick-scale reproduction; a tiny-scale one would replace"):
+        experiments.reproduce("toy", "tiny", tmp_path)
+    assert (tmp_path / "summary.json").read_text() == before
+    assert Context("toy", "tiny", tmp_path / "t").note and not Context("toy", "quick", tmp_path / "q").note
 
 
 def test_summary_markdown_states_scale_rows_claims_and_figures(toy, tmp_path):

@@ -114,6 +114,15 @@ def finished(record: dict) -> str:
             f"({record['train_seconds']:.1f} s{resumed})")
 
 
+def _label(cfg) -> str:
+    """A composed run's label, with its data where the data's options are not the defaults."""
+    from omegaconf import OmegaConf
+
+    from . import labels
+
+    return labels.label(OmegaConf.to_container(cfg, resolve=True), with_data=True)
+
+
 def _batches(configs: list) -> List[list]:
     """Runs to train together: with ``ensemble=true``, those that differ only in their seed."""
     from omegaconf import OmegaConf
@@ -150,7 +159,7 @@ def run_many(override_lists: List[List[str]], label: str = "runs") -> List[dict]
         for batch in _batches(configs):
             first = batch[0]
             seeds = ",".join(str(c.seed) for c in batch)
-            title = f"{first.name or first.loss.name + '+' + first.weighting.name} seed{'s' if len(batch) > 1 else ''} {seeds}"
+            title = f"{_label(first)} seed{'s' if len(batch) > 1 else ''} {seeds}"
             epochs = progress.add_task(f"  {title}", total=first.train.epochs)
 
             plain = None if console.is_terminal else _plain_progress(progress.console.print, title)
@@ -174,8 +183,7 @@ def run_many(override_lists: List[List[str]], label: str = "runs") -> List[dict]
             for cfg, record in zip(batch, done):
                 progress.advance(task)
                 records.append(record)
-                name = cfg.name or cfg.loss.name + "+" + cfg.weighting.name
-                progress.console.print(f"[{len(records)}/{len(configs)}] {name} seed {cfg.seed}: {finished(record)}")
+                progress.console.print(f"[{len(records)}/{len(configs)}] {_label(cfg)} seed {cfg.seed}: {finished(record)}")
     return conclude(records, console.print)
 
 
@@ -265,7 +273,8 @@ def _show(override_lists: List[List[str]]) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .report import parse_columns, report
 
-    report(args.dir, parse_columns(args.metrics), which=args.which, baseline=args.baseline, show_curves=args.curves)
+    report(args.dir, parse_columns(args.metrics), which=args.which, baseline=args.baseline, show_curves=args.curves,
+           fmt=args.format, pair_mismatched=args.pair_mismatched, log=args.log)
     return 0
 
 
@@ -299,7 +308,7 @@ def _reproduce(args: argparse.Namespace) -> int:
             repro = experiments.REPRODUCTIONS.get(name)
             print(f"{name}: {repro.title} ({repro.source})")
         return 0
-    out = args.out or f"results/reproduce/{args.name}"
+    out = args.out or str(experiments.reproduction.default_out(args.name, args.scale))
     runs = args.runs or (None if args.out else "results/reproduce/runs")
     summary = experiments.reproduce(args.name, args.scale, out, args.device, args.set, runs=runs)
     console = Console(soft_wrap=True)  # paths and claims stay whole lines
@@ -369,8 +378,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("dir", help="a results directory")
     rep.add_argument("--metrics", nargs="+", help="columns as split/metric, e.g. test/balanced_acc train/acc")
     rep.add_argument("--which", default="selected", help="'selected' (model selection) or 'final' weights")
-    rep.add_argument("--baseline", help="a method to test against (one-sided paired t-test over seeds)")
+    rep.add_argument("--baseline", help="a method (or a unique prefix of one) to test against: one-sided paired "
+                     "t-test over seeds, for methods that trained as the baseline did")
+    rep.add_argument("--pair-mismatched", action="store_true",
+                     help="also pair methods whose training differs from the baseline's (epochs, optimizer, model)")
     rep.add_argument("--curves", action="store_true", help="also print the first metric by epoch")
+    rep.add_argument("--format", default="table", choices=["table", "csv", "markdown", "latex"],
+                     help="print the tables as csv, markdown or latex on stdout instead (default: table)")
+    rep.add_argument("--log", choices=["tensorboard", "mlflow"],
+                     help="also log every finished run to this tracker from its files (tensorboard: DIR/tensorboard)")
     rep.set_defaults(func=_report)
     demo = sub.add_parser("demo", help="the default experiment: ERM vs IW vs Poly+IW on imbalanced digits")
     demo.add_argument("--out", default="results/demo", help="results directory (default results/demo)")
@@ -386,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rpr.add_argument("name", nargs="?", help="e.g. wang2022-fig1 (shiftkit reproduce lists them)")
     rpr.add_argument("--scale", default="quick", help="tiny, quick (default) or paper")
-    rpr.add_argument("--out", help="output directory (default results/reproduce/NAME)")
+    rpr.add_argument("--out", help="output directory (default results/reproduce/NAME, NAME-tiny or NAME-paper)")
     rpr.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     rpr.add_argument(
         "--runs", help="where training runs go (default: OUT/runs with --out, else results/reproduce/runs, "

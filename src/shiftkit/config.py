@@ -3,7 +3,7 @@
 Each registered name becomes a structured config in its group (``loss/poly``, ``weighting/iw``, ...)
 whose fields are the constructor's keyword hyperparameters, typed by its annotations and defaulted by its
 defaults, plus ``name``. A new method therefore needs no config file: its decorator is enough, and a typo
-or a value of the wrong type is refused before anything runs. Top-level keys follow DESIGN.md: ``data``,
+or a value of the wrong type is refused before anything runs. Top-level keys: ``data``,
 ``model``, ``loss``, ``weighting``, ``sampler``, ``optim``, ``train``, ``seed``, ``device``, ``out`` and an
 optional run label ``name``.
 
@@ -73,7 +73,7 @@ class TrainConf:
 
 @dataclass
 class SearchConf:
-    """AutoBalance's bilevel search (SPEC §5.2-5.6), off unless ``enabled``: the loss's learnable
+    """AutoBalance's bilevel search (docs/METHODS.md#protocol-autobalance), off unless ``enabled``: the loss's learnable
     parameters (``loss=autobalance``) are tuned on ``objective`` (``balanced_ce``, ``deo_mix``,
     ``group_balanced_ce``; options under ``objective_options``) from ``start_epoch`` (default 40% of
     ``train.epochs``), every ``every`` steps with ``batches`` train and validation batches, a Neumann
@@ -139,6 +139,10 @@ class Config:
     device: str = "auto"
     out: str = "results"
     name: Optional[str] = None
+    #: The preset (``experiment=NAME``) the run came from and the scale of the reproduction it belongs to:
+    #: labels only, in the run's label and folder but not in its identity (shiftkit.labels).
+    preset: Optional[str] = None
+    scale: Optional[str] = None
     ensemble: bool = False
     save_weights: Optional[bool] = None
 
@@ -252,7 +256,12 @@ def parse_overrides(overrides: List[str]) -> list:
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as exc:
-        raise ShiftkitError(f"cannot parse overrides: {one_line(exc)}") from None
+        odd = next((o for o in overrides if re.search(r"=.*[()\[\]{}, ]", o) and "'" not in o and '"' not in o), None)
+        hint = ""
+        if odd is not None:
+            key, _, value = odd.partition("=")
+            hint = f"; a value with brackets, commas or spaces needs quotes: {key}='{value}'"
+        raise ShiftkitError(f"cannot parse overrides: {one_line(exc)}{hint}") from None
     for o in parsed:
         if not o.key_or_group:
             raise ShiftkitError(f"override '{o.input_line}' has no key; write key=value")
@@ -319,11 +328,33 @@ def compose(overrides: List[str] = ()) -> DictConfig:
             cfg = hydra_compose("config", overrides=list(overrides))
         OmegaConf.resolve(cfg)
         _check_added_keys(parsed, cfg)
+        preset = _preset(parsed)
+        if preset is not None and cfg.preset is None:
+            cfg.preset = preset
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ShiftkitError(one_line(exc)) from None
     finally:
         GlobalHydra.instance().clear()
     return cfg
+
+
+def quoted(value: str) -> str:
+    """``value`` as a quoted override value, for paths that hold ``(``, ``,``, ``=`` or spaces (run folders).
+
+    >>> quoted("runs/data(n=1,m=2)/w.safetensors")
+    "'runs/data(n=1,m=2)/w.safetensors'"
+    """
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def _preset(parsed) -> Optional[str]:
+    """The last ``experiment=NAME`` among the overrides (``None`` when there is none)."""
+    chosen = None
+    for o in parsed:
+        if o.key_or_group == "experiment" and not o.is_delete():
+            value = o.value()
+            chosen = None if value is None else str(value)
+    return chosen
 
 
 def expand_sweep(overrides: List[str]) -> List[List[str]]:

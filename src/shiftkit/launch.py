@@ -123,10 +123,10 @@ def require(name: str, overrides: List[str] = ()) -> None:
 def _line(record: Dict[str, Any]) -> str:
     """One line for a run's record (as ``shiftkit train`` prints them)."""
     from .cli import finished
-    from .runner import method_label
+    from . import labels
 
     where = f" ({record['run_dir']})" if "run_dir" in record else ""
-    return f"{method_label(record['config'])} seed {record['config']['seed']}: {finished(record)}{where}"
+    return f"{labels.label(record['config'], with_data=True)} seed {record['config']['seed']}: {finished(record)}{where}"
 
 
 def task(cfg: Any) -> Dict[str, Any]:

@@ -38,47 +38,79 @@ def _save(fig, path: Path) -> None:
         _pyplot().close(fig)
 
 
-def bar_chart(tables: Dict[str, List[dict]], columns: Sequence[Tuple[str, str]], path: Path) -> None:
-    """Grouped bars (one group per method, one bar per non-training metric) with s.e.m. error bars."""
+def seeds_text(rows: List[dict]) -> str:
+    """How many seeds a table's rows average: ``5 seeds``, or ``5 seeds (1 for X, 3 for Y)`` when some
+    rows have fewer or more than most.
+
+    >>> seeds_text([{"method": "A", "n": 5}, {"method": "B", "n": 5}, {"method": "C", "n": 1}])
+    '5 seeds (1 for C)'
+    """
+    counts = [row["n"] for row in rows]
+    most = max(set(counts), key=lambda n: (counts.count(n), n))
+    others = [f"{row['n']} for {row['method']}" for row in rows if row["n"] != most]
+    text = f"{most} seed{'s' if most != 1 else ''}"
+    return f"{text} ({', '.join(others)})" if others else text
+
+
+def colours(n: int) -> list:
+    """``n`` distinct colours: the tab10 or tab20 palettes where they suffice, else evenly spaced hues.
+
+    >>> len({tuple(c) for c in colours(37)})
+    37
+    """
     plt = _pyplot()
-    shown = [c for c in columns if c[0] != "train"] or list(columns)
+    if n <= 10:
+        return [plt.get_cmap("tab10")(i) for i in range(n)]
+    if n <= 20:
+        return [plt.get_cmap("tab20")(i) for i in range(n)]
+    return [plt.get_cmap("turbo")(i / (n - 1)) for i in range(n)]
+
+
+def bar_chart(tables: Dict[str, List[dict]], columns: Dict[str, Sequence[Tuple[str, str]]], path: Path,
+              note: str = "") -> None:
+    """Grouped bars (one group per method, one bar per non-training metric) with s.e.m. error bars; one
+    panel per table, each with its own columns. ``note`` is added to every title."""
+    plt = _pyplot()
     most = max(len(rows) for rows in tables.values())
     fig, axes = plt.subplots(1, len(tables), figsize=(max(6.0, 1.6 * most) * len(tables), 4.5), squeeze=False)
-    width = 0.8 / len(shown)
     for ax, (dataset, rows) in zip(axes[0], tables.items()):
-        for j, (split, metric) in enumerate(shown):
+        shown = [c for c in columns[dataset] if c[0] != "train"] or list(columns[dataset])
+        width = 0.8 / len(shown)
+        for j, ((split, metric), colour) in enumerate(zip(shown, colours(len(shown)))):
             cells = [row[f"{split}/{metric}"] for row in rows]
             means = [c[0] if c else math.nan for c in cells]
             sems = [(c[1] or 0.0) if c else 0.0 for c in cells]
             xs = [i + (j - (len(shown) - 1) / 2) * width for i in range(len(rows))]
-            ax.bar(xs, means, width, yerr=sems, capsize=3, label=f"{split} {SHORT[metric]}")
+            ax.bar(xs, means, width, yerr=sems, capsize=3, color=colour, label=f"{split} {SHORT[metric]}")
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels([r["method"] for r in rows], rotation=20, ha="right")
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("accuracy (DEO: lower is better)" if any(m == "deo" for _, m in shown) else "accuracy")
-        seeds = ", ".join(sorted({str(r["n"]) for r in rows}))
-        ax.set_title(f"{dataset}: mean ± s.e.m. over {seeds} seeds")
+        ax.set_title(f"{dataset}: mean ± s.e.m. over {seeds_text(rows)}{note}", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     _save(fig, path)
 
 
-def curve_plot(curves: Dict[str, Dict[str, list]], split: str, metric: str, path: Path) -> None:
-    """One line per method over evaluation epochs, with a shaded ± s.e.m. band."""
+def curve_plot(curves: Dict[str, Dict[str, list]], metrics: Dict[str, Tuple[str, str]], path: Path,
+               note: str = "") -> None:
+    """One line per method over evaluation epochs, with a shaded ± s.e.m. band; ``metrics`` gives each
+    panel's ``(split, metric)``. No two methods of a panel share a colour."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(curves), figsize=(7.0 * len(curves), 4.5), squeeze=False)
     for ax, (dataset, methods) in zip(axes[0], curves.items()):
-        for method, points in methods.items():
+        split, metric = metrics[dataset]
+        for (method, points), colour in zip(methods.items(), colours(len(methods))):
             epochs = [p[0] for p in points]
             means = [p[1] for p in points]
             sems = [p[2] or 0.0 for p in points]
-            (line,) = ax.plot(epochs, means, marker="o", markersize=3, label=method)
+            ax.plot(epochs, means, marker="o", markersize=3, color=colour, label=method)
             ax.fill_between(epochs, [m - s for m, s in zip(means, sems)], [m + s for m, s in zip(means, sems)],
-                            color=line.get_color(), alpha=0.2)
+                            color=colour, alpha=0.2)
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{split} {SHORT[metric]}")
-        ax.set_title(f"{dataset}: {split} {SHORT[metric]} during training (mean ± s.e.m.)")
+        ax.set_title(f"{dataset}: {split} {SHORT[metric]} during training (mean ± s.e.m.){note}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -5,7 +5,7 @@ A run directory holds ``metrics.jsonl`` (one line per evaluation, written as tra
 at the end) and an empty ``done`` marker written last. Its path is
 ``<out>/<data>/<method>/seed<seed>-<hash>`` where the hash covers the whole config but ``out``,
 ``device`` and ``ensemble`` (how a run executes, not what it computes), so a repeated sweep finds
-finished runs and skips them (DESIGN.md, "Style" 7). :func:`run_ensemble` trains runs that differ only
+finished runs and skips them (docs/SWEEPS.md). :func:`run_ensemble` trains runs that differ only
 in their seed together and writes the same directories.
 """
 
@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -27,13 +26,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import __version__, data, diagnostics, distributed, files, losses, metrics, models, objectives, optim, rundir
+from . import __version__, data, diagnostics, distributed, files, labels, losses, metrics, models, objectives, optim
+from . import rundir
 from . import sampling, tracking, weighting
 from .autobalance import DEFAULT_UPPER, check_loss, check_search, resume_point, search_and_retrain
 from .checkpoint import FILE as CHECKPOINT_FILE
 from .models import weights
 from .checkpoint import Checkpoint, fitting
-from .config import DiagnosticsConf, check_numbers, options, schema
+from .config import DiagnosticsConf, check_numbers, options
 from .divergence import NonFiniteLoss, Watch
 from .ensemble import EnsembleUnsupported, fit_ensemble
 from .errors import ShiftkitError
@@ -41,8 +41,6 @@ from .plots import plot_alpha
 from .train import FitResult, check_schedule, fit, parse_select
 
 _DATA_CACHE: Dict[str, data.Splits] = {}
-#: Groups whose non-default options enter the method label, in label order.
-_LABEL_GROUPS = ("loss", "weighting", "sampler")
 
 
 #: Keys that say how and where a run executes, not what it computes: left out of run identities. Dotted
@@ -89,7 +87,7 @@ def _select(cfg: Dict[str, Any], key: str) -> Any:
 
 def config_hash(cfg: Dict[str, Any], drop=EXECUTION_KEYS) -> str:
     kept = json.loads(json.dumps(cfg))
-    for key in drop:
+    for key in (*drop, *labels.LABEL_KEYS):
         _without(kept, key)
     for key, default, names in _NEUTRAL_DEFAULTS:
         if names is None or _select(kept, key.split(".")[0] + ".name") in names:
@@ -102,21 +100,10 @@ def config_hash(cfg: Dict[str, Any], drop=EXECUTION_KEYS) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def _changed(group: str, node: Dict[str, Any]) -> List[str]:
-    """A group's options that differ from their defaults, as ``key=value``."""
-    defaults = OmegaConf.to_container(OmegaConf.structured(schema(group, node["name"])))
-    return [f"{k}={_short(v)}" for k, v in node.items() if k != "name" and defaults.get(k) != v]
-
-
-def _non_default(group: str, node: Dict[str, Any]) -> str:
-    changed = _changed(group, node)
-    return f"{node['name']}({','.join(changed)})" if changed else node["name"]
-
-
 def divergence_hint(exc: NonFiniteLoss, plain: Dict[str, Any]) -> NonFiniteLoss:
     """``exc`` with a hint that names this run's settings: a loss already non-finite at the first step,
     before any update, comes from the loss, the weighting or the data, never from the learning rate."""
-    settings = [f"{g}.{c}" for g in ("loss", "weighting") for c in _changed(g, plain[g])]
+    settings = [f"{g}.{c}" for g in ("loss", "weighting") for c in labels.changed(g, plain[g])]
     named = " or ".join(settings) if settings else f"loss={plain['loss']['name']} and weighting={plain['weighting']['name']}"
     if exc.at_start:
         return exc.with_hint(f"it was so before any update, so the learning rate is not the cause: look at {named}"
@@ -125,29 +112,9 @@ def divergence_hint(exc: NonFiniteLoss, plain: Dict[str, Any]) -> NonFiniteLoss:
     return exc.with_hint(f"{lower}, or look at {', '.join(settings)}" if settings else lower)
 
 
-def _short(value: Any) -> str:
-    """Compact, quote-free rendering for labels: 2.0 -> 2, [a, b] -> [a,b], {a: {b: 1}} -> a.b=1."""
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_short(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return ",".join(f"{k}.{_short(v)}" if isinstance(v, dict) else f"{k}={_short(v)}" for k, v in value.items())
-    return str(value).replace(" ", "")
-
-
-def method_label(cfg: Dict[str, Any]) -> str:
-    """``name`` if given, else the loss, weighting and (if any) sampler with their changed options,
-    e.g. ``poly(alpha=2)+iw(exponent=1.5)``."""
-    if cfg.get("name"):
-        return str(cfg["name"])
-    parts = [_non_default(g, cfg[g]) for g in _LABEL_GROUPS if not (g == "sampler" and cfg[g]["name"] == "none")]
-    return "+".join(parts)
-
-
 def run_dir(cfg: Dict[str, Any]) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9_.,=+()\[\]-]+", "_", method_label(cfg))
-    return Path(cfg["out"]) / cfg["data"]["name"] / slug / f"seed{cfg['seed']}-{config_hash(cfg)}"
+    """``<out>/<data>/<label>/seed<N>-<hash>`` (:func:`shiftkit.labels.folder`)."""
+    return Path(cfg["out"]) / labels.folder(cfg) / f"seed{cfg['seed']}-{config_hash(cfg)}"
 
 
 def resolve_device(name: str) -> str:
@@ -184,8 +151,10 @@ def validate(cfg: Dict[str, Any]) -> None:
     selection rule, the device, checkpoints, diagnostics and an AutoBalance search's settings."""
     check_numbers(cfg)
     check_out(cfg["out"])
-    if cfg["name"] is not None and (not cfg["name"].strip() or set(cfg["name"]) <= {".", "/"}):
-        raise ShiftkitError(f"name must be a label for the run's folder, not '{cfg['name']}'")
+    for key in ("name", *labels.LABEL_KEYS):
+        value = cfg.get(key)
+        if value is not None and (not value.strip() or set(value) <= {".", "/"}):
+            raise ShiftkitError(f"{key} must be a label for the run's folder, not '{value}'")
     train = cfg["train"]
     check_schedule(train["epochs"], train["batch_size"], train["eval_every"], train["amp"])
     parse_select(train["select"])
@@ -332,7 +301,7 @@ def make_logger(plain: Dict[str, Any]) -> tracking.Logger:
 def _start_tracker(tracker: tracking.Logger, plain: Dict[str, Any], out: Path, history: List[dict]) -> None:
     """Start the run's logger and replay ``history`` (the evaluations a resumed run already has), so that
     its tracking shows the whole curve."""
-    tracker.start(out, Path(plain["out"]), f"{method_label(plain)} seed {plain['seed']}", plain)
+    tracker.start(out, Path(plain["out"]), f"{labels.label(plain, with_data=True)} seed {plain['seed']}", plain)
     for record in history:
         tracker.log(record)
 
@@ -350,7 +319,8 @@ def _log_writer(log: rundir.MetricsLog, on_eval: Optional[Callable[[dict], None]
 
 def _identity(plain: Dict[str, Any], out: Path, started: float) -> Dict[str, Any]:
     return {
-        "method": method_label(plain),
+        "method": labels.method(plain),
+        "label": labels.label(plain),
         "group_key": config_hash(plain, drop=(*EXECUTION_KEYS, "seed")),
         "config": plain,
         "started": started,
@@ -518,7 +488,7 @@ def run(
 
 
 def _search(cfg, plain, splits, parts, device, write, probe=None, checkpoint: Optional[Checkpoint] = None) -> tuple:
-    """AutoBalance (SPEC §5.2): search on train/val, retrain on train+val; the retraining's metrics are
+    """AutoBalance (docs/METHODS.md#autobalance-algorithm): search on train/val, retrain on train+val; the retraining's metrics are
     the run's, the search's and the learned α go into ``run.json`` too. Returns the retraining's result,
     the extra ``run.json`` entries and the retrained model. ``metrics.jsonl`` lines carry
     ``"phase": "search"`` or ``"retrain"``. With a ``checkpoint`` (its state loaded) both phases checkpoint

@@ -15,6 +15,7 @@ from typing import List
 from . import pretraining
 from .autobalance2021_table3 import _SCALES, AutoBalanceTable3
 from .reproduction import register
+from ..config import quoted
 
 
 def _scales() -> dict:
@@ -33,5 +34,5 @@ class AutoBalanceTable3Pretrained(AutoBalanceTable3):
 
     def model(self, ctx, settings) -> List[str]:
         weights = pretraining.backbone(ctx, settings["pretrain"])
-        return ["data.features_from=resnet18", f"data.features_weights={weights}",
+        return ["data.features_from=resnet18", f"data.features_weights={quoted(str(weights))}",
                 f"+data.features_options.width={pretraining.width(settings['pretrain'])}", "model=linear"]

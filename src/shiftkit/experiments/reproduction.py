@@ -36,10 +36,12 @@ from ..errors import ShiftkitError
 from ..registry import Registry
 from ..report import mean_sem
 # Re-exported for the reproductions, beside by_method and cell: p-values as tables print them, and the
-# one-sided paired t-test over shared seeds (SPEC §9.1).
+# one-sided paired t-test over shared seeds (docs/METHODS.md#statistics).
 from ..report import p_text, paired_p as paired  # noqa: F401
 
 SCALES = ("tiny", "quick", "paper")
+#: Said on every figure of a ``tiny`` run.
+TINY_NOTE = "tiny scale: a check that every part runs; its numbers mean nothing"
 REPRODUCTIONS = Registry("reproduction")
 register = REPRODUCTIONS.register
 names = REPRODUCTIONS.names
@@ -72,7 +74,7 @@ class Summary:
 
 
 class Reproduction:
-    """Base class of a reproduction: set ``title``, ``source`` (paper and SPEC sections), ``keys`` (the
+    """Base class of a reproduction: set ``title``, ``source`` (paper and its docs/METHODS.md anchors), ``keys`` (the
     key figures its summary promises) and ``scales`` (``{"tiny": {...}, "quick": {...}, "paper":
     {...}}``, every scale with the same keys), and implement :meth:`run`."""
 
@@ -115,10 +117,19 @@ class Context:
         self.staging.mkdir(parents=True, exist_ok=True)
         return self.staging / filename
 
+    @property
+    def note(self) -> str:
+        """What figure titles add at this scale: at ``tiny``, that the numbers mean nothing."""
+        return f" [{TINY_NOTE}]" if self.scale == "tiny" else ""
+
     def save_figure(self, fig, filename: str) -> str:
-        """Save a matplotlib figure as ``filename`` (PNG) and close it; returns the name."""
+        """Save a matplotlib figure as ``filename`` (PNG) and close it; returns the name. A ``tiny``-scale
+        figure is marked as such across its foot."""
         from ..plots import _pyplot
 
+        if self.scale == "tiny":
+            fig.text(0.5, 0.005, TINY_NOTE, ha="center", va="bottom", fontsize=9, color="crimson",
+                     bbox={"facecolor": "white", "edgecolor": "crimson", "alpha": 0.85})
         fig.savefig(self.figure_path(filename), dpi=120)
         _pyplot().close(fig)
         return filename
@@ -128,7 +139,7 @@ class Context:
         context's device; returns their ``run.json`` records, in order. Finished runs are skipped."""
         from ..cli import run_many
 
-        extra = [f"out={self.runs}", f"device={self.device}"]
+        extra = [f"out={self.runs}", f"device={self.device}", f"scale={self.scale}"]
         return run_many([[*o, *extra] for o in override_lists], label=f"{self.name}: {label}")
 
     def train_each(self, groups: Dict[str, List[List[str]]], label: str = "runs") -> Dict[str, List[dict]]:
@@ -188,7 +199,7 @@ def reproduce(
     console: Any = None,
     runs: Optional[Path] = None,
 ) -> Summary:
-    """Run reproduction ``name`` at ``scale`` into ``out`` (default ``results/reproduce/<name>``) and
+    """Run reproduction ``name`` at ``scale`` into ``out`` (default :func:`default_out`) and
     write its figures, ``summary.md`` and ``summary.json`` there; training runs go to ``runs`` (default
     ``<out>/runs``)."""
     from ..runner import resolve_device
@@ -196,7 +207,8 @@ def reproduce(
     repro = REPRODUCTIONS.get(name)()
     settings = settings_for(repro, scale, overrides)
     resolve_device(device)
-    out = Path(out) if out is not None else Path("results") / "reproduce" / name
+    out = Path(out) if out is not None else default_out(name, scale)
+    _check_scale(out, scale)
     ctx = Context(name, scale, out, device, console, runs)
     shutil.rmtree(ctx.staging, ignore_errors=True)
     start = time.perf_counter()
@@ -209,6 +221,23 @@ def reproduce(
     finally:
         shutil.rmtree(ctx.staging, ignore_errors=True)
     return summary
+
+
+def default_out(name: str, scale: str) -> Path:
+    """``results/reproduce/<name>`` at the ``quick`` scale, ``results/reproduce/<name>-<scale>`` at the
+    others, so that a ``tiny`` check never replaces the figures of a real run."""
+    return Path("results") / "reproduce" / (name if scale == "quick" else f"{name}-{scale}")
+
+
+def _check_scale(out: Path, scale: str) -> None:
+    """Refuse to write over the summary and figures of another scale."""
+    try:
+        found = json.loads((out / "summary.json").read_text()).get("scale")
+    except (OSError, ValueError, AttributeError):
+        return
+    if found is not None and found != scale:
+        raise ShiftkitError(f"{out} holds a {found}-scale reproduction; a {scale}-scale one would replace its "
+                            f"figures: give another --out (or delete {out / 'summary.json'})")
 
 
 def _write(ctx: Context, repro: Reproduction, settings: Dict[str, Any], summary: Summary, seconds: float) -> None:
@@ -272,7 +301,7 @@ def markdown(payload: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# Statistics over seeds for reproductions built from training runs (SPEC §9.1).
+# Statistics over seeds for reproductions built from training runs (docs/METHODS.md#statistics).
 
 
 def by_method(records: List[dict], split: str = "test", metric: str = "balanced_acc", which: str = "final"):

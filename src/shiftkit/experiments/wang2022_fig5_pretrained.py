@@ -17,6 +17,7 @@ from . import pretraining
 from .reproduction import Claim, Reproduction, Summary, cell, mean, register
 from .wang2022_fig5 import GROUPS, WangFig5, _table
 from .wang2022_protocol import bars, interpolation_note, train_presets, values
+from ..config import quoted
 
 
 def _scales() -> Dict[str, dict]:
@@ -41,7 +42,7 @@ class WangFig5Pretrained(Reproduction):
 
     def run(self, ctx, settings):
         weights = pretraining.backbone(ctx, settings["pretrain"])
-        model = ["model=resnet18", f"model.width={pretraining.width(settings['pretrain'])}", f"model.weights={weights}"]
+        model = ["model=resnet18", f"model.width={pretraining.width(settings['pretrain'])}", f"model.weights={quoted(str(weights))}"]
         grouped = train_presets(ctx, [p for _, p, _ in GROUPS], {**settings, "model": model},
                                 "Figure 5, group shift, fine-tuned")
         rows, gacc = _table(grouped, GROUPS, "group_balanced_acc", "groups: ")

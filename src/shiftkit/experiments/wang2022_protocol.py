@@ -1,9 +1,9 @@
 """[W]'s image protocol for ``shiftkit reproduce wang2022-fig3|fig4|fig5``: the runs, their scales, and
 the tables and figures they share.
 
-Every method is one of the ``experiment=wang_*`` presets (SPEC §8.1: the papers' loss, weights,
+Every method is one of the ``experiment=wang_*`` presets (docs/METHODS.md#protocol-wang2022: the papers' loss, weights,
 optimizer, epochs and model selection), trained through the one loop on Fashion-MNIST in place of
-CIFAR-10 and CelebA (SPEC §7.1-7.3, DESIGN.md "Data"): ``fmnist_binary`` (T-shirt/top vs shirt, step
+CIFAR-10 and CelebA (docs/METHODS.md#datasets-offline): ``fmnist_binary`` (T-shirt/top vs shirt, step
 imbalance 10) for the class-imbalance figures, ``fmnist_spurious`` (a background attribute with
 Waterbirds' group fractions) for Figure 5's group version. Runs keep the preset's own ``name``, so the
 same run serves Figures 3 and 4 when they share a runs directory.
@@ -25,14 +25,14 @@ from .reproduction import Context, by_method, cell, mean, p_text, paired
 
 #: Figures 3 and 4: (setting, its key in summary.json, CE preset, Poly preset) on the binary protocol.
 #: The IW rows use the early-stopped presets, which train exactly as the plain ones: Figure 3 reads
-#: their final weights, Figure 4 the weights of their best validation epoch (SPEC §2.4).
+#: their final weights, Figure 4 the weights of their best validation epoch (docs/METHODS.md#selection-best).
 FIG34_PAIRS: List[Tuple[str, str, str, str]] = [
     ("No IW", "no_iw", "wang_ce", "wang_poly"),
     ("IW (w̄)", "iw", "wang_ce_iw_es", "wang_poly_iw_es"),
     ("IW-Exp (w̄^3/2)", "iw_exp", "wang_ce_iw_exp_es", "wang_poly_iw_exp_es"),
 ]
 
-#: SPEC §9.1, binary CIFAR-10: (CE, Poly, p) per setting; Figure 3 final weights, Figure 4 early-stopped.
+#: docs/METHODS.md#headline-wang2022, binary CIFAR-10: (CE, Poly, p) per setting; Figure 3 final weights, Figure 4 early-stopped.
 PAPER_FIG3 = {
     "No IW": ("0.605 ± 0.008", "0.564 ± 0.004", "0.9999"),
     "IW (w̄)": ("0.578 ± 0.004", "0.604 ± 0.003", "<1e-5"),
@@ -176,6 +176,7 @@ def curves(ctx: Context, runs: Dict[str, List[dict]], filename: str, labels: Dic
     from ..plots import curve_plot
     from ..report import curves as by_epoch
 
-    records = [{**r, "_dir": r["run_dir"], "method": labels[p]} for p, per in runs.items() for r in per]
-    curve_plot(by_epoch(records, "test", metric), "test", metric, ctx.figure_path(filename))
+    records = [{**r, "_dir": r["run_dir"], "_label": labels[p]} for p, per in runs.items() for r in per]
+    lines = by_epoch(records, "test", metric)
+    curve_plot(lines, {dataset: ("test", metric) for dataset in lines}, ctx.figure_path(filename), ctx.note)
     return filename
