@@ -3,17 +3,25 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TESTED := $(VENV)/.installed-test
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: install data demo test clean
+.PHONY: install install-test data demo test clean
 
-# Installs once; again only when pyproject.toml or the constraints change.
+# Installs once; again only when pyproject.toml or the constraints change. `make demo` needs only the
+# library; `make test` adds the test, tracking and launcher extras.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
 	touch $(STAMP)
 
+$(TESTED): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(TESTED)
+
 install: $(STAMP)
+
+install-test: $(TESTED)
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist, where this machine lets us install it; never fails.
 data:
@@ -26,7 +34,7 @@ data:
 demo: $(STAMP)
 	$(BIN)/shiftkit demo
 
-test: $(STAMP) data
+test: $(TESTED) data
 	$(BIN)/python -m pytest
 
 clean:

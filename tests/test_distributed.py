@@ -30,6 +30,18 @@ def test_outside_torchrun_everything_is_one_process():
     assert distributed.setup("cpu") == "cpu"
 
 
+def test_a_torchrun_command_is_rebuilt_where_its_launcher_cannot_be_read(monkeypatch):
+    from shiftkit.runner import command
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert command(["/x/shiftkit/__main__.py", "train", "seed=1"], parent=["/bin/bash"]) == (
+        "torchrun --nproc_per_node=2 -m shiftkit train seed=1")
+    assert command(["/x/__main__.py", "train"], ["/usr/bin/python3", "-m", "torch.distributed.run", "--nnodes=2",
+                                                  "-m", "shiftkit", "train"]) == (
+        "python -m torch.distributed.run --nnodes=2 -m shiftkit train")
+
+
 def _torchrun(out, overrides, nproc=2):
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -60,6 +72,8 @@ def test_two_processes_give_the_metrics_of_one_with_the_same_global_batch(tmp_pa
     assert res.stdout.count("seed0-") == 1  # only rank 0 reports
     folder = tmp_path / "two" / Path(one["run_dir"]).relative_to(tmp_path / "one")
     two = json.loads((folder / "run.json").read_text())
+    assert one["environment"]["world_size"] == 1 and two["environment"]["world_size"] == 2
+    assert two["environment"]["command"].startswith(f"torchrun --standalone --nproc_per_node=2 -m shiftkit train out={tmp_path / 'two'}")
     assert two["selected_epoch"] == one["selected_epoch"] and two["steps"] == one["steps"]
     for which in ("final", "selected"):
         for split in ("train", "val", "test"):

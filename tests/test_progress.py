@@ -42,3 +42,23 @@ def test_a_bad_interval_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SHIFTKIT_PROGRESS_SECONDS", "soon")
     assert main(["train", *TINY, f"out={tmp_path}"]) == 2
     assert _lines(capsys)[-1] == "shiftkit: error: $SHIFTKIT_PROGRESS_SECONDS must be a number of seconds"
+
+
+def test_an_autobalance_run_counts_and_times_its_search_and_retraining(tmp_path, capsys, monkeypatch):
+    from shiftkit.config import compose
+
+    monkeypatch.setenv("SHIFTKIT_PROGRESS_SECONDS", "0")
+    overrides = ["experiment=autobalance", "data=digits_lt", "model=linear", "train.epochs=2", "train.eval_every=1",
+                 "search.start_epoch=1", "search.retrain_epochs=3", "device=cpu", f"out={tmp_path}"]
+    cfg = compose(overrides)
+    assert cli._epochs(cfg) == 5
+    assert cli._done_epochs({"epoch": 2, "phase": "retrain"}, cfg) == 4
+    assert main(["train", *overrides]) == 0
+    lines = _lines(capsys)
+    evals = [line.split(": ")[1] for line in lines if ": search epoch " in line or ": retraining epoch " in line]
+    assert evals == ["search epoch 1", "search epoch 2", "retraining epoch 1", "retraining epoch 2",
+                     "retraining epoch 3"]
+    assert "s: search " in lines[-1] and " s + retraining " in lines[-1]
+    done = {"selected": {"train": {"acc": 1.0}, "test": {"balanced_acc": 0.5, "worst_class_acc": 0.4}},
+            "train_seconds": 2.0, "search": {"seconds": 3.5}}
+    assert cli.finished(done).endswith("(5.5 s: search 3.5 s + retraining 2.0 s)")

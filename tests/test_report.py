@@ -245,3 +245,18 @@ def test_finished_runs_are_logged_to_tensorboard_from_their_files(tmp_path):
     acc = EventAccumulator(str(below))
     acc.Reload()
     assert [round(e.value, 6) for e in acc.Scalars("test/balanced_acc")] == [0.2, 0.4, 0.6]
+
+
+def test_finished_runs_are_logged_to_mlflow_once(tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    for name in ("A", "B"):
+        _composed_run(tmp_path, [f"name={name}"], 0, 0.6, epochs=(1, 2))
+    runs = report.load_runs(tmp_path)
+    assert report.log_runs(runs, tmp_path, "mlflow") == 2
+    assert report.log_runs(runs, tmp_path, "mlflow") == 0  # already there
+    client = MlflowClient(f"sqlite:///{(tmp_path / 'mlflow.db').as_posix()}")
+    found = client.search_runs([client.get_experiment_by_name("shiftkit").experiment_id])
+    assert sorted(r.info.run_name for r in found) == ["A seed 0", "B seed 0"]
+    assert all(r.info.status == "FINISHED" and r.data.metrics["selected/test/balanced_acc"] == 0.6 for r in found)

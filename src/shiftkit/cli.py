@@ -69,8 +69,9 @@ def _grouped(split: dict) -> bool:
 def _describe(record: dict) -> str:
     val = record["val"]
     worst = f", worst group {val['worst_group_acc']:.3f}" if _grouped(val) else ""
+    phase = {"search": "search ", "retrain": "retraining "}.get(record.get("phase"), "")
     return (
-        f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, train acc {record['train']['acc']:.3f}, "
+        f"{phase}epoch {record['epoch']}: train loss {record['train_loss']:.4f}, train acc {record['train']['acc']:.3f}, "
         f"val balanced acc {val['balanced_acc']:.3f}{worst}"
     )
 
@@ -111,7 +112,27 @@ def finished(record: dict) -> str:
              else f"worst class {test['worst_class_acc']:.3f}")
     resumed = f", resumed from epoch {record['resumed_from_epoch']}" if record.get("resumed_from_epoch") else ""
     return (f"train acc {sel['train']['acc']:.3f}, test balanced acc {test['balanced_acc']:.3f}, {worst} "
-            f"({record['train_seconds']:.1f} s{resumed})")
+            f"({_seconds(record)}{resumed})")
+
+
+def _seconds(record: dict) -> str:
+    """How long a run trained: an AutoBalance run's search and retraining, and their sum."""
+    seconds = record["train_seconds"]
+    search = (record.get("search") or {}).get("seconds")
+    if search is None:
+        return f"{seconds:.1f} s"
+    return f"{search + seconds:.1f} s: search {search:.1f} s + retraining {seconds:.1f} s"
+
+
+def _epochs(cfg) -> int:
+    """The epochs a run's progress counts: an AutoBalance run's search and retraining together."""
+    if cfg.search.enabled:
+        return cfg.train.epochs + (cfg.search.retrain_epochs or cfg.train.epochs)
+    return cfg.train.epochs
+
+
+def _done_epochs(record: dict, cfg) -> int:
+    return record["epoch"] + (cfg.train.epochs if record.get("phase") == "retrain" else 0)
 
 
 def _label(cfg) -> str:
@@ -160,12 +181,12 @@ def run_many(override_lists: List[List[str]], label: str = "runs") -> List[dict]
             first = batch[0]
             seeds = ",".join(str(c.seed) for c in batch)
             title = f"{_label(first)} seed{'s' if len(batch) > 1 else ''} {seeds}"
-            epochs = progress.add_task(f"  {title}", total=first.train.epochs)
+            epochs = progress.add_task(f"  {title}", total=_epochs(first))
 
             plain = None if console.is_terminal else _plain_progress(progress.console.print, title)
 
-            def on_eval(record: dict, epochs=epochs, plain=plain) -> None:
-                progress.update(epochs, completed=record["epoch"], description=f"  {_describe(record)}")
+            def on_eval(record: dict, epochs=epochs, plain=plain, first=first) -> None:
+                progress.update(epochs, completed=_done_epochs(record, first), description=f"  {_describe(record)}")
                 if plain is not None:
                     plain(record)
 

@@ -259,12 +259,17 @@ def p_text(p: Optional[float]) -> str:
     return "–" if p is None else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
 
 
+def _base(rows: List[dict], baseline: str) -> str:
+    """The method of a table that ``baseline`` named."""
+    return next((r["method"] for r in rows if r.get("baseline")), baseline)
+
+
 def _notes(rows: List[dict], columns: Sequence[Tuple[str, str]], baseline: Optional[str]) -> List[str]:
     """What a table's p column means, and which methods were not paired with the baseline and why."""
     if baseline is None:
         return []
     split, metric = columns[0]
-    base = next((r["method"] for r in rows if r.get("baseline")), baseline)
+    base = _base(rows, baseline)
     lines = [f"p: one-sided paired t-test over seeds, {split} {SHORT[metric]} better than {base}"]
     return lines + [f"{r['method']} is not paired with {base}: its training differs ({r['unpaired']}); "
                     "--pair-mismatched pairs them anyway" for r in rows if r.get("unpaired")]
@@ -286,7 +291,7 @@ def render(tables: Dict[str, List[dict]], columns: Dict[str, Sequence[Tuple[str,
         for split, metric in cols:
             table.add_column(f"{split}\n{SHORT[metric]}", justify="right")
         if baseline is not None:
-            table.add_column("p", justify="right")
+            table.add_column(f"p > {_base(rows, baseline)}", justify="right")
         for row in rows:
             cells = [_cell(row[f"{s}/{m}"]) for s, m in cols]
             if baseline is not None:
@@ -366,7 +371,8 @@ def export(tables: Dict[str, List[dict]], columns: Dict[str, Sequence[Tuple[str,
     for dataset, rows in tables.items():
         cols = list(columns[dataset])
         best = {c: _best(rows, *c) for c in cols}
-        head = ["method", *(f"{s} {SHORT[m]}" for s, m in cols)] + (["p"] if baseline is not None else [])
+        head = ["method", *(f"{s} {SHORT[m]}" for s, m in cols)]
+        head += [f"p > {_base(rows, baseline)}"] if baseline is not None else []
         body = []
         for row in rows:
             cells = [_styled(row[f"{s}/{m}"], best[(s, m)], fmt) for s, m in cols]
@@ -447,8 +453,8 @@ def _csv(tables: Dict[str, List[dict]], columns: Dict[str, Sequence[Tuple[str, s
 def log_runs(runs: List[dict], root: Path, logger: str, options: Optional[Dict[str, Any]] = None) -> int:
     """Log finished runs to an experiment tracker from their files (``metrics.jsonl`` and ``run.json``), as
     if it had watched them train; returns how many. ``tensorboard`` writes ``<root>/tensorboard/<run
-    path>`` (``dir=...`` elsewhere), replacing what an earlier call wrote there, so that repeating the
-    command leaves one copy of each run."""
+    path>`` (``dir=...`` elsewhere), replacing what an earlier call wrote there; ``mlflow`` leaves the runs
+    it already holds finished: repeating the command leaves one copy of each run."""
     import shutil
 
     from . import tracking
@@ -457,8 +463,11 @@ def log_runs(runs: List[dict], root: Path, logger: str, options: Optional[Dict[s
     if logger == "tensorboard":
         options.setdefault("dir", str(Path(root) / "tensorboard"))
     tracker = tracking.build(logger, **options)
+    count = 0
     for r in runs:
         run = Path(r["_dir"])
+        if tracker.logged(run, Path(root)):
+            continue
         if logger == "tensorboard":
             below = run.resolve().relative_to(Path(root).resolve()) if run.resolve().is_relative_to(
                 Path(root).resolve()) else Path(run.name)
@@ -473,7 +482,8 @@ def log_runs(runs: List[dict], root: Path, logger: str, options: Optional[Dict[s
         except BaseException:
             tracker.finish("failed")
             raise
-    return len(runs)
+        count += 1
+    return count
 
 
 def report(

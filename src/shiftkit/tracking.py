@@ -113,6 +113,11 @@ class Logger:
     def finish(self, status: str, record: Optional[Dict[str, Any]] = None) -> None:
         """Close the run."""
 
+    def logged(self, run_dir: Path, out: Path) -> bool:
+        """Whether this tracker already holds the finished run of ``run_dir`` (``shiftkit report --log``
+        then leaves it)."""
+        return False
+
 
 @register("none")
 class NoLogger(Logger):
@@ -193,8 +198,7 @@ class MLflow(Logger):
         from mlflow.entities import Param
         from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
-        uri = (self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-               or f"sqlite:///{(out / 'mlflow.db').resolve().as_posix()}")
+        uri = self._uri(out)
         client = _client(uri)
         experiment_id = self._experiment_id(client, uri, out)
         self._close_killed(client, experiment_id, run_dir)
@@ -203,6 +207,20 @@ class MLflow(Logger):
         params = [Param(key, str(value)[:MAX_PARAM_VAL_LENGTH]) for key, value in flatten(config).items()]
         for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
             client.log_batch(self.run_id, params=params[i : i + MAX_PARAMS_TAGS_PER_BATCH])
+
+    def _uri(self, out: Path) -> str:
+        return (self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                or f"sqlite:///{(out / 'mlflow.db').resolve().as_posix()}")
+
+    def logged(self, run_dir: Path, out: Path) -> bool:
+        if "'" in str(run_dir):
+            return False
+        client = _client(self._uri(out))
+        found = client.get_experiment_by_name(self.experiment)
+        if found is None:
+            return False
+        where = f"tags.`shiftkit.run_dir` = '{run_dir}' and attributes.status = 'FINISHED'"
+        return bool(client.search_runs([found.experiment_id], filter_string=where, max_results=1))
 
     @staticmethod
     def _close_killed(client, experiment_id: str, run_dir: Path) -> None:
