@@ -121,3 +121,14 @@ def test_the_command_line_trains_a_sweep_with_an_option_some_members_lack(tmp_pa
     assert "shiftkit: warning: loss.alpha=2 applies only to" in capsys.readouterr().err
     records = sorted(json.loads(p.read_text())["config"]["loss"].get("alpha", 0) for p in out.rglob("run.json"))
     assert records == [0, 2.0]
+
+
+@pytest.mark.parametrize("group", ["data", "model", "loss", "weighting", "sampler", "optim"])
+def test_listings_link_each_name_to_its_method_reference_and_keep_summaries_plain(group):
+    from shiftkit import catalog
+
+    page = catalog.markdown(group)
+    for entry in catalog.entries(group):
+        assert "METHODS.md" not in entry.summary
+        assert f"(../METHODS.md#{group}-{entry.name})" in page
+    assert f"docs/METHODS.md#{group}-NAME" in catalog.text(group)

@@ -54,6 +54,10 @@ def _type_name(tp: Any) -> str:
 #: Words after which a full stop does not end a sentence.
 _ABBREVIATIONS = ("al", "e.g", "i.e", "cf", "vs", "Fig", "Eq", "resp")
 _LONGEST = 160
+#: Groups whose every name has an entry ``<group>-<name>`` in docs/METHODS.md (a test keeps it so).
+REFERENCED = ("data", "model", "loss", "weighting", "sampler", "optim")
+#: A docstring's citation of the method reference: the listing links each name's entry instead.
+_CITATION = re.compile(r"\s*\(docs/METHODS\.md#[\w-]+\)|[;,]\s*docs/METHODS\.md#[\w-]+|docs/METHODS\.md#[\w-]+[;,]\s*")
 
 
 def summary(obj: Any) -> str:
@@ -62,9 +66,11 @@ def summary(obj: Any) -> str:
 
     >>> summary(type("T", (), {"__doc__": "LDAM of Cao et al. (NeurIPS 2019). Margins per class."}))
     'LDAM of Cao et al. (NeurIPS 2019).'
+    >>> summary(type("T", (), {"__doc__": "CE (docs/METHODS.md#loss-ce), per example; LA (Menon; docs/METHODS.md#loss-la)."}))
+    'CE, per example; LA (Menon).'
     """
     doc = inspect.getdoc(obj) or ""
-    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    paragraph = _CITATION.sub("", " ".join(doc.strip().split("\n\n")[0].split()))
     depth, end = 0, len(paragraph)
     for i, char in enumerate(paragraph):
         depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(char, 0)
@@ -120,9 +126,16 @@ def _value(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+def reference(group: str, name: str) -> str:
+    """The anchor of a name's entry in docs/METHODS.md (``""`` for groups it does not cover)."""
+    return f"{group}-{name}" if group in REFERENCED else ""
+
+
 def text(group: str) -> str:
     """The plain-text listing of ``group`` (``shiftkit list GROUP``)."""
     lines = [f"{group}: {ABOUT.get(group, '')}"]
+    if group in REFERENCED:
+        lines.append(f"  formulas, defaults and sources: docs/METHODS.md#{group}-NAME")
     common = shared(group)
     if common:
         lines.append(f"  every {group} also takes: " + ", ".join(f"{o.key}: {o.type} = {_value(o.default)}"
@@ -143,7 +156,10 @@ def markdown(group: str) -> str:
         lines += [f"Every {group} also takes:", "", "| option | type | default |", "|---|---|---|"]
         lines += [f"| `{o.key}` | `{o.type}` | `{_value(o.default)}` |" for o in common] + [""]
     for entry in entries(group):
+        anchor = reference(group, entry.name)
         lines += [f"## `{entry.name}`", "", entry.summary, ""]
+        if anchor:
+            lines += [f"Formula, defaults and sources: [method reference](../METHODS.md#{anchor}).", ""]
         if entry.options:
             lines += ["| option | type | default |", "|---|---|---|"]
             lines += [f"| `{o.key}` | `{o.type}` | `{_value(o.default)}` |" for o in entry.options]

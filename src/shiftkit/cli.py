@@ -469,6 +469,11 @@ def _main(argv: Optional[List[str]]) -> int:
     except ShiftkitError as exc:
         print(f"shiftkit: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader left (``shiftkit list | head``): end quietly, as a SIGPIPE would
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:  # a write that no layer below could name: say which file, never a traceback
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"shiftkit: error: {where}{exc.strerror or exc}", file=sys.stderr)
