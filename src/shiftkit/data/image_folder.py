@@ -70,7 +70,7 @@ from ..errors import ShiftkitError
 from . import register
 from .base import Split, Splits, dense_ids, optional_root, quote
 from .celeba import IMAGENET_MEAN, IMAGENET_STD
-from .images import cache_dir, read_cached, write_cached
+from .images import cache_dir, load_cached, read_cached, write_cached
 from .pipeline import Pipeline
 from .roots import read_csv
 from .tabular import stratified_split
@@ -320,12 +320,9 @@ def _cache_file(root: Path, files: List[str], size: Optional[int], channels: int
 
 
 def _read_any_size(file: Path, n: int, channels: int) -> Optional[np.ndarray]:
-    if not file.exists():
+    array = load_cached(file)
+    if array is None:
         return None
-    try:
-        array = np.load(file, allow_pickle=False)
-    except (OSError, ValueError):
-        return None  # a damaged cache file is rebuilt, never trusted
     return array if array.dtype == np.uint8 and array.ndim == 4 and array.shape[:2] == (n, channels) else None
 
 

@@ -83,15 +83,20 @@ def _cache_key(paths: Sequence[Path], size, square: bool, crop) -> str:
     return digest.hexdigest()[:40]
 
 
-def read_cached(file: Path, shape: tuple, dtype=np.uint8) -> Optional[np.ndarray]:
-    """The array cached in ``file`` if it has this shape and dtype; None if absent or damaged."""
+def load_cached(file: Path) -> Optional[np.ndarray]:
+    """The array cached in ``file``; None if absent or damaged (then it is rebuilt, never trusted)."""
     if not file.exists():
         return None
     try:
-        array = np.load(file, allow_pickle=False)
+        return np.load(file, allow_pickle=False)
     except (OSError, ValueError):
-        return None  # a damaged cache file is rebuilt, never trusted
-    return array if array.shape == shape and array.dtype == dtype else None
+        return None
+
+
+def read_cached(file: Path, shape: tuple, dtype=np.uint8) -> Optional[np.ndarray]:
+    """The array cached in ``file`` if it has this shape and dtype; None if absent or damaged."""
+    array = load_cached(file)
+    return array if array is not None and array.shape == shape and array.dtype == dtype else None
 
 
 def write_cached(file: Path, array: np.ndarray, what: str = "decoded images") -> None:
