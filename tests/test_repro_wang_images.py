@@ -40,5 +40,5 @@ def test_figure_4_reuses_figure_3s_runs(tmp_path):
 
 
 def _final_ce(runs, name):
-    finals = [json.loads(p.read_text())["final"]["test"]["balanced_acc"] for p in runs.glob(f"**/{name}/*/run.json")]
+    finals = [json.loads(p.read_text())["final"]["test"]["balanced_acc"] for p in runs.glob(f"**/{name}@*/*/run.json")]
     return sum(finals) / len(finals)
