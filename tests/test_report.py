@@ -220,7 +220,8 @@ def test_export_formats(tmp_path, capsys):
     assert "| method | test balanced acc |" in text and "| B | **0.750 ± 0.050** |" in text
     report.report(tmp_path, fmt="latex")
     text = capsys.readouterr().out
-    assert r"A\_1 & $0.650 \pm 0.050$" in text and r"\textbf{$0.750 \pm 0.050$}" in text and r"\toprule" in text
+    assert r"A\_1 & $0.650 \pm 0.050$" in text and r"$\mathbf{0.750 \pm 0.050}$" in text and r"\toprule" in text
+    assert r"mean $\pm$ s.e.m." in text and r"\mathbf{1.000" not in text  # a tie stands out nowhere
     with pytest.raises(ShiftkitError, match="--format must be one of"):
         report.report(tmp_path, fmt="html")
 

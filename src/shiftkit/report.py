@@ -256,7 +256,9 @@ def _cell(value: Optional[Tuple[float, Optional[float]]]) -> str:
 
 def p_text(p: Optional[float]) -> str:
     """A p-value as tables print it: ``–`` when there is none, scientific notation below 1e-3."""
-    return "–" if p is None else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
+    if p is None:
+        return "–"
+    return "0" if p == 0 else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
 
 
 def _base(rows: List[dict], baseline: str) -> str:
@@ -326,7 +328,7 @@ def render_curves(curves_: Dict[str, Dict[str, list]], split: str, metric: str, 
             shown = epochs[::-1][::stride][::-1]
             title = f"{dataset}: {split} {SHORT[metric]} by epoch (mean over seeds)"
             if len(epochs) > len(shown):
-                title += f", every {stride}th of {len(epochs)} evaluations"
+                title += f", {len(shown)} of {len(epochs)} evaluations"
             console.print(Text(title, style="italic"), soft_wrap=True)
             table = Table()
             table.add_column("method")
@@ -386,7 +388,7 @@ def export(tables: Dict[str, List[dict]], columns: Dict[str, Sequence[Tuple[str,
 
 def _best(rows: List[dict], split: str, metric: str) -> Optional[float]:
     means = [row[f"{split}/{metric}"][0] for row in rows if row[f"{split}/{metric}"] is not None]
-    if len(means) < 2:
+    if len(set(means)) < 2:  # one value, or all tied: nothing stands out
         return None
     return min(means) if metric in LOWER_IS_BETTER else max(means)
 
@@ -397,8 +399,8 @@ def _styled(value, best: Optional[float], fmt: str) -> str:
     mean, sem = value
     text = f"{mean:.3f}" + (f" ± {sem:.3f}" if sem is not None else "")
     if fmt == "latex":
-        text = f"${mean:.3f}" + (rf" \pm {sem:.3f}" if sem is not None else "") + "$"
-        return rf"\textbf{{{text}}}" if best is not None and mean == best else text
+        inner = f"{mean:.3f}" + (rf" \pm {sem:.3f}" if sem is not None else "")
+        return rf"$\mathbf{{{inner}}}$" if best is not None and mean == best else f"${inner}$"
     return f"**{text}**" if best is not None and mean == best else text
 
 
@@ -408,7 +410,7 @@ _LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{
 
 def _escape(text: str, fmt: str) -> str:
     if fmt == "latex":
-        return "".join(_LATEX_ESCAPES.get(c, c) for c in text)
+        return "".join(_LATEX_ESCAPES.get(c, c) for c in text).replace("±", r"$\pm$")
     return text.replace("|", r"\|")
 
 
