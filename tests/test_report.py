@@ -261,3 +261,18 @@ def test_finished_runs_are_logged_to_mlflow_once(tmp_path):
     found = client.search_runs([client.get_experiment_by_name("shiftkit").experiment_id])
     assert sorted(r.info.run_name for r in found) == ["A seed 0", "B seed 0"]
     assert all(r.info.status == "FINISHED" and r.data.metrics["selected/test/balanced_acc"] == 0.6 for r in found)
+
+
+def test_runs_of_an_earlier_version_pair_with_new_ones(tmp_path):
+    """A record written before an option existed lacks it; at its old default it is no difference."""
+    from shiftkit.report import differences
+
+    for seed in range(2):
+        old = _composed_run(tmp_path, ["name=old"], seed, 0.5)
+        record = json.loads((old / "run.json").read_text())
+        del record["config"]["model"]["freeze"], record["config"]["preset"]
+        (old / "run.json").write_text(json.dumps(record))
+        _composed_run(tmp_path, ["name=new", "loss=poly"], seed, 0.6)
+    rows = {r["method"]: r for r in report.report(tmp_path, baseline="old")["digits_binary"]}
+    assert rows["new"]["p"] == 0.0 and "unpaired" not in rows["new"]
+    assert differences({"model": {"width": 8}}, {"model": {"width": 16}}) == ["model.width 8 vs 16"]

@@ -109,11 +109,11 @@ def _record_label(r: dict) -> Tuple[str, str]:
 
 def _training(config: dict) -> Dict[str, Any]:
     """The flattened config without the method, the seed and how it ran: what runs paired must share."""
-    from .runner import EXECUTION_KEYS
+    from .runner import EXECUTION_KEYS, comparable
     from .tracking import flatten
 
-    skip = (*METHOD_KEYS, *EXECUTION_KEYS, *_NOT_TRAINING)
-    return {k: v for k, v in flatten(config).items() if not any(k == s or k.startswith(s + ".") for s in skip)}
+    flat = flatten(comparable(config, drop=(*EXECUTION_KEYS, *_NOT_TRAINING)))
+    return {k: v for k, v in flat.items() if not any(k == s or k.startswith(s + ".") for s in METHOD_KEYS)}
 
 
 def differences(a: dict, b: dict, keys: Optional[Sequence[str]] = None) -> List[str]:
@@ -124,7 +124,7 @@ def differences(a: dict, b: dict, keys: Optional[Sequence[str]] = None) -> List[
     """
     ta, tb = _training(a), _training(b)
     keys = sorted(set(ta) | set(tb)) if keys is None else keys
-    return [f"{k} {ta.get(k, '–')} vs {tb.get(k, '–')}" for k in keys if ta.get(k) != tb.get(k)]
+    return [f"{k} {ta.get(k, 'null')} vs {tb.get(k, 'null')}" for k in keys if ta.get(k, "null") != tb.get(k, "null")]
 
 
 def _distinguish(configs: Dict[str, dict]) -> Dict[str, str]:

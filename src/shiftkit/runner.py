@@ -85,13 +85,20 @@ def _select(cfg: Dict[str, Any], key: str) -> Any:
     return node
 
 
-def config_hash(cfg: Dict[str, Any], drop=EXECUTION_KEYS) -> str:
+def comparable(cfg: Dict[str, Any], drop=EXECUTION_KEYS) -> Dict[str, Any]:
+    """A copy of ``cfg`` as run identities see it: without ``drop`` and the label keys, and without the
+    options that hold the defaults they had before they existed (so that runs of every version compare)."""
     kept = json.loads(json.dumps(cfg))
     for key in (*drop, *labels.LABEL_KEYS):
         _without(kept, key)
     for key, default, names in _NEUTRAL_DEFAULTS:
         if names is None or _select(kept, key.split(".")[0] + ".name") in names:
             _without(kept, key, unless=default)
+    return kept
+
+
+def config_hash(cfg: Dict[str, Any], drop=EXECUTION_KEYS) -> str:
+    kept = comparable(cfg, drop)
     for key, architecture in _WEIGHT_FILES:
         spec = _select(kept, key)
         if spec is not None:
