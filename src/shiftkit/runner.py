@@ -3,8 +3,9 @@
 A run directory holds ``metrics.jsonl`` (one line per evaluation, written as training goes),
 ``run.json`` (resolved config, data counts, environment, final and selected metrics; written atomically
 at the end) and an empty ``done`` marker written last. Its path is
-``<out>/<data>/<method>/seed<seed>-<hash>`` where the hash covers the whole config but ``out``,
-``device`` and ``ensemble`` (how a run executes, not what it computes), so a repeated sweep finds
+``<out>/<data>/<label>/seed<seed>-<hash>`` (:mod:`shiftkit.labels`: the data and label name what differs
+between runs) where the hash covers the whole config but :data:`EXECUTION_KEYS` (how a run executes,
+not what it computes) and the label keys ``preset`` and ``scale``, so a repeated sweep finds
 finished runs and skips them (docs/SWEEPS.md). :func:`run_ensemble` trains runs that differ only
 in their seed together and writes the same directories.
 """
