@@ -23,6 +23,7 @@ SKIP_DIRS = {"__pycache__", ".pytest_cache", ".hypothesis"}
 # Built from parts so that this file does not match its own patterns.
 _SDOC, _DDOC = "SP" + "EC", "DES" + "IGN"
 FORBIDDEN = re.compile(rf"\b{_SDOC}\b|\[{_SDOC}\]|{_SDOC}\.md|\b{_DDOC}\b|{_DDOC}\.md")
+#: A citation of an entry; ``#loss-NAME`` (a placeholder, as ``shiftkit list`` prints it) is not one.
 CITATION = re.compile(r"METHODS\.md#([A-Za-z0-9_\-]+)")
 ANCHOR = re.compile(r'<a id="([^"]+)"></a>')
 IN_PAGE_LINK = re.compile(r"\]\(#([A-Za-z0-9_\-]+)\)")
@@ -99,7 +100,8 @@ def test_nothing_cites_the_developer_documents():
 def test_every_methods_citation_resolves():
     anchors = set(_anchors())
     broken = [f"{rel}:{text.count(chr(10), 0, m.start()) + 1}: METHODS.md#{m.group(1)}"
-              for rel, text in _texts() for m in CITATION.finditer(text) if m.group(1) not in anchors]
+              for rel, text in _texts() for m in CITATION.finditer(text)
+              if m.group(1) not in anchors and not m.group(1).endswith("-NAME")]
     assert not broken, "citations of anchors that docs/METHODS.md does not have:\n" + "\n".join(broken)
 
 
