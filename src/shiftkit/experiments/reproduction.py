@@ -124,12 +124,12 @@ class Context:
 
     def save_figure(self, fig, filename: str) -> str:
         """Save a matplotlib figure as ``filename`` (PNG) and close it; returns the name. A ``tiny``-scale
-        figure is marked as such across its foot."""
+        figure is marked as such across its middle."""
         from ..plots import _pyplot
 
         if self.scale == "tiny":
-            fig.text(0.5, 0.005, TINY_NOTE, ha="center", va="bottom", fontsize=9, color="crimson",
-                     bbox={"facecolor": "white", "edgecolor": "crimson", "alpha": 0.85})
+            fig.text(0.5, 0.5, TINY_NOTE.replace("; ", "\n"), ha="center", va="center", rotation=20,
+                     fontsize=18, color="crimson", alpha=0.45, zorder=100)
         fig.savefig(self.figure_path(filename), dpi=120)
         _pyplot().close(fig)
         return filename
