@@ -24,7 +24,7 @@ METHODS: List[Method] = [
     Method("AutoBalance: Δ & l, LA init", "AB-delta-l-LA", _AB, (21.15,), True),
 ]
 HEADLINE = "AutoBalance: Δ & l, LA init"
-HAND_DESIGNED = ("LA (τ = 1)", "CDT")
+HANDCRAFTED = ("LA (τ = 1)", "CDT")
 #: How many points of balanced error AutoBalance may lie above the best hand-designed loss and still be
 #: "no worse" (a non-inferiority margin; [AB]: 0.4 points above CDT on CIFAR10-LT).
 MARGIN = 0.5
@@ -137,7 +137,7 @@ class AutoBalanceTable1(Reproduction):
     def _differences(err: Dict[str, Values]) -> list:
         paper = {m.label: m.paper[0] for m in METHODS}
         rows = []
-        for other in ("Cross-Entropy", *HAND_DESIGNED):
+        for other in ("Cross-Entropy", *HANDCRAFTED):
             p = paired(err[HEADLINE], err[other], lower_is_better=True)
             ours = f"{mean(err[HEADLINE]) - mean(err[other]):+.2f} (one-sided paired p = {p_text(p)})"
             rows.append((f"{HEADLINE} − {other} (points)", f"{paper[HEADLINE] - paper[other]:+.2f}", ours))
@@ -146,7 +146,7 @@ class AutoBalanceTable1(Reproduction):
     @staticmethod
     def _claims(err: Dict[str, Values]) -> List[Claim]:
         short = "AutoBalance (Δ & l, LA init)"
-        best = min(HAND_DESIGNED, key=lambda m: mean(err[m]))
+        best = min(HANDCRAFTED, key=lambda m: mean(err[m]))
         behind = mean(err[HEADLINE]) - mean(err[best])
         p_best = paired(err[best], err[HEADLINE], lower_is_better=True)
         claims = [Claim(f"{short} has a lower balanced error than cross-entropy (one-sided paired p < 0.05)",
