@@ -22,6 +22,7 @@ data label, and a run's folder is ``<out>/<data>/<label>/seed<N>-<hash>``.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path, PurePath
 from typing import Any, Dict, List, Optional
@@ -64,7 +65,9 @@ def _value(key: str, value: Any) -> str:
     return short(value)
 
 
+@functools.lru_cache(maxsize=None)
 def _defaults(group: str, name: str) -> Dict[str, Any]:
+    """A group member's defaults (cached: a report labels every record; read, never changed)."""
     from omegaconf import OmegaConf
 
     from .config import schema
@@ -97,12 +100,17 @@ def data(cfg: Dict[str, Any]) -> str:
     return _with_options("data", cfg["data"])
 
 
+def _tags(cfg: Dict[str, Any]) -> List[str]:
+    """The run's preset and scale, those it has."""
+    return [str(cfg[k]) for k in LABEL_KEYS if cfg.get(k)]
+
+
 def label(cfg: Dict[str, Any], with_data: bool = False, method_text: Optional[str] = None) -> str:
     """The run's label: its method, then in brackets its preset and reproduction scale where it has them;
     ``with_data`` adds ``on <data>`` when the data's options are not the defaults. ``method_text`` stands
     for the method where a record already holds it."""
     text = method(cfg) if method_text is None else method_text
-    tags = [str(cfg[k]) for k in LABEL_KEYS if cfg.get(k)]
+    tags = _tags(cfg)
     if tags:
         text += f" [{', '.join(tags)}]"
     if with_data and "data" in cfg:
@@ -120,5 +128,4 @@ def slug(text: str) -> str:
 
 def folder(cfg: Dict[str, Any]) -> Path:
     """``<data>/<method>[@preset][@scale]``: where below ``out`` a run's seeds are written."""
-    tags = [str(cfg[k]) for k in LABEL_KEYS if cfg.get(k)]
-    return Path(slug(data(cfg))) / slug("@".join([method(cfg), *tags]))
+    return Path(slug(data(cfg))) / slug("@".join([method(cfg), *_tags(cfg)]))

@@ -66,10 +66,9 @@ def colours(n: int) -> list:
     return [plt.get_cmap("turbo")(i / (n - 1)) for i in range(n)]
 
 
-def bar_chart(tables: Dict[str, List[dict]], columns: Dict[str, Sequence[Tuple[str, str]]], path: Path,
-              note: str = "") -> None:
+def bar_chart(tables: Dict[str, List[dict]], columns: Dict[str, Sequence[Tuple[str, str]]], path: Path) -> None:
     """Grouped bars (one group per method, one bar per non-training metric) with s.e.m. error bars; one
-    panel per table, each with its own columns. ``note`` is added to every title."""
+    panel per table, each with its own columns."""
     plt = _pyplot()
     most = max(len(rows) for rows in tables.values())
     fig, axes = plt.subplots(1, len(tables), figsize=(max(6.0, 1.6 * most) * len(tables), 4.5), squeeze=False)
@@ -86,7 +85,7 @@ def bar_chart(tables: Dict[str, List[dict]], columns: Dict[str, Sequence[Tuple[s
         ax.set_xticklabels([r["method"] for r in rows], rotation=20, ha="right")
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("accuracy (DEO: lower is better)" if any(m == "deo" for _, m in shown) else "accuracy")
-        ax.set_title(f"{dataset}: mean ± s.e.m. over {seeds_text(rows)}{note}", fontsize=10)
+        ax.set_title(f"{dataset}: mean ± s.e.m. over {seeds_text(rows)}", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

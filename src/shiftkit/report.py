@@ -116,23 +116,24 @@ def _training(config: dict) -> Dict[str, Any]:
     return {k: v for k, v in flat.items() if not any(k == s or k.startswith(s + ".") for s in METHOD_KEYS)}
 
 
-def differences(a: dict, b: dict, keys: Optional[Sequence[str]] = None) -> List[str]:
+def differences(a: dict, b: dict) -> List[str]:
     """What two configs' trainings do differently, as ``key a vs b``, e.g. ``train.epochs 30 vs 400``.
 
     >>> differences({"train": {"epochs": 30}, "loss": {"name": "poly"}}, {"train": {"epochs": 400}, "loss": {"name": "ce"}})
     ['train.epochs 30 vs 400']
     """
     ta, tb = _training(a), _training(b)
-    keys = sorted(set(ta) | set(tb)) if keys is None else keys
+    keys = sorted(set(ta) | set(tb))
     return [f"{k} {ta.get(k, 'null')} vs {tb.get(k, 'null')}" for k in keys if ta.get(k, "null") != tb.get(k, "null")]
 
 
 def _distinguish(configs: Dict[str, dict]) -> Dict[str, str]:
     """For groups of runs that share a label, a suffix for each: the keys whose values differ between
     them (at most three, ``key=value``), else a short config hash."""
+    from .runner import EXECUTION_KEYS, comparable
     from .tracking import flatten
 
-    flat = {key: flatten({k: v for k, v in cfg.items() if k != "seed"}) for key, cfg in configs.items()}
+    flat = {key: flatten(comparable(cfg, drop=(*EXECUTION_KEYS, "seed"))) for key, cfg in configs.items()}
     keys = sorted({k for f in flat.values() for k in f})
     differing = [k for k in keys if len({str(f.get(k)) for f in flat.values()}) > 1]
     if not differing or len(differing) > 3:
@@ -225,10 +226,13 @@ def summarize(
     return tables, table_columns
 
 
-def curves(runs: List[dict], split: str = "test", metric: str = "balanced_acc") -> Dict[str, Dict[str, list]]:
-    """``{dataset: {method: [(epoch, mean, sem), ...]}}`` from each run's ``metrics.jsonl``."""
+def curves(runs: List[dict], split: str = "test", metric: str = "balanced_acc",
+           per_table: Optional[Dict[str, Tuple[str, str]]] = None) -> Dict[str, Dict[str, list]]:
+    """``{dataset: {method: [(epoch, mean, sem), ...]}}`` from each run's ``metrics.jsonl``: ``split``'s
+    ``metric``, or each table's own ``(split, metric)`` in ``per_table``."""
     out: Dict[str, Dict[str, list]] = {}
     for dataset, methods in grouped(runs).items():
+        split, metric = (per_table or {}).get(dataset, (split, metric))
         for label, members in methods.items():
             per_epoch: Dict[int, List[float]] = {}
             for m in members:
@@ -471,9 +475,7 @@ def log_runs(runs: List[dict], root: Path, logger: str, options: Optional[Dict[s
         if tracker.logged(run, Path(root)):
             continue
         if logger == "tensorboard":
-            below = run.resolve().relative_to(Path(root).resolve()) if run.resolve().is_relative_to(
-                Path(root).resolve()) else Path(run.name)
-            shutil.rmtree(Path(options["dir"]) / below, ignore_errors=True)
+            shutil.rmtree(Path(options["dir"]) / tracking.below_out(run, root), ignore_errors=True)
         config = r.get("config", {})
         tracker.start(run, Path(root), f"{labels.label(config, method_text=r['method'])} seed {config.get('seed')}",
                       config)
@@ -512,9 +514,7 @@ def report(
     runs = load_runs(root)
     tables, table_columns = summarize(runs, columns, which, baseline, pair_mismatched)
     first = {dataset: cols[0] for dataset, cols in table_columns.items()}
-    lines = {}
-    for dataset, (split, metric) in first.items():
-        lines.update(curves([r for r in runs if _record_label(r)[0] == dataset], split, metric))
+    lines = curves(runs, per_table=first)
     if fmt == "table":
         render(tables, table_columns, console, baseline)
         if show_curves:

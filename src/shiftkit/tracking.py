@@ -86,6 +86,12 @@ def flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Union[bool, i
     return flat
 
 
+def below_out(run_dir: Path, out: Path) -> Path:
+    """A run directory's path below the results root ``out`` (its own name if it lies elsewhere)."""
+    run, root = Path(run_dir).resolve(), Path(out).resolve()
+    return run.relative_to(root) if run.is_relative_to(root) else Path(run.name)
+
+
 def _require(module: str, extra: str) -> ModuleType:
     try:
         return importlib.import_module(module)
@@ -140,8 +146,7 @@ class TensorBoard(Logger):
         self.writer = None
 
     def start(self, run_dir: Path, out: Path, name: str, config: Dict[str, Any]) -> None:
-        run, root = run_dir.resolve(), out.resolve()
-        below = run.relative_to(root) if run.is_relative_to(root) else Path(run.name)
+        below = below_out(run_dir, out)
         self.writer = self._writer_class(str(run_dir / "tensorboard" if self.dir is None else Path(self.dir) / below))
         self.writer.file_writer.add_summary(self._hparams_pb(flatten(config), trial_id=below.as_posix()))
 

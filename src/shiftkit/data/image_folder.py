@@ -59,7 +59,6 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Tuple
 
@@ -70,7 +69,7 @@ from ..errors import ShiftkitError
 from . import register
 from .base import Split, Splits, dense_ids, optional_root, quote
 from .celeba import IMAGENET_MEAN, IMAGENET_STD
-from .images import cache_dir, load_cached, read_cached, write_cached
+from .images import cache_dir, in_threads, load_cached, read_cached, write_cached
 from .pipeline import Pipeline
 from .roots import read_csv
 from .tabular import stratified_split
@@ -352,13 +351,7 @@ def decode_folder(root: Path, files: List[str], size: Optional[int], channels: i
             )
         out[i] = image
 
-    # Pillow releases the GIL while decoding and resizing, so threads make the one-off decode parallel.
-    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
-    try:
-        for _ in pool.map(work, range(1, len(files))):
-            pass
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    in_threads(work, range(1, len(files)))
     write_cached(file, out)
     return out
 

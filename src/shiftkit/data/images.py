@@ -24,7 +24,7 @@ import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -115,6 +115,17 @@ def write_cached(file: Path, array: np.ndarray, what: str = "decoded images") ->
         warnings.warn(f"shiftkit: could not cache {what} in {file.parent}: {exc}", stacklevel=3)
 
 
+def in_threads(work: Callable[[int], None], indices: Iterable[int]) -> None:
+    """``work(i)`` for every index on a few threads: Pillow releases the GIL while decoding and resizing,
+    so a one-off decode runs in parallel. The first error stops the rest and is raised."""
+    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    try:
+        for _ in pool.map(work, indices):
+            pass
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def decode_images(
     paths: Sequence[os.PathLike],
     size: Tuple[int, int],
@@ -144,13 +155,7 @@ def decode_images(
     def work(i: int) -> None:
         out[i] = _decode_one(paths[i], size, square, crop)
 
-    # Pillow releases the GIL while decoding and resizing, so threads make the one-off decode parallel.
-    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
-    try:
-        for _ in pool.map(work, range(len(paths))):
-            pass
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    in_threads(work, range(len(paths)))
     if cache:
         write_cached(file, out)
     return torch.from_numpy(out)
