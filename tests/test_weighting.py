@@ -83,3 +83,54 @@ def test_contract_weights_follow_a_permutation_of_the_batch(name, seed):
     w = weighting.build(name, **COUNTS).weights(losses, y, g)
     w_perm = weighting.build(name, **COUNTS).weights(losses[perm], y[perm], g[perm])
     torch.testing.assert_close(w[perm], w_perm)
+
+
+def _batches(seed: int, n: int = 4, size: int = 16):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        losses = torch.rand(size, generator=gen) * 4
+        y = torch.randint(0, 2, (size,), generator=gen)
+        yield losses, y, 2 * y + torch.randint(0, 2, (size,), generator=gen)
+
+
+@pytest.mark.parametrize("name", weighting.names())
+def test_contract_pure_steps_equal_the_stateful_calls_and_change_nothing(name):
+    """``step`` / ``begin_epoch`` threading an explicit state give the weights and state of the stateful
+    ``start_epoch`` / ``weights`` calls, and leave the module's own state as it was."""
+    stateful, pure = weighting.build(name, **COUNTS), weighting.build(name, **COUNTS)
+    before = {k: v.clone() for k, v in pure.state_dict().items()}
+    state = {k: v.clone() for k, v in pure.state().items()}
+    for epoch, (losses, y, g) in enumerate(_batches(1)):
+        stateful.start_epoch(epoch * 100)
+        state = pure.begin_epoch(epoch * 100, state)
+        w, state = pure.step(losses, y, g, state)
+        torch.testing.assert_close(w, stateful.weights(losses, y, g))
+        torch.testing.assert_close(pure.weights(losses, y, g, state), w)  # pure weights at a state
+    torch.testing.assert_close(state, stateful.state_dict())
+    torch.testing.assert_close(pure.state_dict(), before)
+
+
+@pytest.mark.parametrize("name", weighting.names())
+def test_contract_a_vmapped_step_over_members_equals_each_member_alone(name):
+    """One scheme, S stacked states: ``torch.func.vmap`` of ``step`` is each member's own step."""
+    from torch.func import vmap
+
+    scheme = weighting.build(name, **COUNTS)
+    batches = [list(_batches(seed)) for seed in range(3)]
+    alone = []
+    for member in batches:
+        state = {k: v.clone() for k, v in scheme.state().items()}
+        weights = []
+        for losses, y, g in member:
+            w, state = scheme.step(losses, y, g, state)
+            weights.append(w)
+        alone.append((torch.stack(weights), state))
+    stacked = {k: torch.stack([v.clone() for _ in batches]) for k, v in scheme.state().items()}
+    weights = []
+    for step in range(len(batches[0])):
+        losses, y, g = (torch.stack([member[step][i] for member in batches]) for i in range(3))
+        w, stacked = vmap(scheme.step)(losses, y, g, stacked)
+        weights.append(w)
+    for s, (w, state) in enumerate(alone):
+        torch.testing.assert_close(torch.stack(weights)[:, s], w)
+        torch.testing.assert_close({k: v[s] for k, v in stacked.items()}, state)

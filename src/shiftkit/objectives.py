@@ -33,9 +33,10 @@ def cell_means(values: Tensor, cells: Tensor, num_cells: int):
     """Per-cell means of ``values [B]`` over ``cells [B]`` in ``[0, num_cells)``: ``(means [C], present [C])``.
 
     An absent cell has mean 0 and ``present`` False. One-hot products keep it differentiable and
-    sync-free (a boolean index or ``unique`` would need the host).
+    sync-free (a boolean index or ``unique`` would need the host, and so would ``F.one_hot``'s range
+    check, which also rules out ``torch.func.vmap``; a comparison with the cell ids needs neither).
     """
-    onehot = F.one_hot(cells, num_cells).to(values.dtype)  # [B, C]
+    onehot = (cells[:, None] == torch.arange(num_cells, device=cells.device)).to(values.dtype)  # [B, C]
     counts = onehot.sum(0)
     return (values @ onehot) / counts.clamp_min(1), counts > 0
 

@@ -17,7 +17,7 @@ tensor([0.5500, 0.5500, 5.5000])
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -37,21 +37,81 @@ def build(name: str, **kwargs) -> "Weighting":
 
 
 class Weighting(nn.Module):
-    """Base class: ``weights(losses, y, g) -> Tensor[B]`` (>= 0 unless the class sets ``signed = True``),
-    given detached per-example losses.
+    """Base class of the weighting schemes, stateless or not, in the manner of optax's transformations.
 
-    ``start_epoch(epoch)`` is called by the loop before each training epoch (0-based), for schedules
-    such as deferred re-weighting; state that changes must live in buffers so that ``state_dict()``
-    carries it.
+    A scheme is two pure functions of an explicit **state** (a dict of tensors: the scheme's persistent
+    buffers, ``{}`` for static schemes; Group DRO's ``{"q": ...}``; a chain's nests its parts' under
+    ``parts.<i>.``):
+
+    - ``weigh(losses, y, g, state) -> Tensor[B]``, the weights of a batch (>= 0 unless the class sets
+      ``signed = True``) given detached per-example losses;
+    - ``update(losses, y, g, state) -> state``, the state after a training batch (default: unchanged),
+      and ``begin_epoch(epoch, state) -> state`` before each training epoch (0-based; default:
+      unchanged), for schedules such as deferred re-weighting.
+
+    A training step is ``state = update(...)`` then ``weigh(..., state)`` (:meth:`step`): the weights use
+    the updated state, as Group DRO's do. Being pure, both run under ``torch.func.vmap`` over the members
+    of an ensemble (one state per member, stacked) and under data parallelism on the gathered batch.
+
+    The stateful interface of earlier versions stays: :meth:`weights` with no ``state`` reads the
+    module's own buffers and, in training mode, stores the updated state there (so ``state_dict()`` /
+    ``load_state_dict()`` and ``.to(device)`` carry it); :meth:`start_epoch` does the same with
+    ``begin_epoch``. ``weights(losses, y, g, state)`` with a state is pure.
     """
 
     signed = False
 
-    def start_epoch(self, epoch: int) -> None:
-        """Hook before each training epoch; static schemes ignore it."""
-
-    def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
+    # ---- the pure interface: subclasses implement weigh (and update / begin_epoch if they keep state) --
+    def weigh(self, losses: Tensor, y: Tensor, g: Optional[Tensor], state: Dict[str, Tensor]) -> Tensor:
         raise NotImplementedError
+
+    def update(self, losses: Tensor, y: Tensor, g: Optional[Tensor], state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """The state after a training batch; static schemes return it unchanged."""
+        return state
+
+    def begin_epoch(self, epoch: int, state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """The state entering training epoch ``epoch``; schemes without a schedule return it unchanged."""
+        return state
+
+    def step(self, losses: Tensor, y: Tensor, g: Optional[Tensor], state: Dict[str, Tensor]):
+        """One training batch: ``(weights, new state)``, the weights at the updated state."""
+        state = self.update(losses, y, g, state)
+        return self.weigh(losses, y, g, state), state
+
+    @property
+    def stateful(self) -> bool:
+        """Whether training changes the state (``update`` or ``begin_epoch`` overridden)."""
+        cls = type(self)
+        return cls.update is not Weighting.update or cls.begin_epoch is not Weighting.begin_epoch
+
+    # ---- the stateful interface over the module's own buffers ---------------------------------------
+    def state(self) -> Dict[str, Tensor]:
+        """The scheme's current state: its persistent buffers (the live tensors, by state_dict name)."""
+        return dict(self.state_dict(keep_vars=True))
+
+    @torch.no_grad()
+    def assign(self, state: Dict[str, Tensor]) -> None:
+        """Store ``state`` in the module's buffers, in place."""
+        live = self.state()
+        for key, value in state.items():
+            if value is not live[key]:
+                live[key].copy_(value)
+
+    def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor], state: Optional[Dict[str, Tensor]] = None) -> Tensor:
+        """The batch's weights: pure at ``state`` when one is given; else at the module's own state,
+        which a training-mode call first updates (the interface of earlier versions)."""
+        if state is not None:
+            return self.weigh(losses, y, g, state)
+        if self.training and self.stateful:
+            weights, new = self.step(losses, y, g, self.state())
+            self.assign(new)
+            return weights
+        return self.weigh(losses, y, g, self.state())
+
+    def start_epoch(self, epoch: int) -> None:
+        """Move the module's own state to training epoch ``epoch`` (``begin_epoch``)."""
+        if type(self).begin_epoch is not Weighting.begin_epoch:
+            self.assign(self.begin_epoch(epoch, self.state()))
 
     def forward(self, losses: Tensor, y: Tensor, g: Optional[Tensor] = None) -> Tensor:
         return self.weights(losses, y, g)

@@ -1,7 +1,8 @@
 """Products of weighting schemes: ``chain(a, b)`` weighs each example by ``a``'s weight times ``b``'s.
 
-Each member keeps its own state (``state_dict`` nests them as ``parts.0``, ``parts.1``, ...), sees the
-same detached losses, and receives the loop's epoch hook.
+Each member keeps its own state (the chain's state nests them as ``parts.0.<key>``, ``parts.1.<key>``, ...,
+as ``state_dict`` does, and ``update`` threads each through its member), sees the same detached losses,
+and receives the loop's epoch hook.
 
 >>> import torch
 >>> from shiftkit import weighting
@@ -13,7 +14,7 @@ tensor([0.6667, 2.0000])
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from torch import Tensor, nn
 
@@ -30,14 +31,29 @@ class Chain(Weighting):
             raise ShiftkitError("a chain of weightings needs at least one scheme")
         self.parts = nn.ModuleList(parts)
 
-    def start_epoch(self, epoch: int) -> None:
-        for part in self.parts:
-            part.start_epoch(epoch)
+    def _split(self, state: Dict[str, Tensor]) -> List[Dict[str, Tensor]]:
+        """Each part's state, from the chain's (keys ``parts.<i>.<key>``, as in ``state_dict``)."""
+        parts = [{} for _ in self.parts]
+        for key, value in state.items():
+            _, i, rest = key.split(".", 2)
+            parts[int(i)][rest] = value
+        return parts
 
-    def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
-        w = self.parts[0].weights(losses, y, g)
-        for part in self.parts[1:]:
-            w = w * part.weights(losses, y, g)
+    @staticmethod
+    def _join(states: List[Dict[str, Tensor]]) -> Dict[str, Tensor]:
+        return {f"parts.{i}.{key}": value for i, state in enumerate(states) for key, value in state.items()}
+
+    def update(self, losses: Tensor, y: Tensor, g: Optional[Tensor], state):
+        return self._join([part.update(losses, y, g, s) for part, s in zip(self.parts, self._split(state))])
+
+    def begin_epoch(self, epoch: int, state):
+        return self._join([part.begin_epoch(epoch, s) for part, s in zip(self.parts, self._split(state))])
+
+    def weigh(self, losses: Tensor, y: Tensor, g: Optional[Tensor], state) -> Tensor:
+        states = self._split(state)
+        w = self.parts[0].weigh(losses, y, g, states[0])
+        for part, s in zip(self.parts[1:], states[1:]):
+            w = w * part.weigh(losses, y, g, s)
         return w
 
 

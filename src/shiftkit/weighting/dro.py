@@ -86,23 +86,25 @@ class GroupDRO(Weighting):
         self.register_buffer("bonus", bonus.float(), persistent=False)
         self.register_buffer("q", torch.full((n.numel(),), 1.0 / n.numel()))
 
-    def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
+    def weigh(self, losses: Tensor, y: Tensor, g: Optional[Tensor], state) -> Tensor:
         losses = losses.detach()
         index = self.categories.index(losses, y, g)
-        zeros = torch.zeros(self.q.numel(), dtype=losses.dtype, device=losses.device)
+        zeros = losses.new_zeros(self.bonus.numel())
         count = zeros.index_add(0, index, torch.ones_like(losses)).clamp_min(1)  # absent group: mean 0
-        if self.training:  # group means over the finite losses only (class docstring)
-            finite = torch.isfinite(losses)
-            total = zeros.index_add(0, index, torch.where(finite, losses, 0.0))
-            self._update(total / zeros.index_add(0, index, finite.to(losses.dtype)).clamp_min(1))
-        return (losses.numel() * self.q.to(losses.dtype) / count)[index]
+        return (losses.numel() * state["q"].to(losses.dtype) / count)[index]
 
-    @torch.no_grad()
-    def _update(self, group_losses: Tensor) -> None:
-        adjusted = group_losses + self.bonus.to(group_losses.dtype)
+    def update(self, losses: Tensor, y: Tensor, g: Optional[Tensor], state):
+        """``q`` after a batch, from its groups' means over their finite losses (class docstring)."""
+        losses = losses.detach()
+        index = self.categories.index(losses, y, g)
+        zeros = losses.new_zeros(self.bonus.numel())
+        finite = torch.isfinite(losses)
+        total = zeros.index_add(0, index, torch.where(finite, losses, 0.0))
+        adjusted = total / zeros.index_add(0, index, finite.to(losses.dtype)).clamp_min(1) + self.bonus.to(losses.dtype)
         if self.normalize_loss:
             adjusted = adjusted / adjusted.sum().clamp_min(torch.finfo(adjusted.dtype).tiny)
-        self.q.copy_(torch.softmax(self.q.to(adjusted.dtype).log() + self.eta * adjusted, dim=0))
+        q = state["q"]
+        return {**state, "q": torch.softmax(q.to(adjusted.dtype).log() + self.eta * adjusted, dim=0).to(q.dtype)}
 
 
 @register("rgd")
@@ -130,7 +132,7 @@ class RGD(Weighting):
             raise ShiftkitError(f"weighting 'rgd': normalize must be 'none' or 'mean', got '{normalize}'")
         self.clip, self.temperature, self.normalize = float(clip), float(temperature), normalize
 
-    def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
+    def weigh(self, losses: Tensor, y: Tensor, g: Optional[Tensor], state) -> Tensor:
         guards.check("weighting 'rgd'", y, g, losses=losses)
         w = torch.exp(losses.detach().clamp_max(self.clip) / self.temperature)
         if self.normalize == "mean":
@@ -164,7 +166,7 @@ class CVaR(Weighting):
             raise ShiftkitError(f"weighting 'cvar': alpha must be in (0, 1], got {alpha}")
         self.alpha = float(alpha)
 
-    def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
+    def weigh(self, losses: Tensor, y: Tensor, g: Optional[Tensor], state) -> Tensor:
         guards.check("weighting 'cvar'", y, g, losses=losses)
         losses = losses.detach()
         size = losses.numel()

@@ -66,7 +66,7 @@ class ClassBalanced(Weighting):
         self.beta, self.by = float(beta), by
         self.register_buffer("table", class_balanced(n, self.beta).float(), persistent=False)
 
-    def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
+    def weigh(self, losses: Tensor, y: Tensor, g: Optional[Tensor], state) -> Tensor:
         return self.table[self.categories.index(losses, y, g)].to(losses.dtype)
 
 
@@ -112,9 +112,9 @@ class DRW(ClassBalanced):
         self.switch_epoch = int(start_epoch)
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
 
-    def start_epoch(self, epoch: int) -> None:
-        self.epoch.fill_(epoch)
+    def begin_epoch(self, epoch: int, state):
+        return {**state, "epoch": torch.full_like(state["epoch"], epoch)}
 
-    def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
-        balanced = super().weights(losses, y, g)
-        return torch.where(self.epoch >= self.switch_epoch, balanced, torch.ones_like(balanced))
+    def weigh(self, losses: Tensor, y: Tensor, g: Optional[Tensor], state) -> Tensor:
+        balanced = super().weigh(losses, y, g, state)
+        return torch.where(state["epoch"] >= self.switch_epoch, balanced, torch.ones_like(balanced))

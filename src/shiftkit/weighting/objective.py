@@ -43,7 +43,7 @@ class ObjectiveWeighting(Weighting):
     num_classes: int
     num_groups: int
 
-    def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
+    def weigh(self, losses: Tensor, y: Tensor, g: Optional[Tensor], state) -> Tensor:
         if g is None and not self.g_is_y:
             raise ShiftkitError(f"weighting '{self.name}' needs the groups g of each example")
         g = y if g is None else g

@@ -17,7 +17,7 @@ from . import Categories, Weighting, normalized_inverse_counts, register
 class ERM(Weighting):
     """Empirical risk minimization: every weight is 1."""
 
-    def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
+    def weigh(self, losses: Tensor, y: Tensor, g: Optional[Tensor], state) -> Tensor:
         guards.check("weighting 'erm'", y, g, losses=losses)
         return torch.ones_like(losses)
 
@@ -48,5 +48,5 @@ class ImportanceWeighting(Weighting):
         self.exponent, self.by = float(exponent), by
         self.register_buffer("table", normalized_inverse_counts(self.categories.counts.tolist(), self.exponent))
 
-    def weights(self, losses: Tensor, y: Tensor, g: Optional[Tensor]) -> Tensor:
+    def weigh(self, losses: Tensor, y: Tensor, g: Optional[Tensor], state) -> Tensor:
         return self.table[self.categories.index(losses, y, g)].to(losses.dtype)
