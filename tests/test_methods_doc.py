@@ -59,9 +59,9 @@ def _anchors():
 
 def _registries():
     """``(group, registry)`` for every registry whose names need a reference entry."""
-    from shiftkit import experiments  # noqa: F401  (registers every reproduction)
+    from shiftkit import reproductions  # noqa: F401  (registers every reproduction)
     from shiftkit.data import DATASETS
-    from shiftkit.experiments.reproduction import REPRODUCTIONS
+    from shiftkit.reproductions.reproduction import REPRODUCTIONS
     from shiftkit.losses import LOSSES
     from shiftkit.models import MODELS
     from shiftkit.objectives import OBJECTIVES

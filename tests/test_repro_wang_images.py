@@ -3,13 +3,13 @@
 
 import json
 
-from shiftkit import experiments
+from shiftkit import reproductions
 from shiftkit.config import compose
-from shiftkit.experiments import wang2022_protocol as protocol
+from shiftkit.reproductions import wang2022_protocol as protocol
 
 
 def test_runs_are_the_papers_presets_with_scaled_epochs():
-    settings = experiments.REPRODUCTIONS.get("wang2022-fig3").scales["quick"]
+    settings = reproductions.REPRODUCTIONS.get("wang2022-fig3").scales["quick"]
     lists = protocol.overrides("wang_ce_iw_exp_es", settings)
     assert len(lists) == settings["seeds"] == 3
     cfg = compose(lists[2])
@@ -18,16 +18,16 @@ def test_runs_are_the_papers_presets_with_scaled_epochs():
     assert cfg.train.select == "best:group_balanced_acc" and cfg.name == "CE+IW-Exp-ES" and cfg.seed == 2
     # ... for its 400 epochs on a fifth of the images, with an MLP.
     assert cfg.train.epochs == 400 and cfg.data.n_majority == 1000 and cfg.model.name == "mlp"
-    paper = experiments.REPRODUCTIONS.get("wang2022-fig3").scales["paper"]
+    paper = reproductions.REPRODUCTIONS.get("wang2022-fig3").scales["paper"]
     cfg = compose(protocol.overrides("wang_fig5_poly_iw", paper)[9])
     assert (cfg.train.epochs, cfg.model.name, cfg.data.n_majority, cfg.seed) == (600, "convnet", 5000, 9)
 
 
 def test_figure_4_reuses_figure_3s_runs(tmp_path):
     runs = tmp_path / "runs"
-    experiments.reproduce("wang2022-fig3", "tiny", tmp_path / "fig3", device="cpu", runs=runs)
+    reproductions.reproduce("wang2022-fig3", "tiny", tmp_path / "fig3", device="cpu", runs=runs)
     done = sorted(p.stat().st_mtime_ns for p in runs.glob("**/done"))
-    fig4 = experiments.reproduce("wang2022-fig4", "tiny", tmp_path / "fig4", device="cpu", runs=runs)
+    fig4 = reproductions.reproduce("wang2022-fig4", "tiny", tmp_path / "fig4", device="cpu", runs=runs)
     assert sorted(p.stat().st_mtime_ns for p in runs.glob("**/done")) == done  # nothing trained again
     three = json.loads((tmp_path / "fig3" / "summary.json").read_text())
     four = json.loads((tmp_path / "fig4" / "summary.json").read_text())

@@ -12,8 +12,8 @@ from torch import nn
 
 from shiftkit import data, losses
 from shiftkit.errors import ShiftkitError
-from shiftkit.experiments import wang2022_fig1 as fig1
-from shiftkit.experiments import wang2022_theory as theory
+from shiftkit.reproductions import wang2022_fig1 as fig1
+from shiftkit.reproductions import wang2022_theory as theory
 
 
 def _linear(theta: np.ndarray) -> nn.Linear:

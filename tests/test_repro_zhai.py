@@ -1,5 +1,5 @@
 """[Z]'s six-image experiments (docs/METHODS.md#protocol-zhai2023): the reduced 6-dimensional iteration of
-``shiftkit.experiments.zhai2023`` against a direct 784-dimensional gradient descent through shiftkit's
+``shiftkit.reproductions.zhai2023`` against a direct 784-dimensional gradient descent through shiftkit's
 losses and Group DRO, the protocol's weights and the closed-form limits of the squared loss."""
 
 import json
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from shiftkit import experiments, losses, weighting
+from shiftkit import losses, reproductions, weighting
 from shiftkit.errors import ShiftkitError
-from shiftkit.experiments import zhai2023 as z
+from shiftkit.reproductions import zhai2023 as z
 
 METHODS = {"ERM": 0, "IW": 1, "GDRO": 2}
 
@@ -148,11 +148,11 @@ def test_direction_gap_and_marks():
 ])
 def test_bad_settings_give_one_line_errors(override, message, tmp_path):
     with pytest.raises(ShiftkitError, match=message):
-        experiments.reproduce("zhai2023-fig1", "tiny", tmp_path, device="cpu", overrides=[override])
+        reproductions.reproduce("zhai2023-fig1", "tiny", tmp_path, device="cpu", overrides=[override])
 
 
 def _claims(tmp_path, name, overrides):
-    experiments.reproduce(name, "tiny", tmp_path, device="cpu", overrides=overrides)
+    reproductions.reproduce(name, "tiny", tmp_path, device="cpu", overrides=overrides)
     return json.loads((tmp_path / "summary.json").read_text())
 
 

@@ -5,27 +5,27 @@ import json
 
 import pytest
 
-from shiftkit import experiments
+from shiftkit import reproductions
 from shiftkit.errors import ShiftkitError
-from shiftkit.experiments import reproduction
+from shiftkit.reproductions import reproduction
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_every_reproduction_declares_three_scales_with_the_same_keys():
-    for name in experiments.names():
-        repro = experiments.REPRODUCTIONS.get(name)
-        assert set(repro.scales) == set(experiments.SCALES), name
+    for name in reproductions.names():
+        repro = reproductions.REPRODUCTIONS.get(name)
+        assert set(repro.scales) == set(reproductions.SCALES), name
         keys = {s: set(v) for s, v in repro.scales.items()}
         assert keys["tiny"] == keys["quick"] == keys["paper"], name
         assert repro.title and repro.source, name
 
 
-@pytest.mark.parametrize("name", experiments.names())
+@pytest.mark.parametrize("name", reproductions.names())
 def test_reproduction_runs_at_tiny_scale_and_writes_its_files(name, tmp_path):
-    summary = experiments.reproduce(name, "tiny", tmp_path, device="cpu")
+    summary = reproductions.reproduce(name, "tiny", tmp_path, device="cpu")
     payload = json.loads((tmp_path / "summary.json").read_text())
-    repro = experiments.REPRODUCTIONS.get(name)
+    repro = reproductions.REPRODUCTIONS.get(name)
     assert payload["name"] == name and payload["scale"] == "tiny"
     for key in repro.keys:
         assert key in payload, key
@@ -43,7 +43,7 @@ class _Toy(reproduction.Reproduction):
     title = "a toy"
     source = "nowhere"
     keys = ("value",)
-    scales = {s: {"n": 2, "rate": 0.5, "fail": False} for s in experiments.SCALES}
+    scales = {s: {"n": 2, "rate": 0.5, "fail": False} for s in reproductions.SCALES}
 
     def run(self, ctx, settings):
         import matplotlib
@@ -64,11 +64,11 @@ class _Toy(reproduction.Reproduction):
 
 @pytest.fixture
 def toy(monkeypatch):
-    monkeypatch.setitem(experiments.REPRODUCTIONS._items, "toy", _Toy)
+    monkeypatch.setitem(reproductions.REPRODUCTIONS._items, "toy", _Toy)
 
 
 def test_settings_overrides_are_typed(toy, tmp_path):
-    summary = experiments.reproduce("toy", "tiny", tmp_path, overrides=["n=4", "rate=1"])
+    summary = reproductions.reproduce("toy", "tiny", tmp_path, overrides=["n=4", "rate=1"])
     assert summary.key["value"] == 4.0
     assert json.loads((tmp_path / "summary.json").read_text())["settings"] == {"n": 4, "rate": 1.0, "fail": False}
     for bad, message in [
@@ -78,38 +78,38 @@ def test_settings_overrides_are_typed(toy, tmp_path):
         ("fail=1", "expected a bool"),
     ]:
         with pytest.raises(ShiftkitError, match=message):
-            experiments.reproduce("toy", "tiny", tmp_path / "bad", overrides=[bad])
+            reproductions.reproduce("toy", "tiny", tmp_path / "bad", overrides=[bad])
     with pytest.raises(ShiftkitError, match="unknown scale 'huge'"):
-        experiments.reproduce("toy", "huge", tmp_path / "bad")
+        reproductions.reproduce("toy", "huge", tmp_path / "bad")
     with pytest.raises(ShiftkitError, match="unknown reproduction 'nope'; choose one of: "):
-        experiments.reproduce("nope", "tiny", tmp_path / "bad")
+        reproductions.reproduce("nope", "tiny", tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
 
 
 def test_a_failed_reproduction_leaves_the_previous_files_untouched(toy, tmp_path):
-    experiments.reproduce("toy", "tiny", tmp_path)
+    reproductions.reproduce("toy", "tiny", tmp_path)
     before = (tmp_path / "summary.json").read_text()
     with pytest.raises(ShiftkitError, match="on purpose"):
-        experiments.reproduce("toy", "tiny", tmp_path, overrides=["fail=true", "n=7"])
+        reproductions.reproduce("toy", "tiny", tmp_path, overrides=["fail=true", "n=7"])
     assert (tmp_path / "summary.json").read_text() == before
     assert not (tmp_path / ".staging").exists()
 
 
 def test_a_tiny_check_never_replaces_another_scale_and_its_figures_say_tiny(toy, tmp_path):
-    from shiftkit.experiments.reproduction import Context, default_out
+    from shiftkit.reproductions.reproduction import Context, default_out
 
     assert default_out("toy", "quick").as_posix() == "results/reproduce/toy"
     assert default_out("toy", "tiny").as_posix() == "results/reproduce/toy-tiny"
-    experiments.reproduce("toy", "quick", tmp_path)
+    reproductions.reproduce("toy", "quick", tmp_path)
     before = (tmp_path / "summary.json").read_text()
     with pytest.raises(ShiftkitError, match="holds a quick-scale reproduction; a tiny-scale one would replace"):
-        experiments.reproduce("toy", "tiny", tmp_path)
+        reproductions.reproduce("toy", "tiny", tmp_path)
     assert (tmp_path / "summary.json").read_text() == before
     assert Context("toy", "tiny", tmp_path / "t").note and not Context("toy", "quick", tmp_path / "q").note
 
 
 def test_summary_markdown_states_scale_rows_claims_and_figures(toy, tmp_path):
-    experiments.reproduce("toy", "quick", tmp_path)
+    reproductions.reproduce("toy", "quick", tmp_path)
     text = (tmp_path / "summary.md").read_text()
     assert "Scale `quick` (n=2, rate=0.5, fail=False)" in text
     assert "| value | 1.0 | 1.0 |" in text
@@ -130,7 +130,7 @@ def _cli(*args, cwd):
 def test_command_line_lists_runs_and_reports(tmp_path):
     listed = _cli(cwd=tmp_path)
     assert listed.returncode == 0
-    assert [line.split(":")[0] for line in listed.stdout.splitlines()] == experiments.names()
+    assert [line.split(":")[0] for line in listed.stdout.splitlines()] == reproductions.names()
     done = _cli("wang2022-fig1", "--scale", "tiny", "--out", str(tmp_path / "fig1"), "--set", "epochs=50", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "boundary angle, CE" in done.stdout and f"are in {tmp_path / 'fig1'}/" in done.stdout

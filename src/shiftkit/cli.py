@@ -304,7 +304,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from .experiments import demo
+    from .reproductions import demo
     from .report import report
 
     from .config import check_repeated
@@ -321,17 +321,17 @@ def _demo(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from . import experiments
-    from .experiments.reproduction import verdict
+    from . import reproductions
+    from .reproductions.reproduction import verdict
 
     if args.name is None:
-        for name in experiments.names():
-            repro = experiments.REPRODUCTIONS.get(name)
+        for name in reproductions.names():
+            repro = reproductions.REPRODUCTIONS.get(name)
             print(f"{name}: {repro.title} ({repro.source})")
         return 0
-    out = args.out or str(experiments.reproduction.default_out(args.name, args.scale))
+    out = args.out or str(reproductions.reproduction.default_out(args.name, args.scale))
     runs = args.runs or (None if args.out else "results/reproduce/runs")
-    summary = experiments.reproduce(args.name, args.scale, out, args.device, args.set, runs=runs)
+    summary = reproductions.reproduce(args.name, args.scale, out, args.device, args.set, runs=runs)
     console = Console(soft_wrap=True)  # paths and claims stay whole lines
     for quantity, paper, ours in summary.rows:
         console.print(f"{quantity}: ours {ours} (paper {paper})")
@@ -343,7 +343,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     from . import catalog
-    from . import experiments as reproductions
+    from . import reproductions
     from .config import GROUPS, experiments
 
     if args.group is not None:
@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--log", choices=["tensorboard", "mlflow"],
                      help="also log every finished run to this tracker from its files (tensorboard: DIR/tensorboard)")
     rep.set_defaults(func=_report)
-    demo = sub.add_parser("demo", help="the default experiment: ERM vs IW vs Poly+IW on imbalanced digits")
+    demo = sub.add_parser("demo", help="the demo: ERM vs IW vs Poly+IW on imbalanced digits")
     demo.add_argument("--out", default="results/demo", help="results directory (default results/demo)")
     demo.add_argument("--seeds", type=int, default=5, help="seeds per method (default 5)")
     demo.add_argument("overrides", nargs="*", help="extra overrides applied to every run")

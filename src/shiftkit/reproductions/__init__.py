@@ -1,4 +1,4 @@
-"""Named experiments: the default demo (:mod:`.demo`) and the papers' figures and tables, one
+"""Named reproductions: the default demo (:mod:`.demo`) and the papers' figures and tables, one
 registered reproduction per file (``shiftkit reproduce NAME``; :mod:`.reproduction`). Every module of
 this package is imported here, so a new reproduction needs nothing but its file and its decorator."""
 

@@ -114,6 +114,11 @@ def margin_losses(y: np.ndarray, poly: np.ndarray, alpha: float, beta: float) ->
         poly      log(1 + e^{−z}) − log(1 + e^{−β}) + 1   if z ≤ β,   (z − β + 1)^{−α}   otherwise
 
     Returns ``f`` [M, n] → (values, derivatives in f). Logistic rows take the left branch for every z.
+
+    A fast path: values and derivatives equal autograd through the registered ``loss=ce`` and ``loss=poly``
+    (``continuity="shift"``) on the logits ``[0, f]`` (held equal in
+    tests/test_repro_zhai.py::test_margin_losses_match_shiftkit_poly_and_logistic_values_and_slopes),
+    written with few numpy calls because :func:`descend` calls it up to 10^7 times on tiny arrays.
     """
     rows = np.asarray(poly, bool)[:, None]
     below = np.where(rows, -beta, -np.inf)  # left branch where −z >= −β; logistic rows: always
@@ -168,7 +173,16 @@ def descend(p: Problem, loss: Callable, g0: np.ndarray, eta: np.ndarray, mu: np.
             epochs: int, per_decade: int = 20, log: Callable = None) -> Trajectory:
     """Full-batch GD of M stacked runs (rows of ``g0`` [M, G], ``eta`` [M], ``mu`` [M]) from ``a = 0``
     for ``epochs`` steps of size ``lr``, recorded at :func:`marks`. Stops with a ShiftkitError if a
-    recorded value is not finite (the step is too large)."""
+    recorded value is not finite (the step is too large).
+
+    A fast path: each row equals 784-dimensional full-batch gradient descent with autograd through the
+    registered ``loss=ce`` or ``loss=poly`` (or :func:`squared`, which has no registered counterpart), with
+    ``weighting=iw`` by group for IW and ``weighting=group_dro``'s update for Group DRO, applied one step
+    later in [Z]'s paper form (held equal in
+    tests/test_repro_zhai.py::test_reduced_iteration_is_the_784_dimensional_gradient_descent and, for the
+    weights, tests/test_repro_zhai.py::test_erm_and_iw_weights_are_the_spec_values_and_shiftkit_iw). It is
+    not ``shiftkit.train.fit``, which applies Group DRO's updated weights in the same step. It exists for
+    speed: all runs stacked in 6 coordinates, so that 10^6 to 10^7 epochs take minutes."""
     k, pool = p.gram, p.pool
     step, risk, total = lr * pool, pool.T.copy(), np.ones((len(p.counts), 1))
     a, g = np.zeros((len(g0), len(p.y))), np.array(g0, float)

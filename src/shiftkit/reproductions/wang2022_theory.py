@@ -113,6 +113,13 @@ def descend(gram, weights, beta, lr: float = 1e-3, momentum: float = 0.9, tol: f
     ``gram [Q, k, k]``; ``weights [Q, n, A]`` (the data are the last ``n`` basis rows; ``A`` objectives
     share each Gram matrix); ``beta [Q, k, A]`` the starts. Each problem steps until the norm of the
     gradient it just stepped with is ``<= tol``, as the notebook's loop. Returns ``beta`` and the steps.
+
+    A fast path: it equals [W]'s notebook loop, ``torch.optim.SGD(lr=1e-3, momentum=0.9)`` on the
+    ``p``-dimensional ``v``, step for step and with the same number of steps (held equal in
+    tests/test_repro_wang_synthetic.py::test_reduced_descent_equals_p_dimensional_sgd_from_the_fixed_start).
+    No registered loss goes through it: ``1/(z . v)`` with the ridge term is [W]'s theory objective, not
+    ``loss=poly``, whose tail is ``(v - beta + 1)^-alpha`` and whose left branch is logistic. It exists for
+    speed: ``n + 1`` coordinates instead of ``p = 10^6``, and the figure's hundreds of runs stacked in one batch.
     """
     n = weights.shape[1]
     beta, velocity = beta.copy(), np.zeros_like(beta)
@@ -145,7 +152,9 @@ def max_margin(kernel: np.ndarray, c: float = 1.0) -> np.ndarray:
     """``alpha`` of the L1-loss linear SVM without intercept on label-signed points (``v = Z^T alpha``):
     ``max sum(alpha) - alpha^T K alpha / 2`` over ``0 <= alpha <= c``, ``K = Z Z^T`` (no equality
     constraint without an intercept): [W]'s ``LinearSVC(loss='hinge', fit_intercept=False)`` baseline.
-    Solved by L-BFGS-B on ``K`` scaled to unit mean diagonal."""
+    Solved by L-BFGS-B on ``K`` scaled to unit mean diagonal, in ``n`` dual variables instead of ``p = 10^6``
+    weights; the weights ``Z^T alpha`` equal ``LinearSVC``'s (held equal in
+    tests/test_repro_wang_synthetic.py::test_reduced_svm_dual_equals_sklearn_linear_svc)."""
     scale = 1.0 / float(np.mean(np.diag(kernel)))
     hessian = scale * kernel
 
@@ -162,7 +171,10 @@ def max_margin(kernel: np.ndarray, c: float = 1.0) -> np.ndarray:
 def weight_sweep(gram, means, n1: int, n2: int, exponents, beta, **descent) -> Tuple[np.ndarray, np.ndarray]:
     """[W]'s right panel: minority weight ``b = tau^a`` for each ``a`` in turn, warm-started from the
     previous ``a``'s solution with a fresh momentum buffer. ``gram [Q, n, n]``, ``means [Q, 2, n]``,
-    ``beta [Q, n, 1]`` the start. Returns per-class errors ``[len(exponents), Q, 2]`` and the steps."""
+    ``beta [Q, n, 1]`` the start. Returns per-class errors ``[len(exponents), Q, 2]`` and the steps.
+
+    A fast path through :func:`descend`: it equals the notebook's warm-started ``p``-dimensional SGD loop
+    (held equal in tests/test_repro_wang_synthetic.py::test_warm_started_weight_sweep_equals_p_dimensional_sgd)."""
     errors, steps = [], []
     for a in exponents:
         weights = np.broadcast_to(class_weights(n1, n2, (n1 / n2) ** a)[None, :, None], beta.shape)

@@ -1,4 +1,4 @@
-"""The default experiment (``make demo`` / ``shiftkit demo``): reweighting under interpolation.
+"""The demo (``make demo`` / ``shiftkit demo``): reweighting under interpolation.
 
 On ``digits_binary`` (1 vs 8, step imbalance 10, balanced test; docs/METHODS.md#data-digits_binary) an overparameterized MLP is
 trained to zero training error with ERM, importance weighting (exponent 1 and 1.5; docs/METHODS.md#weighting-iw) and the
