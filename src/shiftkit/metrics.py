@@ -51,36 +51,63 @@ def _ratios(correct: Tensor, total: Tensor) -> List[Optional[float]]:
 class Accumulator:
     """Counts per (class, group) cell on the device of the data; one host sync in :meth:`compute`.
 
+    With ``members=S`` it counts ``S`` models' predictions on the same examples at once (an ensemble's
+    member axis): ``update`` takes logits ``[S, B, K]`` or predictions ``[S, B]`` with the batch's shared
+    ``y`` and ``g`` ``[B]``, and :meth:`compute_members` gives each member's metrics in one transfer.
+
     >>> acc = Accumulator(num_classes=2, num_groups=2)
     >>> acc.update(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([0, 1]))
     >>> acc.update(torch.tensor([1]), torch.tensor([0]), torch.tensor([1]))
     >>> acc.compute()["per_group_acc"]
     [1.0, 0.5]
+    >>> both = Accumulator(num_classes=2, num_groups=2, members=2)
+    >>> both.update(torch.tensor([[0, 1], [1, 1]]), torch.tensor([0, 1]), torch.tensor([0, 1]))
+    >>> [m["acc"] for m in both.compute_members()]
+    [1.0, 0.5]
     """
 
-    def __init__(self, num_classes: int, num_groups: Optional[int] = None, device=None):
+    def __init__(self, num_classes: int, num_groups: Optional[int] = None, device=None,
+                 members: Optional[int] = None):
         self.num_classes = int(num_classes)
         self.num_groups = int(num_groups) if num_groups is not None else self.num_classes
-        cells = self.num_classes * self.num_groups
+        self.members = members
+        cells = self.num_classes * self.num_groups * (members or 1)
         self.total = torch.zeros(cells, dtype=torch.long, device=device)
         self.correct = torch.zeros(cells, dtype=torch.long, device=device)
 
     def update(self, logits_or_preds: Tensor, y: Tensor, g: Optional[Tensor] = None) -> None:
         """Count one batch; ids outside ``[0, num_classes)`` / ``[0, num_groups)`` are an error
         (:mod:`shiftkit.guards`), not a count in another cell."""
-        batch = {"logits" if logits_or_preds.dim() == 2 else "preds": logits_or_preds}
+        scores = logits_or_preds
+        per_member = self.members is not None
+        first = scores[0] if per_member else scores  # one member's batch stands for the shapes of all
+        batch = {"logits" if first.dim() == 2 else "preds": first}
         guards.check("metrics", y, g, **batch, num_classes=self.num_classes, num_groups=self.num_groups)
-        preds = logits_or_preds.argmax(1) if logits_or_preds.dim() == 2 else logits_or_preds
+        preds = scores.argmax(-1) if first.dim() == 2 else scores
         g = y if g is None else g
         cell = y.long() * self.num_groups + g.long()
         hit = (preds.to(y.device) == y).long()
-        joint = torch.bincount(cell * 2 + hit, minlength=2 * self.total.numel()).view(-1, 2)
+        if per_member:  # each member's cells after the previous member's
+            cells = self.num_classes * self.num_groups
+            cell = cell + cells * torch.arange(self.members, device=cell.device).unsqueeze(1)
+        joint = torch.bincount((cell * 2 + hit).reshape(-1), minlength=2 * self.total.numel()).view(-1, 2)
         self.total = self.total.to(cell.device) + joint.sum(1)
         self.correct = self.correct.to(cell.device) + joint[:, 1]
 
     def compute(self, train_group_counts: Optional[Sequence[int]] = None) -> Dict[str, object]:
-        total = self.total.view(self.num_classes, self.num_groups).cpu()
-        correct = self.correct.view(self.num_classes, self.num_groups).cpu()
+        """The metrics of the counts (of one model: without ``members``)."""
+        if self.members is not None:
+            raise ShiftkitError("an accumulator of several members computes with compute_members()")
+        return self._metrics(self.total.cpu(), self.correct.cpu(), train_group_counts)
+
+    def compute_members(self, train_group_counts: Optional[Sequence[int]] = None) -> List[Dict[str, object]]:
+        """Every member's metrics (one device-to-host transfer)."""
+        both = torch.stack([self.total, self.correct]).cpu().view(2, self.members or 1, -1)
+        return [self._metrics(both[0, s], both[1, s], train_group_counts) for s in range(both.shape[1])]
+
+    def _metrics(self, total: Tensor, correct: Tensor, train_group_counts: Optional[Sequence[int]]) -> Dict[str, object]:
+        total = total.view(self.num_classes, self.num_groups)
+        correct = correct.view(self.num_classes, self.num_groups)
         per_class = _ratios(correct.sum(1), total.sum(1))
         per_group = _ratios(correct.sum(0), total.sum(0))
         present_classes = [a for a in per_class if a is not None]

@@ -36,10 +36,10 @@ from .models import weights
 from .checkpoint import Checkpoint, fitting
 from .config import DiagnosticsConf, check_numbers, options
 from .divergence import NonFiniteLoss, Watch
-from .ensemble import EnsembleUnsupported, fit_ensemble
+from .ensemble import fit_ensemble, refuse
 from .errors import ShiftkitError
 from .plots import plot_alpha
-from .train import FitResult, check_schedule, fit, parse_select
+from .train import FitResult, check_schedule, fit, parse_select, saved_histories
 
 _DATA_CACHE: Dict[str, data.Splits] = {}
 
@@ -477,7 +477,7 @@ def _resume(state: Optional[dict], plain: Dict[str, Any], source: Path) -> tuple
             phase, epoch, history = resume_point(state)
             extra = {"resumed_from_epoch": epoch, "resumed_from_phase": phase}
         else:
-            extra, history = {"resumed_from_epoch": state["epoch"]}, list(state["selection"]["history"])
+            extra, history = {"resumed_from_epoch": state["epoch"]}, saved_histories(state)[0]
         if "batch" in state:  # saved inside an epoch: its batches done
             extra["resumed_from_batch"] = state["batch"]
     return extra, history
@@ -589,14 +589,9 @@ def run_ensemble(
     from .checkpoint import ENSEMBLE_FILE, MembersCheckpoint
 
     plains = [OmegaConf.to_container(c, resolve=True) for c in cfgs]
-    if distributed.requested():
-        raise EnsembleUnsupported("under torchrun the processes share one model's batches")
     for p in plains:
         validate(p)
-        if p["diagnostics"]["enabled"]:
-            raise EnsembleUnsupported("diagnostics probe each model on its own")
-        if p["search"]["enabled"]:
-            raise EnsembleUnsupported("an AutoBalance search tunes each seed's loss on its own")
+        refuse(torchrun=distributed.requested(), probe=p["diagnostics"]["enabled"], outer=p["search"]["enabled"])
     if len({config_hash(p, drop=(*EXECUTION_KEYS, "seed")) for p in plains}) > 1:
         raise ShiftkitError("an ensemble's runs must differ only in their seed")
     outs = [run_dir(p) for p in plains]
@@ -634,7 +629,9 @@ def run_ensemble(
         state = ck.load()
         with fitting(ck.path):
             extra = {"resumed_from_epoch": state["epoch"]} if state is not None else {}
-            histories = [list(sel["history"]) for sel in state["selections"]] if state is not None else [[]] * len(group)
+            if state is not None and "batch" in state:  # saved inside an epoch: its batches done
+                extra["resumed_from_batch"] = state["batch"]
+            histories = saved_histories(state) if state is not None else [[]] * len(group)
         for i, tracker, history in zip(group, trackers, histories):
             if i in todo:
                 _start_tracker(tracker, plains[i], outs[i], history)

@@ -3,130 +3,42 @@
 ERM, importance weighting and DRO differ only in the weighting scheme, CE and the polynomially-tailed
 loss only in the loss, undersampling only in the sampler (docs/METHODS.md#one-loop). Data stays on the training device;
 inside an epoch nothing synchronizes with the host: each step's objective and loss stay on the device and
-are checked once per epoch, with the parameters' finiteness, for divergence (:mod:`shiftkit.divergence`). Model selection (docs/METHODS.md#selection): ``last`` tests the final weights,
-``best:<metric>`` the evaluation with the best validation ``<metric>`` (strictly better replaces, as a
-max-mode checkpoint does; [W]'s IW-ES is ``best:group_balanced_acc``).
+are checked once per epoch, with the parameters' finiteness, for divergence (:mod:`shiftkit.divergence`).
+Model selection: :mod:`shiftkit.selection`.
+
+The loop trains S members (:func:`fit_members`): one model for a plain run (:func:`fit`, S = 1), or the
+S seeds of a sweep as one vectorized ensemble (:func:`shiftkit.ensemble.fit_ensemble`). What differs
+between the two is the member axis of :mod:`shiftkit.members`; every feature of the loop (checkpoints at
+epoch ends and inside epochs, exact resume, divergence checks, selection, ``compile``, mixed precision)
+is written once, here.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
 from . import distributed, guards
-from .checkpoint import Checkpoint, GeneratorPart, capture, restore
+from .checkpoint import Checkpoint, GeneratorPart, MemberParts, capture, restore
 from .data.base import Split, Splits
 from .data.pipeline import Pipeline
 from .divergence import DEFAULT_FACTOR, Diverged, NonFiniteLoss, Tally, Watch
 from .errors import ShiftkitError
-from .metrics import LOWER_IS_BETTER, SCALAR_METRICS, Accumulator
+from .evaluation import evaluate_model
+from .members import Single, Stacked, refuse
 from .optim import OptimSpec
 from .sampling import Sampler, Shuffle
+from .selection import FitResult, Selection, parse_select
 from .weighting import Weighting
 
 
-__all__ = ["Diverged", "FitResult", "NonFiniteLoss", "Selection", "evaluate_model", "fit", "train_epoch"]
+__all__ = ["Diverged", "FitResult", "NonFiniteLoss", "Selection", "evaluate_model", "fit", "fit_members",
+           "parse_select", "saved_histories", "train_epoch"]
 
-
-@dataclass
-class FitResult:
-    """Metrics per split (``train``, ``val``, ``test``) at the end and at the selected evaluation."""
-
-    final: Dict[str, dict]
-    selected: Dict[str, dict]
-    selected_epoch: int
-    history: List[dict] = field(default_factory=list)
-    seconds: float = 0.0
-    steps: int = 0
-    #: The last epoch's state dict (CPU) when the model was left at an earlier, selected one; else None.
-    #: Not a dataclass field: the record of a result (``dataclasses.asdict``) stays plain numbers.
-    final_state = None
-
-
-def parse_select(select: str) -> Optional[str]:
-    """``"last"`` -> ``None``; ``"best:<metric>"`` -> ``<metric>``; anything else is an error."""
-    if select == "last":
-        return None
-    metric = select[5:] if select.startswith("best:") else None
-    if metric not in SCALAR_METRICS:
-        raise ShiftkitError(
-            f"train.select must be 'last' or 'best:<metric>' with a metric among {', '.join(SCALAR_METRICS)};"
-            f" got '{select}'"
-        )
-    return metric
-
-
-@torch.no_grad()
-@guards.trusted()  # the split's ids were checked when it was built: no range check per batch
-def evaluate_model(
-    model: nn.Module,
-    split: Split,
-    batch_size: int = 4096,
-    train_group_counts: Optional[list] = None,
-    pipeline: Optional[Pipeline] = None,
-) -> Dict[str, object]:
-    """Metrics of ``model`` on ``split`` (docs/METHODS.md#metrics), accumulated over batches; inputs go through
-    ``pipeline`` (without augmentation) when given. Under ``torchrun`` each rank counts its shard of the
-    split and the counts are summed over ranks."""
-    pipeline = pipeline or Pipeline()
-    was_training = model.training
-    model.eval()
-    acc = Accumulator(split.num_classes, split.num_groups, device=split.y.device)
-    lo, hi = distributed.my_shard(len(split))
-    for idx in torch.arange(lo, hi, device=split.y.device).split(batch_size):
-        acc.update(model(pipeline(split.x[idx])), split.y[idx], split.g[idx])
-    distributed.sum_(acc.total)
-    distributed.sum_(acc.correct)
-    model.train(was_training)
-    return acc.compute(train_group_counts)
-
-
-def _better(value: Optional[float], best: Optional[float], metric: str) -> bool:
-    if value is None:
-        return False
-    if best is None:
-        return True
-    return value < best if metric in LOWER_IS_BETTER else value > best
-
-
-class Selection:
-    """Model selection over evaluations (docs/METHODS.md#selection): the last one, or the best validation ``metric``."""
-
-    def __init__(self, select: str):
-        self.metric = parse_select(select)
-        self.best_value: Optional[float] = None
-        self.best_record: Optional[dict] = None
-        self.history: List[dict] = []
-
-    def offer(self, record: dict) -> bool:
-        """Record an evaluation; True when it becomes the selected one (save the weights then)."""
-        self.history.append(record)
-        if self.metric is None or not _better(record["val"][self.metric], self.best_value, self.metric):
-            return False
-        self.best_value, self.best_record = record["val"][self.metric], record
-        return True
-
-    def state_dict(self) -> dict:
-        return {"history": self.history, "best_value": self.best_value, "best_record": self.best_record}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.history, self.best_value, self.best_record = state["history"], state["best_value"], state["best_record"]
-
-    def result(self, seconds: float, steps: int) -> FitResult:
-        final = self.history[-1]
-        chosen = self.best_record or final
-        return FitResult(
-            final={k: final[k] for k in ("train", "val", "test")},
-            selected={k: chosen[k] for k in ("train", "val", "test")},
-            selected_epoch=chosen["epoch"],
-            history=self.history,
-            seconds=seconds,
-            steps=steps,
-        )
+Members = Union[Single, Stacked]
 
 
 def is_eval_epoch(epoch: int, epochs: int, eval_every: int) -> bool:
@@ -153,14 +65,14 @@ def autocast(device: str, amp: str):
 @guards.trusted()  # the split's ids were checked when it was built: no host sync per step
 def train_epoch(
     forward: Callable[[Tensor], Tensor],
-    loss: nn.Module,
-    weighting: Weighting,
+    loss: Callable[..., Tensor],
+    weighting,
     opt: torch.optim.Optimizer,
     train: Split,
     order: Tensor,
     batch_size: int,
-    pipeline: Pipeline,
-    generator: Optional[torch.Generator],
+    pipeline,
+    generator,
     device: str,
     amp: str = "none",
     tally: Optional[Tally] = None,
@@ -169,14 +81,17 @@ def train_epoch(
 ) -> Tally:
     """One pass over ``order`` in batches: the loop's steps, with no host synchronization.
 
-    Each step's objective and summed per-example loss go into ``tally``
-    (:class:`~shiftkit.divergence.Tally`; a fresh one from step 0 if ``None``), whose length says how many
-    batches of ``order`` are done: a tally restored from a checkpoint inside the epoch continues after
-    them. ``after_step(step)`` runs after each optimizer step (an outer update such as AutoBalance's,
-    docs/METHODS.md#autobalance-algorithm), then ``on_step(tally)`` (a checkpoint inside the epoch). Returns the tally.
+    ``order`` is ``[N]`` for one model, or ``[S, N]`` for S members (with the member-axis ``forward``,
+    ``loss``, ``weighting`` and ``pipeline`` of :mod:`shiftkit.members`; the objective is then the sum of
+    the members' objectives, so that no member's gradient sees another's loss). Each step's objective and
+    summed per-example loss go into ``tally`` (:class:`~shiftkit.divergence.Tally`; a fresh one from step
+    0 if ``None``), whose length says how many batches of ``order`` are done: a tally restored from a
+    checkpoint inside the epoch continues after them. ``after_step(step)`` runs after each optimizer step
+    (an outer update such as AutoBalance's, docs/METHODS.md#autobalance-algorithm), then ``on_step(tally)``
+    (a checkpoint inside the epoch). Returns the tally.
     """
     tally = tally if tally is not None else Tally(first_step=0)
-    for idx in order.split(batch_size)[len(tally.sizes):]:
+    for idx in order.split(batch_size, dim=-1)[len(tally.sizes):]:
         y, g = train.y[idx], train.g[idx]
         if distributed.active():
             objective, local, per_example = _sharded_objective(
@@ -188,11 +103,12 @@ def train_epoch(
             w = weighting.weights(per_example.detach(), y, g)
             if train.weight is not None:  # per-example multipliers (sample weights) carried by the split
                 w = w * train.weight[idx]
-            objective = local = (w * per_example).mean()
+            objective = (w * per_example).mean(-1)  # [S] for S members
+            local = objective if objective.dim() == 0 else objective.sum()
         opt.zero_grad(set_to_none=True)
         local.backward()
         opt.step()
-        tally.add(objective, per_example.detach().sum(), idx.numel())
+        tally.add(objective, per_example.detach().sum(-1), idx.shape[-1])
         if after_step is not None:
             after_step(tally.first_step + len(tally.sizes) - 1)
         if on_step is not None:
@@ -260,6 +176,8 @@ def fit(
     ``divergence`` times its initial level; ``divergence=0`` turns the last rule off): a failed epoch raises
     :class:`NonFiniteLoss` naming its step, and the checkpoint keeps the last good state.
 
+    This is :func:`fit_members` with one member.
+
     >>> import torch
     >>> from shiftkit import data, losses, models, optim, weighting
     >>> splits = data.build("two_gaussians")
@@ -270,59 +188,87 @@ def fit(
     >>> result.final["train"]["acc"]
     1.0
     """
+    (result,) = fit_members(
+        Single(model, device, compile), splits, loss, [weighting], optim, seeds=[seed],
+        samplers=[sampler or Shuffle()], epochs=epochs, batch_size=batch_size, eval_every=eval_every,
+        select=select, device=device, amp=amp, outer=outer, probe=probe, checkpoint=checkpoint,
+        divergence=divergence, on_eval=None if on_eval is None else (lambda s, record: on_eval(record)),
+    )
+    return result
+
+
+def fit_members(
+    members: Members,
+    splits: Splits,
+    loss: nn.Module,
+    weightings: Sequence[Weighting],
+    optim: OptimSpec,
+    *,
+    seeds: Sequence[int],
+    epochs: int,
+    batch_size: int = 64,
+    eval_every: int = 1,
+    select: str = "last",
+    samplers: Optional[Sequence[Sampler]] = None,
+    device: str = "cpu",
+    amp: str = "none",
+    on_eval: Optional[Callable[[int, dict], None]] = None,
+    outer=None,
+    probe: Optional[Callable[[nn.Module, Split, Pipeline], dict]] = None,
+    checkpoint: Optional[Checkpoint] = None,
+    divergence: float = DEFAULT_FACTOR,
+) -> List[FitResult]:
+    """Train every member ``s`` with ``weightings[s]``, ``samplers[s]`` and ``seeds[s]`` (data order and
+    augmentation), as :func:`fit` describes; ``on_eval(s, record)`` per member and evaluation. Each member
+    keeps what makes it the run of its seed: its generators, weighting state, selection and divergence
+    reference (a member that fails stops the fit, naming its seed). Returns one result per member; the
+    members end holding their final (or selected) weights. Function of more than 40 lines: the loop's
+    sequence reads best in one place; its parts are the helpers below it."""
     check_schedule(epochs, batch_size, eval_every, amp)
+    n = members.size
+    if not len(weightings) == len(seeds) == n:
+        raise ShiftkitError("an ensemble needs one weighting scheme and one seed per member")
     if outer is not None and distributed.active():
         raise ShiftkitError("an AutoBalance search runs in one process: start it without torchrun")
-    selection = Selection(select)
-    sampler = sampler or Shuffle()
-    model.to(device)
+    if members.axis:
+        refuse(torchrun=distributed.active(), probe=probe is not None, outer=outer is not None)
+    samplers = list(samplers) if samplers else [Shuffle() for _ in range(n)]
+    selections = [Selection(select) for _ in range(n)]
     loss.to(device)
-    weighting.to(device)
+    for w in weightings:
+        w.to(device)
     train, val, test = (s.to(device) for s in (splits.train, splits.val, splits.test))
-    train_counts = splits.train.group_counts
-    # Frozen parameters (model.freeze) stay out of the optimizer: no weight decay or momentum moves them.
-    opt, schedule = optim.make([p for p in model.parameters() if p.requires_grad], epochs)
-    gen = torch.Generator().manual_seed(seed)
+    opt, schedule = optim.make(members.trainable(), epochs)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
     pipeline = splits.pipeline
-    # Augmentation draws on the training device, from its own generator: reproducible per seed.
-    aug_gen = torch.Generator(device=device).manual_seed(seed) if pipeline.augments else None
-    bs = batch_size or len(train)
-    parts = {"model": model, "optimizer": opt, "schedule": schedule, "loss": loss, "weighting": weighting,
-             "sampler": sampler, "selection": selection, "order_generator": GeneratorPart(gen)}
-    if aug_gen is not None:
-        parts["augment_generator"] = GeneratorPart(aug_gen)
-    if outer is not None:  # an outer update's state (AutoBalance's upper optimizer, α history) resumes too
-        parts["outer"] = outer
-    watch = Watch(divergence)
-    parts["divergence"] = watch
+    # Augmentation draws on the training device, from each member's own generator: reproducible per seed.
+    aug_gens = [torch.Generator(device=device).manual_seed(s) for s in seeds] if pipeline.augments else None
+    weigher = members.weighting(weightings)
+    watch = Watch(divergence, members=n, who=[f" of seed {s}" for s in seeds]) if members.axis else Watch(divergence)
+    parts = _parts(members, opt, schedule, loss, weigher, samplers, selections, gens, aug_gens, outer, watch)
     state = checkpoint.state if checkpoint is not None else None
-    if state is not None:
-        restore(parts, state, checkpoint.path, required=("best_state", "step", "epoch", "seconds"),
-                optional=("divergence",))
-    best_state = state["best_state"] if state is not None else None
-    step, first_epoch = (state["step"], state["epoch"]) if state is not None else (0, 0)
-    earlier = state["seconds"] if state is not None else 0.0
-    net = distributed.wrap(model, device)
-    forward = torch.compile(net) if compile else net
-    watched = [*model.parameters(), *loss.parameters()]
+    best, step, first_epoch, earlier = _restore(parts, state, checkpoint, members.axis, seeds)
+    members.start()
+    watched = members.watched(loss)
+    forward, member_loss, member_pipeline = members.forward, members.loss(loss), members.pipeline(pipeline)
+    bs = batch_size or len(train)
     start = time.perf_counter()
 
     def save(**position) -> None:
-        checkpoint.save(capture(parts, **position, seconds=earlier + time.perf_counter() - start, best_state=best_state))
+        values = {"best_states": best, "seeds": list(seeds)} if members.axis else {"best_state": best[0]}
+        checkpoint.save(capture(parts, **position, **values, seconds=earlier + time.perf_counter() - start))
 
     inside = state is not None and "batch" in state  # the checkpoint was saved inside an epoch
     for epoch in range(first_epoch, epochs):
-        model.train()
-        weighting.train()
-        weighting.start_epoch(epoch)  # idempotent; the outer update's epoch start is in its restored state
+        members.train()
+        weigher.train()
+        weigher.start_epoch(epoch)  # idempotent; the outer update's epoch start is in its restored state
         if inside:
-            order = state["order"].to(device)
-            tally = Tally.from_state(state["tally"], device)
-            inside = False
+            order, tally, inside = state["order"].to(device), Tally.from_state(state["tally"], device), False
         else:
             if outer is not None:
                 outer.start_epoch(epoch)
-            order = sampler.epoch(splits.train.y, splits.train.g, gen).to(device)
+            order = members.orders(samplers, splits.train, gens).to(device)
             tally = Tally(first_step=step)
 
         def within(tally: Tally, epoch=epoch, order=order) -> None:
@@ -332,33 +278,76 @@ def fit(
                      step=tally.first_step + len(tally.sizes))
 
         tally = train_epoch(
-            forward, loss, weighting, opt, train, order, bs, pipeline, aug_gen, device, amp, tally,
-            after_step=None if outer is None else outer.after_step, on_step=within,
+            forward, member_loss, weigher, opt, train, order, bs, member_pipeline, members.generator(aug_gens),
+            device, amp, tally, after_step=None if outer is None else outer.after_step, on_step=within,
         )
+        members.end_epoch(weigher)
         step = tally.first_step + len(tally.sizes)
         schedule.step()
-        (train_loss,) = watch.check(tally, epoch, watched)  # before anything is evaluated or saved
+        mean_loss = watch.check(tally, epoch, watched)  # before anything is evaluated or saved
         if is_eval_epoch(epoch, epochs, eval_every):
-            record = {
-                "epoch": epoch + 1,
-                "step": step,
-                "lr": opt.param_groups[0]["lr"],
-                "train_loss": train_loss,
-                **{
-                    name: evaluate_model(model, split, train_group_counts=train_counts, pipeline=pipeline)
-                    for name, split in (("train", train), ("val", val), ("test", test))
-                },
-            }
-            if probe is not None:
-                record["diagnostics"] = probe(model, train, pipeline)
-            if selection.offer(record):
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if on_eval is not None:
-                on_eval(record)
+            head = {"epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"]}
+            _evaluate(members, {"train": train, "val": val, "test": test}, pipeline, splits.train.group_counts,
+                      head, mean_loss, selections, best, probe, on_eval)
         if checkpoint is not None and checkpoint.due(epoch, epochs):
             save(epoch=epoch + 1, step=step)
-    result = selection.result(earlier + time.perf_counter() - start, step)
-    if best_state is not None:
-        result.final_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        model.load_state_dict(best_state)
-    return result
+    results = [sel.result(earlier + time.perf_counter() - start, step) for sel in selections]
+    for result, final in zip(results, members.finish(best)):
+        result.final_state = final
+    return results
+
+
+def saved_histories(state: dict) -> List[List[dict]]:
+    """Each member's evaluation records in a checkpoint of :func:`fit_members` (what a resumed run's
+    ``metrics.jsonl`` holds again): the readers of a checkpoint need not know its layout."""
+    if "selections" in state:
+        return [list(selection["history"]) for selection in state["selections"]]
+    return [list(state["selection"]["history"])]
+
+
+def _parts(members: Members, opt, schedule, loss, weigher, samplers, selections, gens, aug_gens, outer,
+           watch: Watch) -> Dict[str, object]:
+    """What a checkpoint saves, by key: a plain run's parts under singular keys (``sampler``, ...), an
+    ensemble's as one list per key (``samplers``, ...)."""
+    def each(key: str, items: list) -> dict:
+        return {f"{key}s": MemberParts(items)} if members.axis else {key: items[0]}
+
+    parts = {"model": members.part, "optimizer": opt, "schedule": schedule, "loss": loss,
+             ("weightings" if members.axis else "weighting"): weigher, **each("sampler", samplers),
+             **each("selection", selections), **each("order_generator", [GeneratorPart(g) for g in gens])}
+    if aug_gens is not None:
+        parts.update(each("augment_generator", [GeneratorPart(g) for g in aug_gens]))
+    if outer is not None:  # an outer update's state (AutoBalance's upper optimizer, α history) resumes too
+        parts["outer"] = outer
+    parts["divergence"] = watch
+    return parts
+
+
+def _restore(parts: dict, state: Optional[dict], checkpoint: Optional[Checkpoint], axis: bool,
+             seeds: Sequence[int]) -> tuple:
+    """Load a checkpoint's ``state`` into ``parts``; returns each member's selected weights, the step,
+    the first epoch to train and the seconds already spent."""
+    if state is None:
+        return [None] * len(seeds), 0, 0, 0.0
+    best_key = "best_states" if axis else "best_state"
+    required = (best_key, "step", "epoch", "seconds", *(("seeds",) if axis else ()))
+    restore(parts, state, checkpoint.path, required=required, optional=("divergence",))
+    if axis and state["seeds"] != list(seeds):
+        raise ShiftkitError(f"a checkpoint of seeds {state['seeds']} cannot resume seeds {list(seeds)}")
+    best = state[best_key] if axis else [state[best_key]]
+    return best, state["step"], state["epoch"], state["seconds"]
+
+
+def _evaluate(members: Members, splits: Dict[str, Split], pipeline: Pipeline, counts, head: dict,
+              mean_loss: List[float], selections: List[Selection], best: list, probe, on_eval) -> None:
+    """Every member's evaluation record (``head``, its mean training loss, its metrics on ``splits`` and
+    its probe's diagnostics), offered to its selection (which keeps its weights if chosen) and to
+    ``on_eval``."""
+    for s, metrics in enumerate(members.evaluate(splits, pipeline, counts)):
+        record = {**head, "train_loss": mean_loss[s], **metrics}
+        if probe is not None:
+            record["diagnostics"] = probe(members.models[s], splits["train"], pipeline)
+        if selections[s].offer(record):
+            best[s] = members.state(s)
+        if on_eval is not None:
+            on_eval(s, record)
