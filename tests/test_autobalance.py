@@ -226,7 +226,7 @@ def test_search_from_the_command_line_config_writes_alpha_and_both_phases(tmp_pa
     phases = [json.loads(line)["phase"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert phases == ["search", "search", "retrain", "retrain"]
     assert (run_dir / "alpha.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(ShiftkitError, match="search.enabled trains with weighting=erm and sampler=none"):
+    with pytest.raises(ShiftkitError, match="procedure=autobalance trains with weighting=erm and sampler=none"):
         run(compose([*overrides, "weighting=iw"]))
 
 

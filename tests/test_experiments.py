@@ -20,7 +20,7 @@ ON_USER_DATA = [n for n, cfg in _USERS.items() if cfg.data.name in USER_DATA]
 @pytest.mark.parametrize("name", [n for n in experiments() if n not in ON_USER_DATA])
 def test_experiment_runs_end_to_end(name, tmp_path):
     cfg = compose([f"experiment={name}", f"out={tmp_path}", *TINY])
-    if cfg.search.objective == "deo_mix":  # DEO needs an attribute: groups g = 2y + a
+    if cfg.procedure.get("objective") == "deo_mix":  # DEO needs an attribute: groups g = 2y + a
         cfg = compose([f"experiment={name}", f"out={tmp_path}", "data=fmnist_spurious", *TINY])
     assert cfg.name  # each preset labels its runs as the paper does
     record = run(cfg)
@@ -57,7 +57,7 @@ def test_user_data_presets_run_on_fixture_files(name, tmp_path, weight_files, mo
     else:
         root = _waterbirds(tmp_path / "waterbirds")
         extra = [f"data.features_weights={weight_files[cfg.data.features_from]}", "+data.features_options.width=4"]
-        if cfg.search.enabled:
+        if cfg.procedure.name == "autobalance":
             extra += ["search.start_epoch=1", "search.every=1", "search.batches=1", "search.retrain_epochs=1"]
     record = run(compose([*common, f"data.root={root}", *extra]))
     assert record["status"] == "finished" and record["config"]["data"]["name"] == cfg.data.name

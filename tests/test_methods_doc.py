@@ -67,10 +67,12 @@ def _registries():
     from shiftkit.objectives import OBJECTIVES
     from shiftkit.optim import OPTIMIZERS
     from shiftkit.sampling import SAMPLERS
+    from shiftkit.procedures import PROCEDURES
     from shiftkit.weighting import WEIGHTINGS
 
     return [("loss", LOSSES), ("weighting", WEIGHTINGS), ("sampler", SAMPLERS), ("objective", OBJECTIVES),
-            ("optim", OPTIMIZERS), ("data", DATASETS), ("model", MODELS), ("reproduction", REPRODUCTIONS)]
+            ("optim", OPTIMIZERS), ("data", DATASETS), ("model", MODELS), ("reproduction", REPRODUCTIONS),
+            ("procedure", PROCEDURES)]
 
 
 def _required():

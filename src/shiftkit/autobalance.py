@@ -59,9 +59,9 @@ def check_loss(loss: nn.Module, where: str = "AutoBalanceSearch: the loss") -> N
 
 
 def check_search(*, epochs: int, start_epoch: Optional[int], every: int, batches: int, terms: int, step: float,
-                 curvature_batches: Optional[int], batch_size: int = 1, prefix: str = "search.") -> None:
-    """The search's schedule and series settings, named ``prefix + key`` (``search.every`` on the command
-    line): refused before anything trains."""
+                 curvature_batches: Optional[int], batch_size: int = 1, prefix: str = "procedure.") -> None:
+    """The search's schedule and series settings, named ``prefix + key`` (``procedure.every`` on the
+    command line): refused before anything trains."""
     for key, value in (("every", every), ("batches", batches)):
         if value < 1:
             raise ShiftkitError(f"{prefix}{key} must be >= 1, got {value}")
@@ -348,10 +348,10 @@ def search_and_retrain(
     redoes the search. Either way the result is exactly that of a run never interrupted.
     """
     if retrain_on not in ("train+val", "train"):
-        raise ShiftkitError(f"search.retrain_on must be 'train+val' or 'train', got '{retrain_on}'")
+        raise ShiftkitError(f"procedure.retrain_on must be 'train+val' or 'train', got '{retrain_on}'")
     if isinstance(interpolate_clusters, str):
         if interpolate_clusters != "unless_la":
-            raise ShiftkitError("search.interpolate_clusters must be true, false or 'unless_la', "
+            raise ShiftkitError("procedure.interpolate_clusters must be true, false or 'unless_la', "
                                 f"got '{interpolate_clusters}'")
         interpolate = getattr(loss, "init", None) not in ("la", "group_la")
     else:

@@ -125,10 +125,13 @@ def _seconds(record: dict) -> str:
 
 
 def _epochs(cfg) -> int:
-    """The epochs a run's progress counts: an AutoBalance run's search and retraining together."""
-    if cfg.search.enabled:
-        return cfg.train.epochs + (cfg.search.retrain_epochs or cfg.train.epochs)
-    return cfg.train.epochs
+    """The epochs a run's progress counts: all its procedure's phases (AutoBalance's search and retraining)."""
+    from omegaconf import OmegaConf
+
+    from .runner import procedure_of
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    return procedure_of(plain).epochs(plain)
 
 
 def _done_epochs(record: dict, cfg) -> int:
@@ -234,9 +237,10 @@ def _attempt(run, cfg, on_eval, alone: bool) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import check_repeated, expand_sweep, fit_options
+    from .config import check_repeated, expand_sweep, fit_options, legacy_overrides
     from .launch import launch, launcher_name
 
+    args.overrides = legacy_overrides(args.overrides)
     check_repeated(args.overrides)
     if args.show:
         return _show(fit_options(expand_sweep(args.overrides)) if args.multirun else [list(args.overrides)])
@@ -367,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train one run, or a sweep with -m (Hydra override syntax)",
         epilog="Groups: data, model, loss, weighting, sampler, optim (their names: shiftkit list); "
         "experiment=NAME applies a preset. Other keys: train.{epochs,batch_size,eval_every,select,amp,compile,divergence}, "
-        "search.* (AutoBalance), diagnostics.{enabled,reference}, checkpoint.{every,interval,keep}, "
+        "procedure=plain|autobalance (procedure.*; search.* still reads as AutoBalance's), diagnostics.{enabled,reference}, checkpoint.{every,interval,keep}, "
         "logger=none|tensorboard|mlflow (logger.*), seed, device, out, name, ensemble, save_weights; every model takes "
         "model.weights=FILE|imagenet and model.freeze=backbone, every dataset data.features_from=MODEL (docs/PRETRAINED.md). A killed run resumes from "
         "its checkpoint when the same command runs again; torchrun --nproc_per_node=N -m shiftkit train ... "

@@ -38,7 +38,7 @@ from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from . import data, losses, models, optim, sampling, tracking, weighting
+from . import data, losses, models, optim, procedures, sampling, tracking, weighting
 from .errors import ShiftkitError
 from .registry import Registry, hyperparameters
 
@@ -51,6 +51,7 @@ GROUPS: Dict[str, Registry] = {
     "sampler": sampling.SAMPLERS,
     "optim": optim.OPTIMIZERS,
     "logger": tracking.LOGGERS,
+    "procedure": procedures.PROCEDURES,
 }
 _SCALARS = (int, float, bool, str)
 
@@ -69,34 +70,6 @@ class TrainConf:
     amp: str = "none"
     compile: bool = False
     divergence: float = 1000.0
-
-
-@dataclass
-class SearchConf:
-    """AutoBalance's bilevel search (docs/METHODS.md#protocol-autobalance), off unless ``enabled``: the loss's learnable
-    parameters (``loss=autobalance``) are tuned on ``objective`` (``balanced_ce``, ``deo_mix``,
-    ``group_balanced_ce``; options under ``objective_options``) from ``start_epoch`` (default 40% of
-    ``train.epochs``), every ``every`` steps with ``batches`` train and validation batches, a Neumann
-    series of ``terms`` terms and step ``step`` whose Hessian uses the first ``curvature_batches`` train
-    batches (default 1) and which stops at its first growing term unless ``stop_on_growth`` is false,
-    SGD at ``upper_lr``; then a fresh model is retrained on ``retrain_on``
-    (``train+val``, or ``train``) with them fixed for ``retrain_epochs`` (default ``train.epochs``),
-    clusters of classes expanded by linear interpolation unless ``interpolate_clusters`` is false."""
-
-    enabled: bool = False
-    objective: str = "balanced_ce"
-    objective_options: Dict[str, Any] = field(default_factory=dict)
-    start_epoch: Optional[int] = None
-    every: int = 20
-    batches: int = 10
-    terms: int = 5
-    step: float = 1.0
-    curvature_batches: Optional[int] = 1
-    stop_on_growth: bool = True
-    upper_lr: float = 0.01
-    retrain_epochs: Optional[int] = None
-    retrain_on: str = "train+val"
-    interpolate_clusters: bool = True
 
 
 @dataclass
@@ -131,8 +104,8 @@ class Config:
     sampler: Any = MISSING
     optim: Any = MISSING
     logger: Any = MISSING
+    procedure: Any = MISSING
     train: TrainConf = field(default_factory=TrainConf)
-    search: SearchConf = field(default_factory=SearchConf)
     diagnostics: DiagnosticsConf = field(default_factory=DiagnosticsConf)
     checkpoint: CheckpointConf = field(default_factory=CheckpointConf)
     seed: int = 0
@@ -238,7 +211,6 @@ def _unknown_option(full_key: str, msg: str) -> Optional[str]:
     fixed = {
         "Config": ("top-level config", Config),
         "TrainConf": ("train", TrainConf),
-        "SearchConf": ("search", SearchConf),
         "DiagnosticsConf": ("diagnostics", DiagnosticsConf),
         "CheckpointConf": ("checkpoint", CheckpointConf),
     }
@@ -281,7 +253,7 @@ def check_repeated(overrides: List[str]) -> None:
 
 def _check_added_keys(parsed: list, cfg: DictConfig) -> None:
     """Refuse ``+key=value`` where ``key`` is not a field of its (structured) parent: Hydra would add it,
-    and the run would carry a setting that nothing reads. Free-form dicts (``search.objective_options``)
+    and the run would carry a setting that nothing reads. Free-form dicts (``procedure.objective_options``)
     take new keys."""
     for o in parsed:
         if not (o.is_add() or o.is_force_add()) or o.key_or_group in GROUPS or "@" in o.key_or_group:
@@ -317,7 +289,8 @@ def _check_group_choices(parsed: list) -> None:
 
 def compose(overrides: List[str] = ()) -> DictConfig:
     """Compose and type-check one run's configuration from command-line style overrides."""
-    parsed = parse_overrides(list(overrides))
+    overrides = legacy_overrides(list(overrides))
+    parsed = parse_overrides(overrides)
     _check_group_choices(parsed)
     if any(o.is_sweep_override() for o in parsed):
         raise ShiftkitError("a sweep (a,b or range()) needs the -m flag: shiftkit train -m ...")
@@ -336,6 +309,30 @@ def compose(overrides: List[str] = ()) -> DictConfig:
     finally:
         GlobalHydra.instance().clear()
     return cfg
+
+
+def legacy_overrides(overrides: List[str]) -> List[str]:
+    """Overrides of earlier versions in today's terms: AutoBalance's search was ``search.enabled=true`` with
+    its settings under ``search.*``; it is now a procedure, ``procedure=autobalance`` with ``procedure.*``.
+
+    >>> legacy_overrides(["search.enabled=true", "search.every=2", "+search.objective_options.lam=1", "seed=0"])
+    ['procedure=autobalance', 'procedure.every=2', '+procedure.objective_options.lam=1', 'seed=0']
+    >>> legacy_overrides(["search.enabled=false,true"])
+    ['procedure=plain,autobalance']
+    """
+    out = []
+    for line in overrides:
+        prefix = line[: len(line) - len(line.lstrip("+~"))]
+        body = line[len(prefix):]
+        key, sep, value = body.partition("=")
+        if key == "search.enabled" and sep and not prefix:
+            names = {"true": "autobalance", "false": "plain"}
+            out.append("procedure=" + ",".join(names.get(v.strip().lower(), v) for v in value.split(",")))
+        elif key.startswith("search."):
+            out.append(f"{prefix}procedure.{key[len('search.'):]}{sep}{value}")
+        else:
+            out.append(line)
+    return out
 
 
 def quoted(value: str) -> str:

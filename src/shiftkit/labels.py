@@ -81,6 +81,11 @@ def changed(group: str, node: Dict[str, Any]) -> List[str]:
     return [f"{k}={_value(k, v)}" for k, v in node.items() if k != "name" and defaults.get(k) != v]
 
 
+#: Procedures a label leaves out: a plain run, and AutoBalance, whose loss names it (labels and folders
+#: of earlier runs stay as they were).
+_UNNAMED_PROCEDURES = ("plain", "autobalance")
+
+
 def _with_options(group: str, node: Dict[str, Any]) -> str:
     options = changed(group, node)
     return f"{node['name']}({','.join(options)})" if options else node["name"]
@@ -92,6 +97,9 @@ def method(cfg: Dict[str, Any]) -> str:
     if cfg.get("name"):
         return str(cfg["name"])
     parts = [_with_options(g, cfg[g]) for g in METHOD_GROUPS if not (g == "sampler" and cfg[g]["name"] == "none")]
+    procedure = cfg.get("procedure") or {"name": "plain"}
+    if procedure["name"] not in _UNNAMED_PROCEDURES:  # e.g. jtt:ce+erm
+        return f"{_with_options('procedure', procedure)}:" + "+".join(parts)
     return "+".join(parts)
 
 

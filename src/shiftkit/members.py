@@ -16,7 +16,7 @@ members one after another instead (:class:`EnsembleUnsupported`).
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -41,10 +41,11 @@ class EnsembleUnsupported(ShiftkitError):
 
 
 def refuse(models: Optional[Sequence[nn.Module]] = None, *, torchrun: bool = False, probe: bool = False,
-           outer: bool = False, epoch_lengths: Sequence[int] = ()) -> None:
+           outer: Union[bool, str, None] = False, epoch_lengths: Sequence[int] = ()) -> None:
     """Raise :class:`EnsembleUnsupported` where S runs cannot train as one stacked model: under
     ``torchrun`` (the processes share one model's batches), with diagnostics (``probe``: they probe each
-    model on its own), with an outer update (``outer``: AutoBalance tunes each seed's loss on its own),
+    model on its own), with an outer update or a procedure of several phases (``outer``: true, or the
+    reason, e.g. AutoBalance tunes each seed's loss on its own),
     for models with BatchNorm (``vmap`` cannot update running statistics) or frozen parameters (a
     stacked model trains every parameter of its members) and for samplers whose epochs differ in length
     between members (``epoch_lengths``; e.g. ``undersample``)."""
@@ -53,7 +54,7 @@ def refuse(models: Optional[Sequence[nn.Module]] = None, *, torchrun: bool = Fal
     if probe:
         raise EnsembleUnsupported("diagnostics probe each model on its own")
     if outer:
-        raise EnsembleUnsupported("an AutoBalance search tunes each seed's loss on its own")
+        raise EnsembleUnsupported(outer if isinstance(outer, str) else "an outer update tunes each seed on its own")
     if models and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in models[0].modules()):
         raise EnsembleUnsupported("ensemble training cannot update BatchNorm statistics")
     if models and not all(p.requires_grad for p in models[0].parameters()):

@@ -94,7 +94,7 @@ def load_runs(root: Path) -> List[dict]:
 
 
 #: Config keys that make up a method: runs that differ only in these (and their seed) are paired.
-METHOD_KEYS = ("loss", "weighting", "sampler", "search", "name", "preset", "train.select")
+METHOD_KEYS = ("loss", "weighting", "sampler", "procedure", "search", "name", "preset", "train.select")
 #: Keys left out when checking that two runs trained alike: where and how they ran, and what they measured.
 _NOT_TRAINING = ("seed", "scale", "diagnostics", "train.eval_every")
 

@@ -27,10 +27,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import __version__, data, diagnostics, distributed, files, labels, losses, metrics, models, objectives, optim
+from . import __version__, data, diagnostics, distributed, files, labels, losses, metrics, models, optim
 from . import rundir
-from . import sampling, tracking, weighting
-from .autobalance import DEFAULT_UPPER, check_loss, check_search, resume_point, search_and_retrain
+from . import procedures, sampling, tracking, weighting
 from .checkpoint import FILE as CHECKPOINT_FILE
 from .models import weights
 from .checkpoint import Checkpoint, fitting
@@ -38,8 +37,7 @@ from .config import DiagnosticsConf, check_numbers, options
 from .divergence import NonFiniteLoss, Watch
 from .ensemble import fit_ensemble, refuse
 from .errors import ShiftkitError
-from .plots import plot_alpha
-from .train import FitResult, check_schedule, fit, parse_select, saved_histories
+from .train import FitResult, check_schedule, parse_select, saved_histories
 
 _DATA_CACHE: Dict[str, data.Splits] = {}
 
@@ -90,6 +88,7 @@ def comparable(cfg: Dict[str, Any], drop=EXECUTION_KEYS) -> Dict[str, Any]:
     """A copy of ``cfg`` as run identities see it: without ``drop`` and the label keys, and without the
     options that hold the defaults they had before they existed (so that runs of every version compare)."""
     kept = json.loads(json.dumps(cfg))
+    procedures.legacy_identity(kept)  # a procedure as earlier versions recorded it: their runs keep their hash
     for key in (*drop, *labels.LABEL_KEYS):
         _without(kept, key)
     for key, default, names in _NEUTRAL_DEFAULTS:
@@ -198,7 +197,7 @@ def load_data(node: Dict[str, Any]) -> data.Splits:
 def validate(cfg: Dict[str, Any]) -> None:
     """Checks a schema cannot express (types are already checked when composing): every number finite and
     in range (:func:`shiftkit.config.check_numbers`), the results folder, the name, the schedule, the
-    selection rule, the device, checkpoints, diagnostics and an AutoBalance search's settings."""
+    selection rule, the device, checkpoints, diagnostics and the procedure's settings."""
     check_numbers(cfg)
     check_out(cfg["out"])
     for key in ("name", *labels.LABEL_KEYS):
@@ -217,26 +216,13 @@ def validate(cfg: Dict[str, Any]) -> None:
         if not conf["enabled"]:
             raise ShiftkitError("diagnostics.reference needs diagnostics.enabled=true")
         diagnostics.reference_file(conf["reference"])
-    if cfg["search"]["enabled"]:
-        _validate_search(cfg)
+    procedure_of(cfg).validate(cfg)
 
 
-def _validate_search(cfg: Dict[str, Any]) -> None:
-    conf, epochs = cfg["search"], cfg["train"]["epochs"]
-    if cfg["weighting"]["name"] != "erm" or cfg["sampler"]["name"] != "none":
-        raise ShiftkitError(
-            f"search.enabled trains with weighting=erm and sampler=none (the search reweights through the loss);"
-            f" got weighting={cfg['weighting']['name']}, sampler={cfg['sampler']['name']}"
-        )
-    check_search(epochs=epochs, start_epoch=conf["start_epoch"], every=conf["every"], batches=conf["batches"],
-                 terms=conf["terms"], step=conf["step"], curvature_batches=conf["curvature_batches"])
-    if not conf["upper_lr"] > 0:
-        raise ShiftkitError(f"search.upper_lr must be > 0, got {conf['upper_lr']}")
-    if conf["retrain_on"] not in ("train+val", "train"):
-        raise ShiftkitError(f"search.retrain_on must be 'train+val' or 'train', got '{conf['retrain_on']}'")
-    if conf["retrain_epochs"] is not None and conf["retrain_epochs"] < 1:
-        raise ShiftkitError(f"search.retrain_epochs must be >= 1 (or unset: train.epochs), got {conf['retrain_epochs']}")
-    objectives.OBJECTIVES.get(conf["objective"])
+def procedure_of(cfg: Dict[str, Any]) -> procedures.Procedure:
+    """The run's procedure (:mod:`shiftkit.procedures`), built from its options."""
+    node = dict(cfg["procedure"])
+    return procedures.build(node.pop("name"), **node)
 
 
 def check_out(out: str) -> None:
@@ -282,15 +268,7 @@ def check(cfg: DictConfig) -> None:
     splits = load_data(plain["data"])
     parts = build_parts(cfg, splits, model_device="meta")
     _check_selectable(plain["train"]["select"], splits, plain["data"]["name"])
-    if plain["search"]["enabled"]:
-        check_loss(parts["loss"], where=f"search.enabled: loss={plain['loss']['name']}")
-        conf = plain["search"]
-        try:
-            objective = objectives.build(conf["objective"], num_classes=splits.num_classes,
-                                         num_groups=splits.num_groups, **conf["objective_options"])
-            objective.validate(splits.val.y, splits.val.g)
-        except ShiftkitError as exc:
-            raise ShiftkitError(f"search.objective={conf['objective']}: {exc}") from None
+    procedure_of(plain).check(plain, splits, parts)
     make_logger(plain)
 
 
@@ -467,17 +445,13 @@ def _save_weights(plain: Dict[str, Any], out: Path, model: torch.nn.Module, resu
     return {"weights": entry}
 
 
-def _resume(state: Optional[dict], plain: Dict[str, Any], source: Path) -> tuple:
-    """What a run resumed from ``state`` already has: the ``run.json`` entries that say so, and the
-    evaluations to rewrite into ``metrics.jsonl``."""
+def _resume(state: Optional[dict], procedure: procedures.Procedure, source: Path) -> tuple:
+    """What a run resumed from ``state`` already has: the ``run.json`` entries that say so (its procedure
+    reads where it resumes), and the evaluations to rewrite into ``metrics.jsonl``."""
     if state is None:
         return {}, []
     with fitting(source):
-        if plain["search"]["enabled"]:  # a search resumes in its search or its retraining
-            phase, epoch, history = resume_point(state)
-            extra = {"resumed_from_epoch": epoch, "resumed_from_phase": phase}
-        else:
-            extra, history = {"resumed_from_epoch": state["epoch"]}, saved_histories(state)[0]
+        extra, history = procedure.resume(state)
         if "batch" in state:  # saved inside an epoch: its batches done
             extra["resumed_from_batch"] = state["batch"]
     return extra, history
@@ -509,21 +483,18 @@ def run(
             rundir.tidy(out)  # the temporary files of a save that a kill interrupted
         if force:
             ck.remove()
-        extra, history = _resume(ck.load(), plain, ck.path)
+        procedure = procedure_of(plain)
+        extra, history = _resume(ck.load(), procedure, ck.path)
         _start_tracker(tracker, plain, out, history)
         with rundir.MetricsLog(out, history, write=distributed.is_primary()) as log:
             write = _log_writer(log, on_eval, tracker)
-            if plain["search"]["enabled"]:
-                result, found, model = _search(cfg, plain, splits, parts, device, write, probe, ck)
-                extra.update(found)
-                if distributed.is_primary():
-                    plot_alpha(extra["alpha_history"], out / "alpha.png")
-            else:
-                model = parts["model"]
-                result = fit(
-                    splits=splits, **parts, **plain["train"], seed=plain["seed"], device=device,
-                    on_eval=write, probe=probe, checkpoint=ck,
-                )
+            job = procedures.Job(
+                cfg, plain, splits, parts, device, write, probe=probe, checkpoint=ck, out=out,
+                make_model=lambda: models.build(cfg.model.name, **options(cfg.model), **splits.statistics()),
+            )
+            outcome = procedure.run(job)
+            result, model = outcome.result, outcome.model
+            extra.update(outcome.extra)
         if probe is not None and distributed.is_primary():
             diagnostics.save_weights(model, out / diagnostics.WEIGHTS_FILE)
         extra.update(_save_weights(plain, out, model, result))
@@ -535,46 +506,6 @@ def run(
         with contextlib.suppress(OSError):
             ck.remove()
     return record
-
-
-def _search(cfg, plain, splits, parts, device, write, probe=None, checkpoint: Optional[Checkpoint] = None) -> tuple:
-    """AutoBalance (docs/METHODS.md#autobalance-algorithm): search on train/val, retrain on train+val; the retraining's metrics are
-    the run's, the search's and the learned α go into ``run.json`` too. Returns the retraining's result,
-    the extra ``run.json`` entries and the retrained model. ``metrics.jsonl`` lines carry
-    ``"phase": "search"`` or ``"retrain"``. With a ``checkpoint`` (its state loaded) both phases checkpoint
-    and the run resumes in the phase it was stopped in (:func:`~shiftkit.autobalance.search_and_retrain`)."""
-    conf, train = plain["search"], dict(plain["train"])
-    epochs = train.pop("epochs")
-    state = checkpoint.state if checkpoint is not None else None
-    phase = {"name": state["phase"] if state is not None else "search"}
-
-    def tagged(record: dict) -> None:
-        write({"phase": phase["name"], **record})
-        if phase["name"] == "search" and record["epoch"] == epochs:
-            phase["name"] = "retrain"
-
-    stats = splits.statistics()
-    found = search_and_retrain(
-        lambda: models.build(cfg.model.name, **options(cfg.model), **stats),
-        splits, parts["loss"], parts["optim"],
-        search_epochs=epochs, retrain_epochs=conf["retrain_epochs"] or epochs,
-        batch_size=train.pop("batch_size"), seed=plain["seed"], device=device,
-        search_options={
-            "objective": conf["objective"], "objective_options": conf["objective_options"],
-            "start_epoch": conf["start_epoch"], "every": conf["every"], "batches": conf["batches"],
-            "terms": conf["terms"], "step": conf["step"], "curvature_batches": conf["curvature_batches"],
-            "stop_on_growth": conf["stop_on_growth"],
-            "upper": optim.build("sgd", **{**DEFAULT_UPPER, "lr": conf["upper_lr"]}),
-        },
-        fit_options={**train, "on_eval": tagged, "probe": probe}, retrain_on=conf["retrain_on"],
-        interpolate_clusters=conf["interpolate_clusters"], checkpoint=checkpoint,
-    )
-    extra = {
-        "search": {"final": found.search.final, "selected": found.search.selected, "seconds": found.search.seconds},
-        "alpha": found.alpha,
-        "alpha_history": found.history,
-    }
-    return found.retrain, extra, found.model
 
 
 def run_ensemble(
@@ -591,7 +522,7 @@ def run_ensemble(
     plains = [OmegaConf.to_container(c, resolve=True) for c in cfgs]
     for p in plains:
         validate(p)
-        refuse(torchrun=distributed.requested(), probe=p["diagnostics"]["enabled"], outer=p["search"]["enabled"])
+        refuse(torchrun=distributed.requested(), probe=p["diagnostics"]["enabled"], outer=procedure_of(p).alone)
     if len({config_hash(p, drop=(*EXECUTION_KEYS, "seed")) for p in plains}) > 1:
         raise ShiftkitError("an ensemble's runs must differ only in their seed")
     outs = [run_dir(p) for p in plains]

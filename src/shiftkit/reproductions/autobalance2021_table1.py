@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Dict, List
 
+from .. import procedures
 from .autobalance2021 import ALPHA, Method, Values, bars, learned_loss, lower, multiplier, percent, train_methods
 from .reproduction import Claim, Reproduction, Summary, cell, mean, p_text, paired, register
 
@@ -52,8 +53,8 @@ def _overrides(s: dict) -> tuple:
     plain = [f"train.epochs={s['epochs']}", f"train.eval_every={s['epochs']}", f"ensemble={str(s['ensemble']).lower()}"]
     search = [
         "data.split=autobalance", f"train.epochs={s['search_epochs']}", f"train.eval_every={s['search_epochs']}",
-        f"search.retrain_epochs={s['epochs']}", f"search.start_epoch={s['start_epoch']}",
-        f"search.every={s['every']}", f"search.batches={s['batches']}", f"search.upper_lr={s['upper_lr']}",
+        f"procedure.retrain_epochs={s['epochs']}", f"procedure.start_epoch={s['start_epoch']}",
+        f"procedure.every={s['every']}", f"procedure.batches={s['batches']}", f"procedure.upper_lr={s['upper_lr']}",
     ]
     return common, plain, search
 
@@ -171,7 +172,7 @@ class AutoBalanceTable1(Reproduction):
     @staticmethod
     def _notes(runs: Dict[str, List[dict]]) -> List[str]:
         config = runs[HEADLINE][0]["config"]
-        search, optim = config["search"], config["optim"]
+        search, optim = procedures.settings(config), config["optim"]
         seeds = len(runs[HEADLINE])
         updates = runs[HEADLINE][0]["alpha_history"][-1]["updates"]
         fit = ", ".join(f"{label} {100 * mean({r['config']['seed']: r['final']['train']['acc'] for r in records}):.1f}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Sequence
 
+from .. import procedures
 from .autobalance2021 import Method, Values, bars, learned_loss, lower, multiplier, percent, train_methods
 from .reproduction import Claim, Reproduction, Summary, cell, mean, p_text, paired, register
 
@@ -49,8 +50,8 @@ def _overrides(s: dict, model: Sequence[str] = ()) -> tuple:
     plain = [f"train.epochs={s['epochs']}", f"train.eval_every={s['epochs']}", f"ensemble={str(s['ensemble']).lower()}"]
     search = [
         f"train.epochs={s['search_epochs']}", f"train.eval_every={s['search_epochs']}",
-        f"search.retrain_epochs={s['epochs']}", f"search.start_epoch={s['start_epoch']}",
-        f"search.every={s['every']}", f"search.batches={s['batches']}", f"search.retrain_on={s['retrain_on']}",
+        f"procedure.retrain_epochs={s['epochs']}", f"procedure.start_epoch={s['start_epoch']}",
+        f"procedure.every={s['every']}", f"procedure.batches={s['batches']}", f"procedure.retrain_on={s['retrain_on']}",
     ]
     return common, plain, search
 
@@ -199,7 +200,7 @@ class AutoBalanceTable3(Reproduction):
     @staticmethod
     def _notes(runs: Dict[str, List[dict]], collapses: Dict[str, int]) -> List[str]:
         config = runs["AutoBalance"][0]["config"]
-        search = config["search"]
+        search = procedures.settings(config)
         notes = [
             "DEO is the sum of the two classes' accuracy gaps between backgrounds (docs/METHODS.md#metrics), in %, so it lies in "
             "[0, 200]; balanced error is the mean error of the four (class, background) cells.",
