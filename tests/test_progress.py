@@ -1,7 +1,7 @@
 """What a run prints where there is no terminal (SLURM, nohup, a pipe): a plain line per evaluation at
 most every ``$SHIFTKIT_PROGRESS_SECONDS``, the metric that matters for the data, and whether it resumed."""
 
-from shiftkit import cli
+from shiftkit import sweep
 from shiftkit.cli import main
 
 TINY = ["train.epochs=3", "train.eval_every=1", "model.width=8", "model.depth=1", "device=cpu"]
@@ -31,11 +31,11 @@ def test_group_shift_data_show_the_worst_group():
     record = {"epoch": 1, "train_loss": 0.5, "train": {"acc": 0.9},
               "val": {"balanced_acc": 0.8, "worst_group_acc": 0.25, "per_class_acc": [0.9, 0.7],
                       "per_group_acc": [0.9, 0.25, 0.7, 0.8]}}
-    assert cli._describe(record).endswith("val balanced acc 0.800, worst group 0.250")
+    assert sweep._describe(record).endswith("val balanced acc 0.800, worst group 0.250")
     test = {"acc": 0.8, "balanced_acc": 0.75, "worst_class_acc": 0.6, "worst_group_acc": 0.3,
             "per_class_acc": [0.9, 0.6], "per_group_acc": [0.9, 0.3, 0.6, 0.8]}
     done = {"selected": {"train": {"acc": 1.0}, "test": test}, "train_seconds": 2.0, "resumed_from_epoch": 4}
-    assert cli.finished(done) == "train acc 1.000, test balanced acc 0.750, worst group 0.300 (2.0 s, resumed from epoch 4)"
+    assert sweep.finished(done) == "train acc 1.000, test balanced acc 0.750, worst group 0.300 (2.0 s, resumed from epoch 4)"
 
 
 def test_a_bad_interval_is_one_line(tmp_path, capsys, monkeypatch):
@@ -51,8 +51,8 @@ def test_an_autobalance_run_counts_and_times_its_search_and_retraining(tmp_path,
     overrides = ["experiment=autobalance", "data=digits_lt", "model=linear", "train.epochs=2", "train.eval_every=1",
                  "search.start_epoch=1", "search.retrain_epochs=3", "device=cpu", f"out={tmp_path}"]
     cfg = compose(overrides)
-    assert cli._epochs(cfg) == 5
-    assert cli._done_epochs({"epoch": 2, "phase": "retrain"}, cfg) == 4
+    assert sweep._epochs(cfg) == 5
+    assert sweep._done_epochs({"epoch": 2, "phase": "retrain"}, cfg) == 4
     assert main(["train", *overrides]) == 0
     lines = _lines(capsys)
     evals = [line.split(": ")[1] for line in lines if ": search epoch " in line or ": retraining epoch " in line]
@@ -61,4 +61,4 @@ def test_an_autobalance_run_counts_and_times_its_search_and_retraining(tmp_path,
     assert "s: search " in lines[-1] and " s + retraining " in lines[-1]
     done = {"selected": {"train": {"acc": 1.0}, "test": {"balanced_acc": 0.5, "worst_class_acc": 0.4}},
             "train_seconds": 2.0, "search": {"seconds": 3.5}}
-    assert cli.finished(done).endswith("(5.5 s: search 3.5 s + retraining 2.0 s)")
+    assert sweep.finished(done).endswith("(5.5 s: search 3.5 s + retraining 2.0 s)")

@@ -139,7 +139,7 @@ def test_one_label_function_for_progress_launcher_and_report_lines(tmp_path):
     from omegaconf import OmegaConf
 
     from shiftkit import labels
-    from shiftkit.cli import _label
+    from shiftkit.sweep import _label
     from shiftkit.config import compose
     from shiftkit.launch import _line
 

@@ -22,7 +22,9 @@ import threading
 import warnings
 from typing import List, Optional
 
+from . import plugins
 from .errors import ShiftkitError, ShiftkitWarning
+from .sweep import run_many
 
 
 class Terminated(KeyboardInterrupt):
@@ -48,192 +50,6 @@ _show_warning = warnings.showwarning
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not argparse's usage block
         raise ShiftkitError(message)
-
-
-def _progress(console):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    # Live bars on a terminal only, gone when done: the one line per finished run is what stays (and all
-    # that a log gets).
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-        transient=True, disable=not console.is_terminal,
-    )
-
-
-def _grouped(split: dict) -> bool:
-    """Whether the data have groups beyond their classes (an attribute): then the worst group matters."""
-    return len(split.get("per_group_acc") or ()) > len(split.get("per_class_acc") or ())
-
-
-def _describe(record: dict) -> str:
-    val = record["val"]
-    worst = f", worst group {val['worst_group_acc']:.3f}" if _grouped(val) else ""
-    phase = {"search": "search ", "retrain": "retraining "}.get(record.get("phase"), "")
-    return (
-        f"{phase}epoch {record['epoch']}: train loss {record['train_loss']:.4f}, train acc {record['train']['acc']:.3f}, "
-        f"val balanced acc {val['balanced_acc']:.3f}{worst}"
-    )
-
-
-#: Without a terminal (SLURM, nohup, a pipe), a run prints its latest evaluation at most this often.
-PLAIN_PROGRESS_SECONDS = 30.0
-
-
-def _plain_progress(say, title: str):
-    """``on_eval`` for a log: one plain line per evaluation, at most every ``$SHIFTKIT_PROGRESS_SECONDS``
-    (default 30; 0 for every evaluation), so that a long run shows it is alive where no bar is drawn."""
-    import os
-    import time
-
-    try:
-        every = float(os.environ.get("SHIFTKIT_PROGRESS_SECONDS", PLAIN_PROGRESS_SECONDS))
-    except ValueError:
-        raise ShiftkitError("$SHIFTKIT_PROGRESS_SECONDS must be a number of seconds") from None
-    last = [time.monotonic()]
-
-    def on_eval(record: dict) -> None:
-        now = time.monotonic()
-        if now - last[0] >= every:
-            last[0] = now
-            say(f"  {title}: {_describe(record)}")
-
-    return on_eval
-
-
-def finished(record: dict) -> str:
-    if record.get("failed"):
-        return f"failed: {record['failed']}"
-    if record.get("skipped"):
-        return "already done, skipped"
-    sel = record["selected"]
-    test = sel["test"]
-    worst = (f"worst group {test['worst_group_acc']:.3f}" if _grouped(test)
-             else f"worst class {test['worst_class_acc']:.3f}")
-    resumed = f", resumed from epoch {record['resumed_from_epoch']}" if record.get("resumed_from_epoch") else ""
-    return (f"train acc {sel['train']['acc']:.3f}, test balanced acc {test['balanced_acc']:.3f}, {worst} "
-            f"({_seconds(record)}{resumed})")
-
-
-def _seconds(record: dict) -> str:
-    """How long a run trained: an AutoBalance run's search and retraining, and their sum."""
-    seconds = record["train_seconds"]
-    search = (record.get("search") or {}).get("seconds")
-    if search is None:
-        return f"{seconds:.1f} s"
-    return f"{search + seconds:.1f} s: search {search:.1f} s + retraining {seconds:.1f} s"
-
-
-def _epochs(cfg) -> int:
-    """The epochs a run's progress counts: all its procedure's phases (AutoBalance's search and retraining)."""
-    from omegaconf import OmegaConf
-
-    from .runner import procedure_of
-
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    return procedure_of(plain).epochs(plain)
-
-
-def _done_epochs(record: dict, cfg) -> int:
-    return record["epoch"] + (cfg.train.epochs if record.get("phase") == "retrain" else 0)
-
-
-def _label(cfg) -> str:
-    """A composed run's label, with its data where the data's options are not the defaults."""
-    from omegaconf import OmegaConf
-
-    from . import labels
-
-    return labels.label(OmegaConf.to_container(cfg, resolve=True), with_data=True)
-
-
-def _batches(configs: list) -> List[list]:
-    """Runs to train together: with ``ensemble=true``, those that differ only in their seed."""
-    from omegaconf import OmegaConf
-
-    from .runner import EXECUTION_KEYS, config_hash
-
-    batches: dict = {}
-    for i, cfg in enumerate(configs):
-        plain = OmegaConf.to_container(cfg, resolve=True)
-        key = config_hash(plain, drop=(*EXECUTION_KEYS, "seed")) if cfg.ensemble else i
-        batches.setdefault(key, []).append(cfg)
-    return list(batches.values())
-
-
-def run_many(override_lists: List[List[str]], label: str = "runs") -> List[dict]:
-    """Compose and check every run first (so bad input stops before anything trains), then run them,
-    with a live progress bar on a terminal and one line per finished run everywhere (logs included).
-    With ``ensemble=true``, runs that differ only in their seed train together as one ensemble. A run of a
-    sweep that fails (e.g. diverges) does not stop the others; the sweep then ends in an error naming how
-    many failed (their ``run.json`` says why), and the same command retries only them."""
-    from rich.console import Console
-
-    from . import distributed
-    from .config import compose
-    from .ensemble import EnsembleUnsupported
-    from .runner import check_sweep, run, run_ensemble
-
-    configs = [compose(o) for o in override_lists]
-    check_sweep(configs)
-    console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True, quiet=not distributed.is_primary())
-    records = []
-    with _progress(console) as progress:
-        task = progress.add_task(label, total=len(configs))
-        for batch in _batches(configs):
-            first = batch[0]
-            seeds = ",".join(str(c.seed) for c in batch)
-            title = f"{_label(first)} seed{'s' if len(batch) > 1 else ''} {seeds}"
-            epochs = progress.add_task(f"  {title}", total=_epochs(first))
-
-            plain = None if console.is_terminal else _plain_progress(progress.console.print, title)
-
-            def on_eval(record: dict, epochs=epochs, plain=plain, first=first) -> None:
-                progress.update(epochs, completed=_done_epochs(record, first), description=f"  {_describe(record)}")
-                if plain is not None:
-                    plain(record)
-
-            done = None
-            if len(batch) > 1:
-                try:
-                    done = run_ensemble(batch, on_eval=on_eval)
-                except EnsembleUnsupported as exc:
-                    progress.console.print(f"{title}: {exc}; running the seeds one by one")
-                except ShiftkitError as exc:
-                    done = [{"failed": str(exc)}] * len(batch)
-            if done is None:
-                done = [_attempt(run, cfg, on_eval, alone=len(configs) == 1) for cfg in batch]
-            progress.remove_task(epochs)
-            for cfg, record in zip(batch, done):
-                progress.advance(task)
-                records.append(record)
-                progress.console.print(f"[{len(records)}/{len(configs)}] {_label(cfg)} seed {cfg.seed}: {finished(record)}")
-    return conclude(records, console.print)
-
-
-def conclude(records: List[dict], say) -> List[dict]:
-    """The end of a sweep (in-process or launched): ``say`` how many runs were skipped, and raise if any
-    failed (the others are done: the same command reruns only the failed ones)."""
-    skipped = sum(bool(r.get("skipped")) for r in records)
-    if skipped:
-        say(f"{skipped} of {len(records)} runs were already done and were skipped")
-    failed = [r["failed"] for r in records if r.get("failed")]
-    if failed:
-        raise ShiftkitError(
-            f"{len(failed)} of {len(records)} runs failed (the first: {failed[0]}); the others finished, and the"
-            " same command reruns only the failed ones"
-        )
-    return records
-
-
-def _attempt(run, cfg, on_eval, alone: bool) -> dict:
-    """One run of a sweep: its record, or ``{"failed": message}``. A run on its own fails as itself."""
-    try:
-        return run(cfg, on_eval=on_eval)
-    except ShiftkitError as exc:
-        if alone:
-            raise
-        return {"failed": str(exc)}
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -460,6 +276,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _main(argv: Optional[List[str]]) -> int:
     try:
+        plugins.load()  # before the arguments: plugins' names are listed, composed and validated like built-ins
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
         if extra and getattr(args, "overrides", None) is not None and not any(e.startswith("-") for e in extra):

@@ -122,7 +122,7 @@ def require(name: str, overrides: List[str] = ()) -> None:
 
 def _line(record: Dict[str, Any]) -> str:
     """One line for a run's record (as ``shiftkit train`` prints them)."""
-    from .cli import finished
+    from .sweep import finished
     from . import labels
 
     where = f" ({record['run_dir']})" if "run_dir" in record else ""
@@ -193,7 +193,7 @@ def _launch(hydra: Any, cfg: Any, jobs: List[List[str]]) -> List[Dict[str, Any]]
 def launch(overrides: List[str]) -> List[Dict[str, Any]]:
     """Run a sweep through the launcher that ``hydra/launcher=NAME`` names. Runs already done are not
     launched (their records are read back); the others go to the launcher as one batch of jobs. Returns every
-    run's record in sweep order, as :func:`shiftkit.cli.run_many` does. Bad input raises
+    run's record in sweep order, as :func:`shiftkit.sweep.run_many` does. Bad input raises
     :class:`ShiftkitError` before anything is launched; runs that fail raise one after the sweep."""
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
@@ -232,6 +232,6 @@ def launch(overrides: List[str]) -> List[Dict[str, Any]]:
         raise ShiftkitError(one_line(exc)) from None
     finally:
         GlobalHydra.instance().clear()
-    from .cli import conclude
+    from .sweep import conclude
 
     return conclude(records, lambda line: print(line, file=sys.stderr))

@@ -109,7 +109,7 @@ def _record_label(r: dict) -> Tuple[str, str]:
 
 def _training(config: dict) -> Dict[str, Any]:
     """The flattened config without the method, the seed and how it ran: what runs paired must share."""
-    from .runner import EXECUTION_KEYS, comparable
+    from .identity import EXECUTION_KEYS, comparable
     from .tracking import flatten
 
     flat = flatten(comparable(config, drop=(*EXECUTION_KEYS, *_NOT_TRAINING)))
@@ -130,7 +130,7 @@ def differences(a: dict, b: dict) -> List[str]:
 def _distinguish(configs: Dict[str, dict]) -> Dict[str, str]:
     """For groups of runs that share a label, a suffix for each: the keys whose values differ between
     them (at most three, ``key=value``), else a short config hash."""
-    from .runner import EXECUTION_KEYS, comparable
+    from .identity import EXECUTION_KEYS, comparable
     from .tracking import flatten
 
     flat = {key: flatten(comparable(cfg, drop=(*EXECUTION_KEYS, "seed"))) for key, cfg in configs.items()}

@@ -1,110 +1,43 @@
-"""One run from a composed config: build everything from the registries, fit, write the run directory.
+"""One run from a composed config: build everything from the registries, train it with its procedure,
+write the run directory.
 
 A run directory holds ``metrics.jsonl`` (one line per evaluation, written as training goes),
 ``run.json`` (resolved config, data counts, environment, final and selected metrics; written atomically
-at the end) and an empty ``done`` marker written last. Its path is
-``<out>/<data>/<label>/seed<seed>-<hash>`` (:mod:`shiftkit.labels`: the data and label name what differs
-between runs) where the hash covers the whole config but :data:`EXECUTION_KEYS` (how a run executes,
-not what it computes) and the label keys ``preset`` and ``scale``, so a repeated sweep finds
-finished runs and skips them (docs/SWEEPS.md). :func:`run_ensemble` trains runs that differ only
-in their seed together and writes the same directories.
+at the end) and an empty ``done`` marker written last; its path and identity: :mod:`shiftkit.identity`.
+Everything that can be refused is refused before training (:func:`check`, :func:`check_sweep`).
+:func:`run` trains one config with its procedure (:mod:`shiftkit.procedures`); :func:`run_ensemble` trains
+runs that differ only in their seed together and writes the same directories. Sweeps:
+:mod:`shiftkit.sweep`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
-import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import __version__, data, diagnostics, distributed, files, labels, losses, metrics, models, optim
+from . import data, diagnostics, distributed, files, labels, losses, metrics, models, optim
 from . import rundir
 from . import procedures, sampling, tracking, weighting
 from .checkpoint import FILE as CHECKPOINT_FILE
 from .models import weights
 from .checkpoint import Checkpoint, fitting
-from .config import DiagnosticsConf, check_numbers, options
+from .config import check_numbers, options
 from .divergence import NonFiniteLoss, Watch
 from .ensemble import fit_ensemble, refuse
 from .errors import ShiftkitError
+from .environment import command, environment, resolve_device  # noqa: F401 (the runner's public names)
+from .identity import EXECUTION_KEYS, comparable, config_hash, run_dir  # noqa: F401
 from .train import FitResult, check_schedule, parse_select, saved_histories
 
 _DATA_CACHE: Dict[str, data.Splits] = {}
-
-
-#: Keys that say how and where a run executes, not what it computes: left out of run identities. Dotted
-#: keys name one option of a group (``train.divergence`` decides whether a run is accepted, not its numbers).
-EXECUTION_KEYS = ("out", "device", "ensemble", "checkpoint", "logger", "train.divergence", "save_weights")
-_ALWAYS = object()
-#: Keys left out of run identities while they hold their defaults, so that adding them kept the
-#: identities (and ``done`` markers) of runs made before they existed: ``(key, default, group names)``, the
-#: names of the group's registry for which the key is new (None: all of them).
-_NEUTRAL_DEFAULTS = [
-    ("diagnostics", dataclasses.asdict(DiagnosticsConf()), None),
-    ("loss.cluster_init", "mean", None),
-    ("model.weights", None, None),
-    ("model.freeze", "none", None),
-    ("data.features_from", None, None),
-    ("data.features_weights", None, None),
-    ("data.features_options", {}, None),
-    ("data.augment", False, ("waterbirds", "celeba")),
-    ("data.split", "official", ("waterbirds",)),
-    ("data.split_seed", 0, ("waterbirds",)),
-]
-#: Options naming a weight file, and the option naming the architecture it is for: identities hold the
-#: file's sha256 in place of its path (a moved file names the same run, a changed one another).
-_WEIGHT_FILES = (("model.weights", "model.name"), ("data.features_weights", "data.features_from"))
-
-
-def _without(cfg: Dict[str, Any], key: str, unless: Any = _ALWAYS) -> None:
-    """Remove the (possibly dotted) ``key`` from ``cfg`` in place; with ``unless``, only while it holds
-    that value."""
-    *path, last = key.split(".")
-    node = cfg
-    for part in path:
-        node = node.get(part) if isinstance(node, dict) else None
-    if isinstance(node, dict) and last in node and (unless is _ALWAYS or node[last] == unless):
-        del node[last]
-
-
-def _select(cfg: Dict[str, Any], key: str) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
-def comparable(cfg: Dict[str, Any], drop=EXECUTION_KEYS) -> Dict[str, Any]:
-    """A copy of ``cfg`` as run identities see it: without ``drop`` and the label keys, and without the
-    options that hold the defaults they had before they existed (so that runs of every version compare)."""
-    kept = json.loads(json.dumps(cfg))
-    procedures.legacy_identity(kept)  # a procedure as earlier versions recorded it: their runs keep their hash
-    for key in (*drop, *labels.LABEL_KEYS):
-        _without(kept, key)
-    for key, default, names in _NEUTRAL_DEFAULTS:
-        if names is None or _select(kept, key.split(".")[0] + ".name") in names:
-            _without(kept, key, unless=default)
-    return kept
-
-
-def config_hash(cfg: Dict[str, Any], drop=EXECUTION_KEYS) -> str:
-    kept = comparable(cfg, drop)
-    for key, architecture in _WEIGHT_FILES:
-        spec = _select(kept, key)
-        if spec is not None:
-            group, option = key.split(".")
-            kept[group][option] = weights.identity(_select(kept, architecture), spec, key)
-    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def divergence_hint(exc: NonFiniteLoss, plain: Dict[str, Any]) -> NonFiniteLoss:
@@ -117,74 +50,6 @@ def divergence_hint(exc: NonFiniteLoss, plain: Dict[str, Any]) -> NonFiniteLoss:
                              " and at the data")
     lower = f"try a lower optim.lr (now {plain['optim']['lr']:g})"
     return exc.with_hint(f"{lower}, or look at {', '.join(settings)}" if settings else lower)
-
-
-def run_dir(cfg: Dict[str, Any]) -> Path:
-    """``<out>/<data>/<label>/seed<N>-<hash>`` (:func:`shiftkit.labels.folder`)."""
-    return Path(cfg["out"]) / labels.folder(cfg) / f"seed{cfg['seed']}-{config_hash(cfg)}"
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.empty(0, device=name)
-    except (RuntimeError, AssertionError) as exc:
-        raise ShiftkitError(f"device '{name}' is not available here: {str(exc).splitlines()[0]}") from None
-    return name
-
-
-def environment() -> Dict[str, str]:
-    return {
-        "shiftkit": __version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "command": command(),
-        "world_size": distributed.world_size() if distributed.active() else int(os.environ.get("WORLD_SIZE", "1")),
-    }
-
-
-def _parent_command() -> Optional[List[str]]:
-    """The parent process's arguments (Linux), where they can be read."""
-    try:
-        raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part] or None
-
-
-def command(argv: Optional[List[str]] = None, parent: Optional[List[str]] = None) -> str:
-    """The command as it was typed: ``shiftkit train ...`` (``python -m shiftkit ...`` where that ran it);
-    under ``torchrun``, the launcher's own command line (its parent process), else one rebuilt from the
-    world size it set.
-
-    >>> command(["/venv/bin/shiftkit", "train", "loss=poly", "name=my run"])
-    "shiftkit train loss=poly 'name=my run'"
-    >>> command(["/venv/lib/shiftkit/__main__.py", "train"], ["/venv/bin/python", "/venv/bin/torchrun",
-    ...         "--nproc_per_node=2", "-m", "shiftkit", "train"])
-    'torchrun --nproc_per_node=2 -m shiftkit train'
-    """
-    import shlex
-
-    argv = list(sys.argv if argv is None else argv)
-    program = Path(argv[0]).name if argv else "shiftkit"
-    own = (["python", "-m", "shiftkit"] if program == "__main__.py" else [program]) + argv[1:]
-    if parent is None and distributed.requested():
-        parent = _parent_command()
-    if parent:
-        at = next((i for i, a in enumerate(parent) if Path(a).name == "torchrun"), None)
-        if at is None and "torch.distributed.run" in parent:
-            at = parent.index("torch.distributed.run") - 1
-            return shlex.join(["python", *parent[at:]])
-        if at is not None:
-            return shlex.join(["torchrun", *parent[at + 1 :]])
-    if distributed.requested():
-        nproc = os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1"))
-        tail = own[3:] if own[:3] == ["python", "-m", "shiftkit"] else own[1:]
-        return shlex.join(["torchrun", f"--nproc_per_node={nproc}", "-m", "shiftkit", *tail])
-    return shlex.join(own)
 
 
 def load_data(node: Dict[str, Any]) -> data.Splits:

@@ -39,7 +39,7 @@ from .data.base import Split, Splits, dense_ids
 from .data.tabular import stratified_split
 from .errors import ShiftkitError
 from .registry import DATA_STATISTICS
-from .runner import resolve_device
+from .environment import resolve_device
 from .train import fit as train_fit, parse_select
 
 #: Options the estimator gives a model unless ``model_options`` sets them: the registry's MLP (2 x 512,

@@ -135,9 +135,9 @@ class Context:
         return filename
 
     def train(self, override_lists: List[List[str]], label: str = "runs") -> List[dict]:
-        """Train runs through the one loop (:func:`shiftkit.cli.run_many`), in the runs directory on this
+        """Train runs through the one loop (:func:`shiftkit.sweep.run_many`), in the runs directory on this
         context's device; returns their ``run.json`` records, in order. Finished runs are skipped."""
-        from ..cli import run_many
+        from ..sweep import run_many
 
         extra = [f"out={self.runs}", f"device={self.device}", f"scale={self.scale}"]
         return run_many([[*o, *extra] for o in override_lists], label=f"{self.name}: {label}")
@@ -202,7 +202,7 @@ def reproduce(
     """Run reproduction ``name`` at ``scale`` into ``out`` (default :func:`default_out`) and
     write its figures, ``summary.md`` and ``summary.json`` there; training runs go to ``runs`` (default
     ``<out>/runs``)."""
-    from ..runner import resolve_device
+    from ..environment import resolve_device
 
     repro = REPRODUCTIONS.get(name)()
     settings = settings_for(repro, scale, overrides)
@@ -241,7 +241,7 @@ def _check_scale(out: Path, scale: str) -> None:
 
 
 def _write(ctx: Context, repro: Reproduction, settings: Dict[str, Any], summary: Summary, seconds: float) -> None:
-    from ..runner import environment, resolve_device
+    from ..environment import environment, resolve_device
 
     clash = sorted(set(summary.key) & set(_META))
     missing = sorted(set(repro.keys) - set(summary.key))

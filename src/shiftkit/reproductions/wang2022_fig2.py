@@ -25,7 +25,7 @@ from typing import Dict, List
 import numpy as np
 
 from ..errors import ShiftkitError
-from ..runner import resolve_device
+from ..environment import resolve_device
 from . import wang2022_theory as theory
 from .reproduction import Claim, Context, Reproduction, Summary, register
 
