@@ -13,7 +13,6 @@ runs that differ only in their seed together and writes the same directories. Sw
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import time
@@ -23,33 +22,22 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import data, diagnostics, distributed, files, labels, losses, metrics, models, optim
+from . import data, diagnostics, distributed, labels, losses, metrics, models, optim
 from . import rundir
 from . import procedures, sampling, tracking, weighting
 from .checkpoint import FILE as CHECKPOINT_FILE
 from .models import weights
 from .checkpoint import Checkpoint, fitting
 from .config import check_numbers, options
-from .divergence import NonFiniteLoss, Watch
+from .divergence import Watch
 from .ensemble import fit_ensemble, refuse
 from .errors import ShiftkitError
 from .environment import command, environment, resolve_device  # noqa: F401 (the runner's public names)
 from .identity import EXECUTION_KEYS, comparable, config_hash, run_dir  # noqa: F401
-from .train import FitResult, check_schedule, parse_select, saved_histories
+from .records import divergence_hint, failures, finished_record, save_weights, write_record  # noqa: F401
+from .train import check_schedule, parse_select
 
 _DATA_CACHE: Dict[str, data.Splits] = {}
-
-
-def divergence_hint(exc: NonFiniteLoss, plain: Dict[str, Any]) -> NonFiniteLoss:
-    """``exc`` with a hint that names this run's settings: a loss already non-finite at the first step,
-    before any update, comes from the loss, the weighting or the data, never from the learning rate."""
-    settings = [f"{g}.{c}" for g in ("loss", "weighting") for c in labels.changed(g, plain[g])]
-    named = " or ".join(settings) if settings else f"loss={plain['loss']['name']} and weighting={plain['weighting']['name']}"
-    if exc.at_start:
-        return exc.with_hint(f"it was so before any update, so the learning rate is not the cause: look at {named}"
-                             " and at the data")
-    lower = f"try a lower optim.lr (now {plain['optim']['lr']:g})"
-    return exc.with_hint(f"{lower}, or look at {', '.join(settings)}" if settings else lower)
 
 
 def load_data(node: Dict[str, Any]) -> data.Splits:
@@ -164,27 +152,6 @@ def _check_selectable(select: str, splits: data.Splits, name: str) -> None:
         )
 
 
-def finished_record(out: Path, keep_checkpoints: bool = True) -> Optional[Dict[str, Any]]:
-    """The record of a finished run directory (marked ``skipped``), or None. A directory marked done whose
-    files are damaged (:func:`shiftkit.rundir.finished`) loses its marker, with one warning, and counts as
-    unfinished: it trains again while the other runs of a sweep go on. A finished run's leftovers (the
-    temporary files of an interrupted save, and its checkpoints unless ``keep_checkpoints``) are removed."""
-    try:
-        record = rundir.finished(out)
-    except rundir.Damaged as exc:
-        rundir.warn(f"{exc}; the run will be trained again")
-        with contextlib.suppress(OSError):
-            rundir.unfinish(out)
-        return None
-    if record is None:
-        return None
-    if distributed.is_primary():
-        with contextlib.suppress(OSError):
-            rundir.tidy(out, keep_checkpoints)
-    record["skipped"] = True
-    return record
-
-
 def make_logger(plain: Dict[str, Any]) -> tracking.Logger:
     """The run's tracking logger (:mod:`shiftkit.tracking`); under ``torchrun`` only rank 0 logs."""
     node = dict(plain["logger"]) if distributed.is_primary() else {"name": "none"}
@@ -210,166 +177,24 @@ def _log_writer(log: rundir.MetricsLog, on_eval: Optional[Callable[[dict], None]
     return write
 
 
-def _identity(plain: Dict[str, Any], out: Path, started: float) -> Dict[str, Any]:
-    return {
-        "method": labels.method(plain),
-        "label": labels.label(plain),
-        "group_key": config_hash(plain, drop=(*EXECUTION_KEYS, "seed")),
-        "config": plain,
-        "started": started,
-        "environment": environment(),
-        "run_dir": str(out),
-    }
-
-
-def _write_failure(plain, out: Path, started: float, exc: BaseException, checkpoint: Optional[Path] = None) -> None:
-    """``run.json`` of a run that stopped (no ``done`` marker: nothing reads it as a result), naming the
-    checkpoint a rerun resumes from. Written when it can be: on a full disk the error line has to do."""
-    if not distributed.is_primary():
-        return
-    checkpoint = checkpoint if checkpoint is not None else out / CHECKPOINT_FILE
-    record = {
-        **_identity(plain, out, started),
-        "status": "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-        "error": str(exc) or type(exc).__name__,
-        "checkpoint": os.path.relpath(checkpoint, out) if checkpoint.exists() else None,
-    }
-    with contextlib.suppress(OSError, ShiftkitError):
-        files.write_text(out / rundir.RUN_FILE, files.json_text(record))
-
-
-@contextlib.contextmanager
-def _failures(members: List[tuple], started: float, trackers: List[tracking.Logger], checkpoint: Optional[Path] = None):
-    """Record a failure of the block in every member's ``run.json`` (``members``: ``(plain, out)`` pairs;
-    one for a plain run) and re-raise it: a divergence with a hint naming the run's settings, an I/O error
-    as one line naming its file. Nothing is marked done."""
-    try:
-        yield
-    except (Exception, KeyboardInterrupt) as exc:
-        failure = exc
-        if isinstance(exc, NonFiniteLoss):
-            failure = divergence_hint(exc, members[0][0])
-        elif isinstance(exc, OSError):
-            failure = files.write_error(Path(exc.filename or members[0][1]), exc)
-        for plain, out in members:
-            _write_failure(plain, out, started, failure, checkpoint)
-        for tracker in trackers:
-            with contextlib.suppress(Exception):
-                tracker.finish("failed")
-        if failure is exc:
-            raise
-        raise failure from None
-
-
-def _write_record(plain, out: Path, splits: data.Splits, result: FitResult, device: str, started: float, **extra):
-    """``run.json`` (atomically, strict JSON, with the digest of ``metrics.jsonl``), then the ``done``
-    marker; returns the record."""
-    record = {
-        "status": "finished",
-        **_identity(plain, out, started),
-        "data": {
-            "name": plain["data"]["name"],
-            "statistics": splits.statistics(),
-            "counts": splits.counts(),
-            "info": splits.info,
-            "pipeline": dataclasses.asdict(splits.pipeline),
-        },
-        "final": result.final,
-        "selected": result.selected,
-        "selected_epoch": result.selected_epoch,
-        "train_seconds": round(result.seconds, 3),
-        "steps": result.steps,
-        "device": device,
-        **extra,
-    }
-    if plain["model"].get("weights") is not None:
-        record["model_weights"] = weights.describe(plain["model"]["name"], plain["model"]["weights"])
-    if distributed.is_primary():
-        record["metrics_sha256"] = rundir.digest(out / rundir.METRICS_FILE)
-        record = files.finite(record)
-        files.write_text(out / rundir.RUN_FILE, files.json_text(record))
-        files.write_text(out / rundir.DONE_FILE, "")
-    return record
-
-
-def _save_weights(plain: Dict[str, Any], out: Path, model: torch.nn.Module, result: FitResult) -> Dict[str, Any]:
-    """Write the run's weights (``rundir.WEIGHTS_FILE``: the selected ones; ``FINAL_WEIGHTS_FILE`` too when
-    an earlier evaluation was selected) unless ``save_weights`` is false, or unset and the state dict is
-    larger than ``rundir.AUTO_WEIGHTS_BYTES``. Returns the ``run.json`` entry."""
-    state = model.state_dict()
-    size = sum(t.numel() * t.element_size() for t in state.values())
-    wanted = plain["save_weights"]
-    if wanted is False or (wanted is None and size > rundir.AUTO_WEIGHTS_BYTES) or not distributed.is_primary():
-        return {}
-    metadata = {"model": json.dumps(plain["model"], sort_keys=True)}  # what the weights depend on, no more
-    weights.save(state, out / rundir.WEIGHTS_FILE, metadata)
-    entry = {"file": rundir.WEIGHTS_FILE, "epoch": result.selected_epoch, "bytes": size}
-    if result.final_state is not None:
-        weights.save(result.final_state, out / rundir.FINAL_WEIGHTS_FILE, metadata)
-        entry["final_file"] = rundir.FINAL_WEIGHTS_FILE
-    return {"weights": entry}
-
-
-def _resume(state: Optional[dict], procedure: procedures.Procedure, source: Path) -> tuple:
-    """What a run resumed from ``state`` already has: the ``run.json`` entries that say so (its procedure
-    reads where it resumes), and the evaluations to rewrite into ``metrics.jsonl``."""
+def _resume(state: Optional[dict], procedure: procedures.Procedure, source: Path, members: int) -> tuple:
+    """What runs resumed from ``state`` already have: the ``run.json`` entries that say so (their
+    procedure reads where they resume), and each member's evaluations to rewrite into ``metrics.jsonl``."""
     if state is None:
-        return {}, []
+        return {}, [[] for _ in range(members)]
     with fitting(source):
-        extra, history = procedure.resume(state)
+        extra, histories = procedure.resume(state)
         if "batch" in state:  # saved inside an epoch: its batches done
             extra["resumed_from_batch"] = state["batch"]
-    return extra, history
+    return extra, histories
 
 
 def run(
     cfg: DictConfig, *, on_eval: Optional[Callable[[dict], None]] = None, force: bool = False
 ) -> Dict[str, Any]:
-    """Run one composed config and return its ``run.json`` record (read back if already done)."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    validate(plain)
-    out = run_dir(plain)
-    done = None if force else finished_record(out, plain["checkpoint"]["keep"])
-    if done is not None and not (plain["save_weights"] is True and not (out / rundir.WEIGHTS_FILE).exists()):
-        return done  # (a finished run asked for weights it did not save trains again, and saves them)
-    device = distributed.setup(resolve_device(plain["device"]))
-    splits = load_data(plain["data"])
-    torch.manual_seed(plain["seed"])
-    parts = build_parts(cfg, splits)
-    probe = make_probe(plain)
-    started = time.time()
-    ck = Checkpoint(
-        out / CHECKPOINT_FILE, plain["checkpoint"]["every"], plain["checkpoint"]["interval"],
-        write=distributed.is_primary(),
-    )
-    tracker = make_logger(plain)
-    with _failures([(plain, out)], started, [tracker]):
-        if distributed.is_primary():
-            rundir.tidy(out)  # the temporary files of a save that a kill interrupted
-        if force:
-            ck.remove()
-        procedure = procedure_of(plain)
-        extra, history = _resume(ck.load(), procedure, ck.path)
-        _start_tracker(tracker, plain, out, history)
-        with rundir.MetricsLog(out, history, write=distributed.is_primary()) as log:
-            write = _log_writer(log, on_eval, tracker)
-            job = procedures.Job(
-                cfg, plain, splits, parts, device, write, probe=probe, checkpoint=ck, out=out,
-                make_model=lambda: models.build(cfg.model.name, **options(cfg.model), **splits.statistics()),
-            )
-            outcome = procedure.run(job)
-            result, model = outcome.result, outcome.model
-            extra.update(outcome.extra)
-        if probe is not None and distributed.is_primary():
-            diagnostics.save_weights(model, out / diagnostics.WEIGHTS_FILE)
-        extra.update(_save_weights(plain, out, model, result))
-        if probe is not None:
-            extra["interpolation_epoch"] = diagnostics.interpolation_epoch(result.history)
-        record = _write_record(plain, out, splits, result, device, started, **extra)
-    tracker.finish("finished", record)
-    if not plain["checkpoint"]["keep"]:
-        with contextlib.suppress(OSError):
-            ck.remove()
+    """Run one composed config with its procedure and return its ``run.json`` record (read back if
+    already done)."""
+    (record,) = execute([cfg], on_eval=on_eval, force=force, stacked=False)
     return record
 
 
@@ -382,77 +207,132 @@ def run_ensemble(
     the same pending members (else it starts over). An ensemble stopped while it wrote its members' records
     (some done, some not) resumes as the whole group it was, from its checkpoint beside a finished member,
     and writes only the pending members: an ensemble's numbers depend on its size in the last digits."""
-    from .checkpoint import ENSEMBLE_FILE, MembersCheckpoint
+    return execute(cfgs, on_eval=on_eval, force=force, stacked=True)
 
+
+def execute(cfgs: List[DictConfig], *, on_eval: Optional[Callable[[dict], None]] = None, force: bool = False,
+            stacked: bool = False) -> List[Dict[str, Any]]:
+    """The one sequence of every run: validate, skip what is done, build, resume from the checkpoint,
+    train, write each run's directory. One config trains with its procedure (:func:`run`); ``stacked``
+    configs (a seed sweep) train as one ensemble (:func:`run_ensemble`). Records are returned in order.
+    Function of more than 40 lines: the sequence reads best in one place."""
     plains = [OmegaConf.to_container(c, resolve=True) for c in cfgs]
     for p in plains:
         validate(p)
-        refuse(torchrun=distributed.requested(), probe=p["diagnostics"]["enabled"], outer=procedure_of(p).alone)
-    if len({config_hash(p, drop=(*EXECUTION_KEYS, "seed")) for p in plains}) > 1:
+        if stacked:
+            refuse(torchrun=distributed.requested(), probe=p["diagnostics"]["enabled"], outer=procedure_of(p).alone)
+    if stacked and len({config_hash(p, drop=(*EXECUTION_KEYS, "seed")) for p in plains}) > 1:
         raise ShiftkitError("an ensemble's runs must differ only in their seed")
     outs = [run_dir(p) for p in plains]
+    records, todo, group = _pending(plains, outs, force, stacked)
+    if not todo:
+        return records
+    device = distributed.setup(resolve_device(plains[0]["device"]))
+    splits = load_data(plains[0]["data"])
+    parts = []
+    for i in group:  # each member's initialization from its own seed
+        torch.manual_seed(plains[i]["seed"])
+        parts.append(build_parts(cfgs[i], splits))
+    probe = make_probe(plains[0])
+    started = time.time()
+    ck = _checkpoint(plains, outs, group, stacked)
+    trackers = [make_logger(plains[i]) if i in todo else tracking.build("none") for i in group]
+    procedure = procedure_of(plains[0])
+    with failures([(plains[i], outs[i]) for i in todo], started, trackers, ck.path):
+        for i in todo:
+            if distributed.is_primary():
+                rundir.tidy(outs[i])  # the temporary files of a save that a kill interrupted
+        if force:
+            ck.remove()
+        extra, histories = _resume(ck.load(), procedure, ck.path, len(group))
+        for i, tracker, history in zip(group, trackers, histories):
+            if i in todo:
+                _start_tracker(tracker, plains[i], outs[i], history)
+        with contextlib.ExitStack() as stack:
+            logs = [stack.enter_context(rundir.MetricsLog(outs[i], history, write=i in todo and distributed.is_primary()))
+                    for i, history in zip(group, histories)]
+            writers = [_log_writer(log, on_eval if i in todo else None, tracker)
+                       for i, log, tracker in zip(group, logs, trackers)]
+            if stacked:
+                outcomes = _train_stacked(plains, group, parts, splits, device, writers, ck)
+            else:
+                job = procedures.Job(
+                    cfgs[0], plains[0], splits, parts[0], device, writers[0], probe=probe, checkpoint=ck, out=outs[0],
+                    make_model=lambda: models.build(cfgs[0].model.name, **options(cfgs[0].model), **splits.statistics()),
+                )
+                outcomes = [procedure.run(job)]
+        for i, outcome in zip(group, outcomes):
+            if i in todo:
+                records[i] = _finish(plains[i], outs[i], splits, outcome, device, started, probe,
+                                     {**({"ensemble_size": len(group)} if stacked else {}), **extra})
+    for i, tracker in zip(group, trackers):
+        if i in todo:
+            tracker.finish("finished", records[i])
+    if not plains[0]["checkpoint"]["keep"]:
+        with contextlib.suppress(OSError):
+            ck.remove()
+    return records
+
+
+def _pending(plains: List[dict], outs: List[Path], force: bool, stacked: bool) -> tuple:
+    """``(records, todo, group)``: the records of the runs already done (None for the others), the runs
+    to train, and the runs that train together (an ensemble killed while it wrote its members' records
+    finishes as the group it was: :func:`_saved_group`). A finished run that asked for weights it did not
+    save trains again, and saves them."""
+    if not stacked:
+        plain, out = plains[0], outs[0]
+        done = None if force else finished_record(out, plain["checkpoint"]["keep"])
+        if done is not None and plain["save_weights"] is True and not (out / rundir.WEIGHTS_FILE).exists():
+            done = None
+        return [done], [] if done is not None else [0], [0]
     names = [o.relative_to(p["out"]).as_posix() for o, p in zip(outs, plains)]
-    conf = plains[0]["checkpoint"]
     # Checkpoints stay while the members are looked at: a kill between the members' done markers leaves the
     # ensemble's one checkpoint beside a member that is done, and the pending ones resume with it from it.
     records = [None if force else finished_record(o) for o in outs]
     todo = [i for i, r in enumerate(records) if r is None]
     group = todo if force or not todo else _saved_group(outs, names, todo)
-    if not conf["keep"]:  # the leftovers of finished members (not the checkpoint the group resumes from)
+    if not plains[0]["checkpoint"]["keep"]:  # the leftovers of finished members (not the group's checkpoint)
         for i, record in enumerate(records):
             if record is not None and (not todo or i != group[0]):
                 with contextlib.suppress(OSError):
                     rundir.tidy(outs[i], keep_checkpoints=False)
-    if not todo:
-        return records
-    device = resolve_device(plains[0]["device"])
-    splits = load_data(plains[0]["data"])
-    parts = []
-    for i in group:
-        torch.manual_seed(plains[i]["seed"])
-        parts.append(build_parts(cfgs[i], splits))
-    started = time.time()
-    ck = MembersCheckpoint(
-        outs[group[0]] / ENSEMBLE_FILE, [names[i] for i in group],
-        conf["every"], conf["interval"], write=distributed.is_primary(),
+    return records, todo, group
+
+
+def _checkpoint(plains: List[dict], outs: List[Path], group: List[int], stacked: bool) -> Checkpoint:
+    """A run's checkpoint (``checkpoint.pt`` in its directory), or an ensemble's one checkpoint in its first
+    member's directory, naming the members it covers."""
+    from .checkpoint import ENSEMBLE_FILE, MembersCheckpoint
+
+    conf, write = plains[0]["checkpoint"], distributed.is_primary()
+    if not stacked:
+        return Checkpoint(outs[0] / CHECKPOINT_FILE, conf["every"], conf["interval"], write=write)
+    names = [outs[i].relative_to(plains[i]["out"]).as_posix() for i in group]
+    return MembersCheckpoint(outs[group[0]] / ENSEMBLE_FILE, names, conf["every"], conf["interval"], write=write)
+
+
+def _train_stacked(plains, group, parts, splits, device, writers, checkpoint) -> List[procedures.Outcome]:
+    """The group's runs as one vectorized ensemble; one outcome per member."""
+    results = fit_ensemble(
+        [p["model"] for p in parts], splits, parts[0]["loss"], [p["weighting"] for p in parts], parts[0]["optim"],
+        samplers=[p["sampler"] for p in parts], seeds=[plains[i]["seed"] for i in group], **plains[0]["train"],
+        device=device, on_eval=lambda s, record: writers[s](record), checkpoint=checkpoint,
     )
-    trackers = [make_logger(plains[i]) if i in todo else tracking.build("none") for i in group]
-    with _failures([(plains[i], outs[i]) for i in todo], started, trackers, ck.path):
-        for i in todo:
-            rundir.tidy(outs[i])
-        if force:
-            ck.remove()
-        state = ck.load()
-        with fitting(ck.path):
-            extra = {"resumed_from_epoch": state["epoch"]} if state is not None else {}
-            if state is not None and "batch" in state:  # saved inside an epoch: its batches done
-                extra["resumed_from_batch"] = state["batch"]
-            histories = saved_histories(state) if state is not None else [[]] * len(group)
-        for i, tracker, history in zip(group, trackers, histories):
-            if i in todo:
-                _start_tracker(tracker, plains[i], outs[i], history)
-        with contextlib.ExitStack() as stack:
-            logs = [stack.enter_context(rundir.MetricsLog(outs[i], history, write=i in todo))
-                    for i, history in zip(group, histories)]
-            writers = [_log_writer(log, on_eval if i in todo else None, tracker)
-                       for i, log, tracker in zip(group, logs, trackers)]
-            results = fit_ensemble(
-                [p["model"] for p in parts], splits, parts[0]["loss"], [p["weighting"] for p in parts],
-                parts[0]["optim"], samplers=[p["sampler"] for p in parts], seeds=[plains[i]["seed"] for i in group],
-                **plains[0]["train"], device=device, on_eval=lambda s, record: writers[s](record), checkpoint=ck,
-            )
-        for i, result in zip(group, results):
-            if i in todo:
-                saved = _save_weights(plains[i], outs[i], parts[group.index(i)]["model"], result)
-                records[i] = _write_record(plains[i], outs[i], splits, result, device, started,
-                                           ensemble_size=len(group), **extra, **saved)
-    for i, tracker in zip(group, trackers):
-        if i in todo:
-            tracker.finish("finished", records[i])
-    if not conf["keep"]:
-        with contextlib.suppress(OSError):
-            ck.remove()
-    return records
+    return [procedures.Outcome(result, p["model"]) for result, p in zip(results, parts)]
+
+
+def _finish(plain, out: Path, splits, outcome: procedures.Outcome, device: str, started: float, probe,
+            extra: Dict[str, Any]) -> Dict[str, Any]:
+    """Write a trained run's files (diagnostics' weights, the weights, ``run.json``, ``done``); returns its
+    record."""
+    result, model = outcome.result, outcome.model
+    extra = {**extra, **outcome.extra}
+    if probe is not None and distributed.is_primary():
+        diagnostics.save_weights(model, out / diagnostics.WEIGHTS_FILE)
+    extra.update(save_weights(plain, out, model, result))
+    if probe is not None:
+        extra["interpolation_epoch"] = diagnostics.interpolation_epoch(result.history)
+    return write_record(plain, out, splits, result, device, started, **extra)
 
 
 def _saved_group(outs: List[Path], names: List[str], todo: List[int]) -> List[int]:

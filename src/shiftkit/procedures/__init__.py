@@ -86,8 +86,8 @@ class Procedure:
     - :meth:`validate` checks settings from the config alone; :meth:`check` with the data and built parts
       (both before any run of a sweep trains);
     - :meth:`epochs` is what a run's progress counts;
-    - :meth:`resume` reads a checkpoint state: the ``run.json`` entries that say where it resumed and the
-      evaluation records to rewrite into ``metrics.jsonl``;
+    - :meth:`resume` reads a checkpoint state: the ``run.json`` entries that say where it resumed and
+      each member's evaluation records to rewrite into ``metrics.jsonl``;
     - :meth:`run` trains.
     """
 
@@ -103,11 +103,12 @@ class Procedure:
         """The epochs a run trains in all its phases (for progress)."""
         return plain["train"]["epochs"]
 
-    def resume(self, state: Dict[str, Any]) -> Tuple[Dict[str, Any], List[dict]]:
-        """``(run.json entries, evaluation records)`` of a run resumed from checkpoint ``state``."""
+    def resume(self, state: Dict[str, Any]) -> Tuple[Dict[str, Any], List[List[dict]]]:
+        """``(run.json entries, each member's evaluation records)`` of a run resumed from checkpoint
+        ``state`` (one member, or the members of an ensemble)."""
         from ..train import saved_histories
 
-        return {"resumed_from_epoch": state["epoch"]}, saved_histories(state)[0]
+        return {"resumed_from_epoch": state["epoch"]}, saved_histories(state)
 
     def run(self, job: Job) -> Outcome:
         raise NotImplementedError

@@ -75,9 +75,9 @@ class AutoBalance(Procedure):
         epochs = plain["train"]["epochs"]
         return epochs + (self.retrain_epochs or epochs)
 
-    def resume(self, state: Dict[str, Any]) -> Tuple[Dict[str, Any], List[dict]]:
+    def resume(self, state: Dict[str, Any]) -> Tuple[Dict[str, Any], List[List[dict]]]:
         phase, epoch, history = resume_point(state)
-        return {"resumed_from_epoch": epoch, "resumed_from_phase": phase}, history
+        return {"resumed_from_epoch": epoch, "resumed_from_phase": phase}, [history]
 
     def run(self, job: Job) -> Outcome:
         train = dict(job.plain["train"])
