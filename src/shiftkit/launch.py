@@ -11,7 +11,7 @@ others to the launcher Hydra instantiates from ``hydra.launcher`` as one batch o
 :func:`task`, which runs its config with :func:`shiftkit.runner.run` and prints one line. Hydra's files go
 under the results root (``<out>/.hydra/<date>_<time>/``: ``multirun.yaml``, and submitit's pickles and logs
 in ``.submitit/``), never into the current directory. Without ``hydra/launcher=``, ``shiftkit train -m``
-runs the sweep in-process instead (:func:`shiftkit.cli.run_many`).
+runs the sweep in-process instead (:func:`shiftkit.sweep.run_many`).
 
 The launchers come from Hydra's plugins (``pip install 'shiftkit[joblib]'``, ``[slurm]``, ``[ray]``);
 ``hydra/launcher=ray`` also composes from shiftkit's own copy of the Ray plugin's config
@@ -136,12 +136,14 @@ def task(cfg: Any) -> Dict[str, Any]:
     from hydra.utils import to_absolute_path
     from omegaconf import OmegaConf, open_dict
 
+    from . import plugins
     from .runner import run
 
     with open_dict(cfg):
         cfg.pop("hydra", None)
         cfg.out = to_absolute_path(str(cfg.out))
     try:
+        plugins.load()  # a worker process has imported none of the user's plugins yet
         record = run(cfg)
     except ShiftkitError as exc:
         record = {"failed": str(exc), "config": OmegaConf.to_container(cfg, resolve=True)}
