@@ -101,7 +101,7 @@ def test_group_metrics_of_a_model_fitted_without_groups():
         ({"loss": "hinge"}, "unknown loss 'hinge'; choose one of: .*ce"),
         ({"weighting": "dro"}, "unknown weighting 'dro'; choose one of: .*group_dro"),
         ({"model": "resnet"}, "unknown model 'resnet'; choose one of: .*mlp"),
-        ({"optimizer": "lbfgs"}, "unknown optimizer 'lbfgs'; choose one of: adam, sgd"),
+        ({"optimizer": "lbfgs"}, "unknown optim 'lbfgs'; choose one of: adam, sgd"),
         ({"loss_options": {"alpha": 2}}, "loss 'ce' has no option 'alpha'"),
         ({"weighting_options": {"group_counts": [1, 2]}}, "group_counts are computed from the training data"),
         ({"lr": 0.1, "optimizer_options": {"lr": 0.2}}, "set the learning rate once"),

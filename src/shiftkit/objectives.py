@@ -153,7 +153,7 @@ class DeoMix(Objective):
 
     def __init__(self, lam: float = 0.9):
         if not 0.0 <= lam <= 1.0:
-            raise ShiftkitError(f"objective 'deo_mix': lam must lie in [0, 1], got {lam}")
+            raise ShiftkitError(f"lam must lie in [0, 1], got {lam}")
         self.lam = float(lam)
 
     def validate(self, y: Tensor, g: Tensor) -> None:

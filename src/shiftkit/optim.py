@@ -21,7 +21,7 @@ import torch
 from .errors import ShiftkitError
 from .registry import Registry
 
-OPTIMIZERS = Registry("optimizer")
+OPTIMIZERS = Registry("optim")
 register = OPTIMIZERS.register
 names = OPTIMIZERS.names
 

@@ -42,7 +42,7 @@ class Sampler:
 
     def __init__(self, by: str = "group"):
         if by not in ("group", "class"):
-            raise ShiftkitError(f"sampler option by must be 'group' or 'class', got '{by}'")
+            raise ShiftkitError(f"by must be 'group' or 'class', got '{by}'")
         self.by = by
 
     def categories(self, y: Tensor, g: Tensor) -> Tensor:

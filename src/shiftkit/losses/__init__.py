@@ -46,6 +46,9 @@ def margin(logits: Tensor, y: Tensor) -> Tensor:
 class Loss(nn.Module):
     """Base class: ``forward(logits, y, g=None) -> Tensor[B]``, unreduced."""
 
+    #: The registered name (set by :meth:`~shiftkit.registry.Registry.register`).
+    name: str
+
     def forward(self, logits: Tensor, y: Tensor, g: Optional[Tensor] = None) -> Tensor:
         raise NotImplementedError
 

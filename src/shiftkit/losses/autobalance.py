@@ -40,11 +40,11 @@ def _group_la_init(n: Tensor, groups, rows: int, gamma: float) -> tuple:
     ``l_k = tau·log π_{k|a}`` and ``w = 1/(A·π̄_a)``, with Δ = 1 used without the sigmoid."""
     k = len(n)
     if groups is None or rows != len(groups) or len(groups) % k:
-        raise ShiftkitError("loss 'autobalance': init 'group_la' needs by='class_group' and group counts of "
+        raise ShiftkitError("init 'group_la' needs by='class_group' and group counts of "
                             f"(class, attribute) cells g = A*y + a, a multiple of the {k} classes")
-    cells = positive_counts("autobalance", "group_counts", groups).view(k, -1)  # [K, A]: row y, column a
+    cells = positive_counts("group_counts", groups).view(k, -1)  # [K, A]: row y, column a
     if not torch.equal(cells.sum(1), n):
-        raise ShiftkitError(f"loss 'autobalance': group counts {list(groups)} are not (class, attribute) cells "
+        raise ShiftkitError(f"group counts {list(groups)} are not (class, attribute) cells "
                             f"g = A*y + a of the class counts {n.long().tolist()}")
     attribute = torch.arange(len(groups)) % cells.shape[1]  # a of row g
     prior = (cells / cells.sum(0)).log().T  # [A, K]: log π_{k|a}
@@ -63,11 +63,9 @@ def _check_learn(learn: Sequence[str], init: str) -> tuple:
     """``learn`` as a tuple, or a one-line error."""
     learn = tuple(learn)
     if not learn or len(set(learn)) < len(learn) or not set(learn) <= set(_LEARNABLE) or {"l", "tau"} <= set(learn):
-        raise ShiftkitError("loss 'autobalance': learn must name some of l, delta, tau (each once; not both l "
-                            f"and tau), got {list(learn)}")
+        raise ShiftkitError(f"learn must name some of l, delta, tau (each once; not both l and tau), got {list(learn)}")
     if "tau" in learn and init not in ("la", "group_la"):
-        raise ShiftkitError(f"loss 'autobalance': learn=tau scales the log-prior of init 'la' or 'group_la', "
-                            f"got init '{init}'")
+        raise ShiftkitError(f"learn=tau scales the log-prior of init 'la' or 'group_la', got init '{init}'")
     return learn
 
 
@@ -165,15 +163,15 @@ class AutoBalance(Loss):
     ):
         super().__init__()
         if init not in _INITS:
-            raise ShiftkitError(f"loss 'autobalance': init must be one of {', '.join(_INITS)}, got '{init}'")
+            raise ShiftkitError(f"init must be one of {', '.join(_INITS)}, got '{init}'")
         if by not in _BY:
-            raise ShiftkitError(f"loss 'autobalance': by must be 'class' or 'class_group', got '{by}'")
+            raise ShiftkitError(f"by must be 'class' or 'class_group', got '{by}'")
         if not cluster_size >= 1:
-            raise ShiftkitError(f"loss 'autobalance': cluster_size must be >= 1, got {cluster_size}")
+            raise ShiftkitError(f"cluster_size must be >= 1, got {cluster_size}")
         if cluster_init not in _CLUSTER_INITS:
-            raise ShiftkitError(f"loss 'autobalance': cluster_init must be 'mean' or 'centre', got '{cluster_init}'")
+            raise ShiftkitError(f"cluster_init must be 'mean' or 'centre', got '{cluster_init}'")
         self.learn = _check_learn(learn, init)
-        n = positive_counts("autobalance", "class_counts", class_counts)
+        n = positive_counts("class_counts", class_counts)
         rows = self._rows(by, group_counts, num_groups)
         self.by, self.cluster_size, self.num_classes, self.init = by, int(cluster_size), n.numel(), init
 
@@ -215,7 +213,7 @@ class AutoBalance(Loss):
             return 1
         groups = len(group_counts) if group_counts is not None else num_groups
         if not groups:
-            raise ShiftkitError("loss 'autobalance' with by='class_group' needs group_counts or num_groups")
+            raise ShiftkitError("by='class_group' needs group_counts or num_groups")
         return int(groups)
 
     def offsets(self) -> Tensor:

@@ -48,7 +48,7 @@ class Focal(Loss):
     def __init__(self, gamma: float = 2.0):
         super().__init__()
         if not gamma >= 0:
-            raise ShiftkitError(f"loss 'focal': gamma must be >= 0, got {gamma}")
+            raise ShiftkitError(f"gamma must be >= 0, got {gamma}")
         self.gamma = float(gamma)
 
     def forward(self, logits: Tensor, y: Tensor, g: Optional[Tensor] = None) -> Tensor:
@@ -85,9 +85,9 @@ class PolyTail(Loss):
     def __init__(self, alpha: float = 1.0, beta: float = 1.0, continuity: str = "scale"):
         super().__init__()
         if not alpha > 0:
-            raise ShiftkitError(f"loss 'poly': alpha must be > 0, got {alpha}")
+            raise ShiftkitError(f"alpha must be > 0, got {alpha}")
         if continuity not in ("scale", "shift"):
-            raise ShiftkitError(f"loss 'poly': continuity must be 'scale' or 'shift', got '{continuity}'")
+            raise ShiftkitError(f"continuity must be 'scale' or 'shift', got '{continuity}'")
         self.alpha, self.beta, self.continuity = float(alpha), float(beta), continuity
         self._left_at_beta = _softplus(-self.beta)
 

@@ -19,21 +19,22 @@ from ..errors import ShiftkitError
 from . import Loss, register
 
 
-def positive_counts(loss: str, option: str, counts: Optional[Sequence[int]]) -> Tensor:
-    """Training counts as a float64 tensor; a missing or non-positive entry is a one-line error.
+def positive_counts(option: str, counts: Optional[Sequence[int]]) -> Tensor:
+    """Training counts as a float64 tensor; a missing or non-positive entry is a one-line error (which the
+    loss registry prefixes with the loss's name).
 
     Every entry must be positive: log π, n^(-1/4) and (n/n_max)^-gamma are infinite at 0.
     """
     if counts is None:
-        raise ShiftkitError(f"loss '{loss}' needs {option} (computed from the training data)")
+        raise ShiftkitError(f"needs {option} (computed from the training data)")
     n = torch.as_tensor(list(counts), dtype=torch.float64)
     if n.ndim != 1 or n.numel() == 0:
-        raise ShiftkitError(f"loss '{loss}': {option} must be a non-empty list of counts, got {list(counts)}")
+        raise ShiftkitError(f"{option} must be a non-empty list of counts, got {list(counts)}")
     if not bool((n > 0).all()):
         kind = option.split("_")[0]
         empty = ", ".join(str(i) for i in torch.nonzero(n <= 0).flatten().tolist())
         raise ShiftkitError(
-            f"loss '{loss}': every entry of {option} must be > 0, got {list(counts)}: {kind}(s) {empty} have no "
+            f"every entry of {option} must be > 0, got {list(counts)}: {kind}(s) {empty} have no "
             f"training example; give each {kind} training data or choose a loss that does not use {option} "
             "(ce, focal, poly)"
         )
@@ -65,10 +66,10 @@ class LDAM(Loss):
     def __init__(self, class_counts: Optional[Sequence[int]] = None, max_margin: float = 0.5, s: float = 1.0):
         super().__init__()
         if not max_margin >= 0:
-            raise ShiftkitError(f"loss 'ldam': max_margin must be >= 0, got {max_margin}")
+            raise ShiftkitError(f"max_margin must be >= 0, got {max_margin}")
         if not s > 0:
-            raise ShiftkitError(f"loss 'ldam': s must be > 0, got {s}")
-        raw = positive_counts("ldam", "class_counts", class_counts).pow(-0.25)
+            raise ShiftkitError(f"s must be > 0, got {s}")
+        raw = positive_counts("class_counts", class_counts).pow(-0.25)
         self.register_buffer("margins", raw * (max_margin / raw.max()))
         self.s = float(s)
 
@@ -87,11 +88,9 @@ class _ClassAdjusted(Loss):
     ``la`` computes and ``vs`` with ``tau = 0`` exactly what ``cdt`` computes.
     """
 
-    name = "vs"
-
     def __init__(self, class_counts: Optional[Sequence[int]], tau: float, gamma: float):
         super().__init__()
-        n = positive_counts(self.name, "class_counts", class_counts)
+        n = positive_counts("class_counts", class_counts)
         self.register_buffer("delta", (n / n.max()).pow(gamma))
         self.register_buffer("iota", tau * torch.log(n / n.sum()))
 
@@ -116,8 +115,6 @@ class LogitAdjusted(_ClassAdjusted):
     tensor([0.2877])
     """
 
-    name = "la"
-
     def __init__(self, class_counts: Optional[Sequence[int]] = None, tau: float = 1.0):
         super().__init__(class_counts, tau=tau, gamma=0.0)
 
@@ -138,8 +135,6 @@ class ClassDependentTemperature(_ClassAdjusted):
     tensor([0.3133])
     """
 
-    name = "cdt"
-
     def __init__(self, class_counts: Optional[Sequence[int]] = None, gamma: float = 0.5):
         super().__init__(class_counts, tau=0.0, gamma=gamma)
 
@@ -157,8 +152,6 @@ class VectorScaling(_ClassAdjusted):
     >>> [round(v, 4) for v in loss.delta.tolist()], [round(v, 3) for v in loss.iota.tolist()]
     ([1.0, 0.5012], [-0.286, -7.194])
     """
-
-    name = "vs"
 
     def __init__(self, class_counts: Optional[Sequence[int]] = None, tau: float = 1.5, gamma: float = 0.2):
         super().__init__(class_counts, tau=tau, gamma=gamma)
@@ -197,15 +190,15 @@ class VSGroup(Loss):
     ):
         super().__init__()
         if additive not in ("all", "true_class"):
-            raise ShiftkitError(f"loss 'vs_group': additive must be 'all' or 'true_class', got '{additive}'")
+            raise ShiftkitError(f"additive must be 'all' or 'true_class', got '{additive}'")
         if group_counts is None and class_counts is None:
-            raise ShiftkitError("loss 'vs_group' needs group_counts (or class_counts, used when g is None)")
+            raise ShiftkitError("needs group_counts (or class_counts, used when g is None)")
         self.additive = additive
         # Class terms serve calls with g=None (classes as groups); a missing table stays a None buffer.
         for prefix, counts in (("group", group_counts), ("class", class_counts)):
             terms = (None, None)
             if counts is not None:
-                terms = _group_terms(positive_counts("vs_group", f"{prefix}_counts", counts), gamma)
+                terms = _group_terms(positive_counts(f"{prefix}_counts", counts), gamma)
             self.register_buffer(f"{prefix}_delta", terms[0])
             self.register_buffer(f"{prefix}_iota", terms[1])
 

@@ -60,9 +60,10 @@ def image_shape(model: str, input_shape: Sequence[int], min_size: int = 1) -> Tu
     return shape
 
 
-def check_width(model: str, width: int) -> None:
+def check_width(width: int) -> None:
+    """A one-line error for a width below 1 (the model registry prefixes it with the model's name)."""
     if width < 1:
-        raise ShiftkitError(f"model '{model}': width must be >= 1, got {width}")
+        raise ShiftkitError(f"width must be >= 1, got {width}")
 
 
 @register("linear")
@@ -76,7 +77,7 @@ def mlp(input_shape: Sequence[int], num_classes: int, width: int = 512, depth: i
     """A ReLU multilayer perceptron with ``depth`` hidden layers of ``width`` units ([W]'s MLP has 3
     layers of 200, docs/METHODS.md#model-mlp); wide enough, it interpolates small training sets."""
     if width < 1 or depth < 1:
-        raise ShiftkitError(f"model 'mlp': width and depth must be >= 1, got width={width}, depth={depth}")
+        raise ShiftkitError(f"width and depth must be >= 1, got width={width}, depth={depth}")
     layers: list = [nn.Flatten()]
     fan_in = _features(input_shape)
     for _ in range(depth):

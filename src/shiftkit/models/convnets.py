@@ -45,7 +45,7 @@ def cnn(input_shape: Sequence[int], num_classes: int, width: int = 32) -> nn.Mod
     >>> net(torch.zeros(2, 1, 28, 28)).shape, net[7].in_features   # 16 channels x 7 x 7
     (torch.Size([2, 3]), 784)
     """
-    check_width("cnn", width)
+    check_width(width)
     channels, height, breadth = image_shape("cnn", input_shape, min_size=4)
     return nn.Sequential(
         nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),

@@ -136,7 +136,7 @@ def _layer(block: Block, inplanes: int, planes: int, count: int, stride: int):
 
 def _build(name: str, block: Block, layers: Sequence[int], input_shape, num_classes: int, width: int,
            zero_init_residual: bool) -> ImageNetResNet:
-    check_width(name, width)
+    check_width(width)
     channels, _, _ = image_shape(name, input_shape)
     return ImageNetResNet(block, layers, num_classes, channels, width, zero_init_residual)
 

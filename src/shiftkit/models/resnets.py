@@ -110,7 +110,7 @@ def resnet32(input_shape: Sequence[int], num_classes: int, width: int = 16) -> n
     >>> sum(p.numel() for p in net.parameters()), net(torch.zeros(2, 3, 32, 32)).shape
     (464154, torch.Size([2, 10]))
     """
-    check_width("resnet32", width)
+    check_width(width)
     channels, _, _ = image_shape("resnet32", input_shape)
     stem = nn.Sequential(nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
     stages = _stages(BasicBlock, (width, 2 * width, 4 * width), (5, 5, 5), width)
@@ -134,7 +134,7 @@ def preact_resnet18(input_shape: Sequence[int], num_classes: int, width: int = 6
     >>> net(torch.zeros(2, 1, 8, 8)).shape
     torch.Size([2, 3])
     """
-    check_width("preact_resnet18", width)
+    check_width(width)
     channels, _, _ = image_shape("preact_resnet18", input_shape)
     stem = nn.Conv2d(channels, width, 3, padding=1, bias=False)
     widths = (width, 2 * width, 4 * width, 8 * width)

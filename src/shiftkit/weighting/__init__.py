@@ -60,6 +60,8 @@ class Weighting(nn.Module):
     """
 
     signed = False
+    #: The registered name (set by :meth:`~shiftkit.registry.Registry.register`).
+    name: str
 
     # ---- the pure interface: subclasses implement weigh (and update / begin_epoch if they keep state) --
     def weigh(self, losses: Tensor, y: Tensor, g: Optional[Tensor], state: Dict[str, Tensor]) -> Tensor:
@@ -152,15 +154,13 @@ class Categories:
         self, scheme: str, by: str, class_counts: Optional[Sequence[int]], group_counts: Optional[Sequence[int]]
     ):
         if by not in ("group", "class"):
-            raise ShiftkitError(f"weighting '{scheme}': by must be 'group' or 'class', got '{by}'")
+            raise ShiftkitError(f"by must be 'group' or 'class', got '{by}'")
         counts = group_counts if by == "group" else class_counts
         if counts is None:
             raise ShiftkitError(f"weighting '{scheme}' needs the training {by} counts ({by}_counts=...)")
         n = torch.as_tensor(list(counts), dtype=torch.float64)
         if n.numel() == 0 or (n < 0).any():
-            raise ShiftkitError(
-                f"weighting '{scheme}': {by}_counts must be non-negative and non-empty, got {list(counts)}"
-            )
+            raise ShiftkitError(f"{by}_counts must be non-negative and non-empty, got {list(counts)}")
         self.where, self.by, self.counts = f"weighting '{scheme}'", by, n
         self.g_is_y = by == "class" or groups_are_classes(class_counts, group_counts)
 

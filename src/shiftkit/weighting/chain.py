@@ -74,9 +74,9 @@ def chained(
     options = dict(options)
     unknown = set(options) - set(schemes)
     if unknown:
-        raise ShiftkitError(f"weighting 'chain': options given for {sorted(unknown)}, which are not in {list(schemes)}")
+        raise ShiftkitError(f"options given for {sorted(unknown)}, which are not in {list(schemes)}")
     if "chain" in schemes:
-        raise ShiftkitError("weighting 'chain' cannot contain another chain")
+        raise ShiftkitError("schemes cannot contain another chain")
     return Chain(
         *(WEIGHTINGS.build(name, class_counts=class_counts, group_counts=group_counts, **dict(options.get(name) or {}))
           for name in schemes)

@@ -74,10 +74,10 @@ class GroupDRO(Weighting):
     ):
         super().__init__()
         if not 0 <= eta < math.inf:
-            raise ShiftkitError(f"weighting 'group_dro': eta must be >= 0 and finite, got {eta}")
+            raise ShiftkitError(f"eta must be >= 0 and finite, got {eta}")
         if not adjustment >= 0:
-            raise ShiftkitError(f"weighting 'group_dro': adjustment must be >= 0, got {adjustment}")
-        self.categories = Categories("group_dro", by, class_counts, group_counts)
+            raise ShiftkitError(f"adjustment must be >= 0, got {adjustment}")
+        self.categories = Categories(self.name, by, class_counts, group_counts)
         n = self.categories.counts
         self.eta, self.adjustment, self.by = float(eta), float(adjustment), by
         self.normalize_loss = bool(normalize_loss)
@@ -127,9 +127,9 @@ class RGD(Weighting):
     def __init__(self, clip: float = 1.0, temperature: float = 2.0, normalize: str = "none"):
         super().__init__()
         if not temperature > 0:
-            raise ShiftkitError(f"weighting 'rgd': temperature must be > 0, got {temperature}")
+            raise ShiftkitError(f"temperature must be > 0, got {temperature}")
         if normalize not in ("none", "mean"):
-            raise ShiftkitError(f"weighting 'rgd': normalize must be 'none' or 'mean', got '{normalize}'")
+            raise ShiftkitError(f"normalize must be 'none' or 'mean', got '{normalize}'")
         self.clip, self.temperature, self.normalize = float(clip), float(temperature), normalize
 
     def weigh(self, losses: Tensor, y: Tensor, g: Optional[Tensor], state) -> Tensor:
@@ -163,7 +163,7 @@ class CVaR(Weighting):
     def __init__(self, alpha: float = 0.1):
         super().__init__()
         if not 0 < alpha <= 1:
-            raise ShiftkitError(f"weighting 'cvar': alpha must be in (0, 1], got {alpha}")
+            raise ShiftkitError(f"alpha must be in (0, 1], got {alpha}")
         self.alpha = float(alpha)
 
     def weigh(self, losses: Tensor, y: Tensor, g: Optional[Tensor], state) -> Tensor:

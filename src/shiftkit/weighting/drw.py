@@ -44,9 +44,6 @@ class ClassBalanced(Weighting):
     tensor([0.2126, 1.7874])
     """
 
-    #: The registered name, for error messages (``drw`` overrides it).
-    scheme = "cb"
-
     def __init__(
         self,
         beta: float = 0.9999,
@@ -56,13 +53,11 @@ class ClassBalanced(Weighting):
     ):
         super().__init__()
         if not 0 <= beta < 1:
-            raise ShiftkitError(f"weighting '{self.scheme}': beta must be in [0, 1), got {beta}")
-        self.categories = Categories(self.scheme, by, class_counts, group_counts)
+            raise ShiftkitError(f"beta must be in [0, 1), got {beta}")
+        self.categories = Categories(self.name, by, class_counts, group_counts)
         n = self.categories.counts
         if not n.sum() > 0:
-            raise ShiftkitError(
-                f"weighting '{self.scheme}': {by}_counts must have a positive total, got {n.long().tolist()}"
-            )
+            raise ShiftkitError(f"{by}_counts must have a positive total, got {n.long().tolist()}")
         self.beta, self.by = float(beta), by
         self.register_buffer("table", class_balanced(n, self.beta).float(), persistent=False)
 
@@ -95,8 +90,6 @@ class DRW(ClassBalanced):
     tensor([0.2126, 1.7874])
     """
 
-    scheme = "drw"
-
     def __init__(
         self,
         beta: float = 0.9999,
@@ -107,7 +100,7 @@ class DRW(ClassBalanced):
     ):
         super().__init__(beta, by, class_counts, group_counts)
         if start_epoch < 0:
-            raise ShiftkitError(f"weighting 'drw': start_epoch must be >= 0, got {start_epoch}")
+            raise ShiftkitError(f"start_epoch must be >= 0, got {start_epoch}")
         # Named so as not to shadow the start_epoch() hook.
         self.switch_epoch = int(start_epoch)
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))

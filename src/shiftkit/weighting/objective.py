@@ -61,7 +61,7 @@ class DeoMixWeighting(ObjectiveWeighting):
     classes and four groups ``g = 2y + a`` (binary attribute a); given the training counts, it checks
     that each class's count is the sum of its two groups'."""
 
-    name, signed, num_classes, num_groups = "deo_mix", True, 2, 4
+    signed, num_classes, num_groups = True, 2, 4
 
     def __init__(
         self,
@@ -73,8 +73,8 @@ class DeoMixWeighting(ObjectiveWeighting):
         if class_counts is not None and group_counts is not None:
             n, m = list(class_counts), list(group_counts)
             if len(n) != 2 or len(m) != 4 or any(n[y] != m[2 * y] + m[2 * y + 1] for y in (0, 1)):
-                raise ShiftkitError("weighting 'deo_mix' needs two classes and four groups g = 2*y + a (binary "
-                                    f"attribute a); got class counts {n} and group counts {m}")
+                raise ShiftkitError("needs two classes and four groups g = 2*y + a (binary attribute a); got class "
+                                    f"counts {n} and group counts {m}")
         self.objective = objectives.build("deo_mix", lam=lam)
         self.lam = self.objective.lam
 
@@ -85,12 +85,10 @@ class GroupBalancedWeighting(ObjectiveWeighting):
     cell's mean loss, i.e. ``w_i = B / (|C_B| · n_{cell(i)})`` with batch counts (a per-batch importance
     weighting by (class, group) cell; :class:`ImportanceWeighting` uses the training set's counts)."""
 
-    name = "group_balanced"
-
     def __init__(self, class_counts: Optional[Sequence[int]] = None, group_counts: Optional[Sequence[int]] = None):
         super().__init__()
         if class_counts is None or group_counts is None:
-            raise ShiftkitError("weighting 'group_balanced' needs the training class and group counts")
+            raise ShiftkitError("needs the training class and group counts")
         self.num_classes, self.num_groups = len(class_counts), len(group_counts)
         self.g_is_y = groups_are_classes(class_counts, group_counts)
         self.objective = objectives.build("group_balanced_ce", num_classes=self.num_classes,

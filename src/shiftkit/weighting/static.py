@@ -41,10 +41,8 @@ class ImportanceWeighting(Weighting):
     ):
         super().__init__()
         if not 0 <= exponent < math.inf:
-            raise ShiftkitError(
-                f"weighting 'iw': exponent must be >= 0 and finite (0 is ERM, 1 classical IW), got {exponent}"
-            )
-        self.categories = Categories("iw", by, class_counts, group_counts)
+            raise ShiftkitError(f"exponent must be >= 0 and finite (0 is ERM, 1 classical IW), got {exponent}")
+        self.categories = Categories(self.name, by, class_counts, group_counts)
         self.exponent, self.by = float(exponent), by
         self.register_buffer("table", normalized_inverse_counts(self.categories.counts.tolist(), self.exponent))
 
