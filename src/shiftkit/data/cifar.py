@@ -1,6 +1,7 @@
 """CIFAR-10 and CIFAR-100 from their "python version" pickle batches, and the papers' protocols on them:
 [W]'s imbalanced binary cat-vs-dog (docs/METHODS.md#data-cifar10_binary) and CIFAR10-LT / CIFAR100-LT (docs/METHODS.md#data-cifar10_lt) with a standard or
-AutoBalance's validation split (docs/METHODS.md#autobalance-schedules). Nothing is downloaded; ``root`` (or ``$SHIFTKIT_DATA/cifar10``,
+AutoBalance's validation split (docs/METHODS.md#autobalance-schedules), each :func:`source` and a protocol of
+:mod:`.protocols`. Nothing is downloaded; ``root`` (or ``$SHIFTKIT_DATA/cifar10``,
 ``$SHIFTKIT_DATA/cifar100``) is the extracted folder (``cifar-10-batches-py``, ``cifar-100-python``) or its
 parent. Images are decoded once, vectorized, into ``uint8 [N, 3, 32, 32]`` (a row of a batch's ``data`` is
 the red, green and blue 32x32 planes, each row-major).
@@ -18,23 +19,18 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 import numpy as np
-import torch
 
 from ..errors import ShiftkitError
 from . import register
-from .base import Split, Splits, optional_root, quote
+from .base import Splits, optional_root, quote
 from .pipeline import Pipeline
+from .protocols import binary, long_tail
 from .roots import find_root, open_maybe_gz
-from .shifts import (
-    autobalance_counts,
-    check_binary_protocol,
-    holdout_counts,
-    long_tail_counts,
-    per_class_permutations,
-    step_imbalance,
-    take,
-    train_val_split,
-)
+from .shifts import autobalance_counts, holdout_counts, w_step_undersample
+from .sources import Part, Source
+
+__all__ = ["CIFAR10", "CIFAR100", "CifarData", "CifarFormat", "autobalance_counts", "cifar100_lt", "cifar10_binary",
+           "cifar10_lt", "holdout_counts", "load", "locate", "source", "w_step_undersample"]
 
 
 @dataclass(frozen=True)
@@ -161,33 +157,11 @@ def load(fmt: CifarFormat, root: Optional[str] = None) -> CifarData:
     return CifarData(train_x, train_y, test_x, test_y, _class_names(folder / fmt.meta, fmt), folder)
 
 
-def _split(x: np.ndarray, y: np.ndarray, index: np.ndarray, num_classes: int) -> Split:
-    labels = torch.from_numpy(y[index])
-    # Fancy indexing copies, so the tensor owns writable memory (unpickled buffers are read-only).
-    return Split(torch.from_numpy(x[index]), labels, labels.clone(), num_classes, num_classes)
-
-
-def w_step_undersample(y: np.ndarray, num_classes: int, imbalance: float, seed: int = 0) -> Tuple[np.ndarray, list]:
-    """[W]'s ``UndersampledByGroupDataset`` under a step imbalance (docs/METHODS.md#data-cifar10_binary).
-
-    Classes ``0 .. K/2 - 1`` keep their pool, the others ``int(n_max / imbalance)``. One
-    ``torch.Generator`` seeded ``seed`` draws ``randperm`` per class, in order of each class's first
-    appearance in ``y``; the kept indices are concatenated in that order (the order the 80/20 split sees).
-
-    >>> y = np.array([1, 0, 1, 0, 1, 0, 1, 0])
-    >>> index, kept = w_step_undersample(y, 2, 4.0)
-    >>> kept, y[index].tolist()
-    ([4, 1], [1, 0, 0, 0, 0])
-    """
-    pools = np.bincount(y, minlength=num_classes)
-    kept = step_imbalance(pools.tolist(), [c >= num_classes // 2 for c in range(num_classes)], imbalance)
-    present, first = np.unique(y, return_index=True)
-    generator = torch.Generator().manual_seed(seed)
-    parts = []
-    for c in present[np.argsort(first)]:  # one draw per class, not per example
-        members = np.flatnonzero(y == c)
-        parts.append(members[torch.randperm(len(members), generator=generator)[: kept[c]].numpy()])
-    return np.concatenate(parts), kept
+def source(fmt: CifarFormat, root: Optional[str] = None) -> Source:
+    """``fmt``'s official partition (:func:`load`): images ``uint8 [N, 3, 32, 32]``; its folder in ``info``."""
+    data = load(fmt, root)
+    return Source(fmt.name, Part(data.train_x, data.train_y), data.class_names, test=Part(data.test_x, data.test_y),
+                  info={"root": str(data.folder)})
 
 
 @register("cifar10_binary")
@@ -212,66 +186,19 @@ def cifar10_binary(
     Inputs are normalized with [W]'s statistics; no augmentation. Which class is the minority follows
     the class index (5-9), as in [W]; two classes from the same half are balanced.
     """
-    classes = check_binary_protocol("cifar10_binary", classes, imbalance, val_fraction)
-    data = load(CIFAR10, root)
-    index, kept = w_step_undersample(data.train_y, 10, imbalance, split_seed)
-    if min(kept[c] for c in classes) < 1:
-        raise ShiftkitError(f"cifar10_binary: imbalance={imbalance} leaves no example of a class in {classes}")
-    relabel = np.full(10, -1, dtype=np.int64)
-    relabel[classes] = [0, 1]
-    pool = index[np.isin(data.train_y[index], classes)]
-    train, val = train_val_split(len(pool), val_fraction, split_seed)
-    test = np.flatnonzero(np.isin(data.test_y, classes))
-    y_train, y_test = relabel[data.train_y], relabel[data.test_y]
-    return Splits(
-        _split(data.train_x, y_train, pool[train], 2),
-        _split(data.train_x, y_train, pool[val], 2),
-        _split(data.test_x, y_test, test, 2),
-        info=dict(
-            dataset="cifar10", protocol="[W] step imbalance (docs/METHODS.md#data-cifar10_binary)", root=str(data.folder), classes=classes,
-            class_names=[data.class_names[c] for c in classes], imbalance=imbalance, step_counts=kept,
-            pool=[kept[c] for c in classes], val_fraction=val_fraction, split_seed=split_seed,
-        ),
-        pipeline=Pipeline(mean=list(W_MEAN), std=list(W_STD)),
-    )
+    return binary(source(CIFAR10, root), "cifar10_binary", classes, imbalance, val_fraction, split_seed,
+                  undersample="all_classes", pipeline=Pipeline(mean=list(W_MEAN), std=list(W_STD)))
 
 
-_SPLITS = ("standard", "autobalance")
-
-
-def _long_tailed(fmt, root, rho, rounding, augment, split, val_fraction, split_seed) -> Splits:
+def _long_tailed(fmt: CifarFormat, root: Optional[str], rho: float, rounding: str, augment: bool, split: str,
+                 val_fraction: float, split_seed: int) -> Splits:
     """CIFAR-LT (docs/METHODS.md#data-cifar10_lt): see :func:`cifar10_lt`."""
-    if split not in _SPLITS:
-        raise ShiftkitError(f"{fmt.name}_lt: split must be one of {', '.join(_SPLITS)}, got '{split}'")
-    if not 0 < val_fraction < 1:
-        raise ShiftkitError(f"{fmt.name}_lt: val_fraction must lie in (0, 1), got {val_fraction}")
-    data = load(fmt, root)
-    k = fmt.num_classes
-    n_max = len(data.train_y) // k
-    profile = long_tail_counts(n_max, k, rho, rounding)  # also checks rho and rounding
-    if split == "standard":
-        n_train, n_val = holdout_counts(profile, val_fraction)
-    else:
-        n_train, n_val = autobalance_counts(n_max, k, rho, fmt.autobalance)
-        profile, rounding = [t + v for t, v in zip(n_train, n_val)], fmt.autobalance
-    empty = [c for c, n in enumerate(n_train) if n < 1]
-    if empty:
-        raise ShiftkitError(f"{fmt.name}_lt: rho={rho} leaves class(es) {empty} with no training example")
-    perms = per_class_permutations(data.train_y, range(k), split_seed)
-    # Train and validation come from disjoint stretches of each class's fixed permutation.
-    train, val = take(perms, n_train), take(perms, n_val, offset=n_train)
-    return Splits(
-        _split(data.train_x, data.train_y, train, k),
-        _split(data.train_x, data.train_y, val, k),
-        _split(data.test_x, data.test_y, np.arange(len(data.test_y)), k),
-        info=dict(
-            dataset=fmt.name, protocol="long tail (docs/METHODS.md#data-cifar10_lt)", root=str(data.folder), rho=rho, rounding=rounding,
-            split=split, val_fraction=val_fraction if split == "standard" else 0.2, profile=profile,
-            train_counts=n_train, val_counts=n_val, split_seed=split_seed, augment=augment,
-            class_names=data.class_names,
-        ),
-        pipeline=Pipeline(list(fmt.mean), list(fmt.std), crop_padding=4 if augment else 0, flip=augment),
-    )
+    images = source(fmt, root)
+    images.info["augment"] = augment
+    return long_tail(images, f"{fmt.name}_lt", rho, rounding, split_seed, split=split,
+                     n_max=len(images.train) // fmt.num_classes, val_fraction=val_fraction,
+                     autobalance=fmt.autobalance,
+                     pipeline=Pipeline(list(fmt.mean), list(fmt.std), crop_padding=4 if augment else 0, flip=augment))
 
 
 @register("cifar10_lt")

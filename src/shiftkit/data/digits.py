@@ -1,29 +1,25 @@
-"""scikit-learn's bundled 8x8 digits, always available offline."""
+"""scikit-learn's bundled 8x8 digits, always available offline: a source (:func:`source`) and the protocols
+of :mod:`.protocols` on it."""
 
 from __future__ import annotations
 
 from typing import List
 
 import numpy as np
-import torch
 
-from ..errors import ShiftkitError
 from . import register
-from .base import Split, Splits
-from .shifts import check_binary_protocol, long_tail_counts, per_class_permutations, step_imbalance, take, train_val_split
+from .base import Splits
+from .protocols import binary, long_tail
+from .sources import Part, Source
 
 
-def _load_digits():
+def source() -> Source:
+    """The 1,797 digits: images ``float32 [N, 1, 8, 8]`` in ``[0, 1]``, labels 0-9, no official partition."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    return bunch.images.astype(np.float32) / 16.0, bunch.target.astype(np.int64)
-
-
-def _split(x: np.ndarray, y: np.ndarray, index: np.ndarray) -> Split:
-    xs = torch.from_numpy(x[index]).unsqueeze(1)  # [N, 1, 8, 8]
-    ys = torch.from_numpy(y[index])
-    return Split(xs, ys, ys.clone(), 2, 2)
+    x = bunch.images.astype(np.float32) / 16.0
+    return Source("digits", Part(x[:, None], bunch.target.astype(np.int64)), [str(d) for d in range(10)])
 
 
 @register("digits_binary")
@@ -44,27 +40,8 @@ def digits_binary(
     45 digit pairs (5.3% five-fold error; 3 vs 8 and 7 vs 9 follow).
     Images are ``[N, 1, 8, 8]`` floats in ``[0, 1]``; groups are the classes.
     """
-    classes = check_binary_protocol("digits_binary", classes, imbalance, val_fraction)
-    x, y = _load_digits()
-    perms = per_class_permutations(y, classes, split_seed)
-    if test_per_class < 1 or test_per_class >= min(len(p) for p in perms) - 1:
-        raise ShiftkitError(f"digits_binary: test_per_class={test_per_class} leaves no training data")
-    tests = [p[:test_per_class] for p in perms]
-    pools = [p[test_per_class:] for p in perms]
-    kept = step_imbalance([len(p) for p in pools], [False, True], imbalance)
-    if kept[1] < 1:
-        raise ShiftkitError(f"digits_binary: imbalance={imbalance} leaves no minority example")
-    relabel = np.zeros(10, dtype=np.int64)
-    relabel[classes[1]] = 1
-    y = relabel[y]
-    pool = np.concatenate([p[:k] for p, k in zip(pools, kept)])
-    train_idx, val_idx = train_val_split(len(pool), val_fraction, split_seed)
-    return Splits(
-        _split(x, y, pool[train_idx]),
-        _split(x, y, pool[val_idx]),
-        _split(x, y, np.concatenate(tests)),
-        info={"classes": classes, "minority": classes[1], "imbalance": imbalance},
-    )
+    return binary(source(), "digits_binary", classes, imbalance, val_fraction, split_seed,
+                  test_per_class=test_per_class)
 
 
 @register("digits_lt")
@@ -80,26 +57,5 @@ def digits_lt(
     with ``n_max`` the smallest remaining pool (144 with the defaults, so every class can fill its
     quota); ``val_fraction`` of each class (at least one image, leaving at least one) is validation.
     The default rho = 10 keeps the tail class at 14 images; images as in ``digits_binary``."""
-    if not 0 < val_fraction < 1:
-        raise ShiftkitError(f"digits_lt: val_fraction must lie in (0, 1), got {val_fraction}")
-    x, y = _load_digits()
-    perms = per_class_permutations(y, range(10), split_seed)
-    if test_per_class < 1 or test_per_class >= min(len(p) for p in perms) - 2:
-        raise ShiftkitError(f"digits_lt: test_per_class={test_per_class} leaves no training data")
-    counts = long_tail_counts(min(len(p) for p in perms) - test_per_class, 10, rho, rounding)
-    if min(counts) < 2:
-        raise ShiftkitError(f"digits_lt: rho={rho} leaves fewer than 2 images in a class: {counts}")
-    val_counts = [min(max(1, int(round(val_fraction * c))), c - 1) for c in counts]
-    train_counts = [c - v for c, v in zip(counts, val_counts)]
-    offset = [test_per_class] * 10
-
-    def split(index: np.ndarray) -> Split:
-        ys = torch.from_numpy(y[index])
-        return Split(torch.from_numpy(x[index]).unsqueeze(1), ys, ys.clone(), 10, 10)
-
-    return Splits(
-        split(take(perms, train_counts, offset)),
-        split(take(perms, val_counts, [o + t for o, t in zip(offset, train_counts)])),
-        split(take(perms, [test_per_class] * 10)),
-        info={"rho": rho, "counts": counts},
-    )
+    return long_tail(source(), "digits_lt", rho, rounding, split_seed, val_fraction=val_fraction, holdout="round",
+                     test_per_class=test_per_class)

@@ -7,7 +7,9 @@
   background of every image.
 - ``fmnist_pretrain``: the classes those protocols do not use, for pretraining a backbone offline.
 
-Images are uint8 ``[N, 1, 28, 28]``; the pipeline normalizes with the Fashion-MNIST training statistics.
+Each is :func:`source` (the official 60,000 / 10,000 partition) and a protocol of :mod:`.protocols` or
+:mod:`.group_protocols`. Images are uint8 ``[N, 1, 28, 28]``; the pipeline normalizes with the Fashion-MNIST
+training statistics.
 """
 
 from __future__ import annotations
@@ -15,22 +17,16 @@ from __future__ import annotations
 from typing import List, Optional
 
 import numpy as np
-import torch
 
 from ..errors import ShiftkitError
 from . import register
 from .base import Split, Splits
+from .group_protocols import spurious
 from .idx import load_idx
 from .pipeline import Pipeline
-from .shifts import (
-    autobalance_counts,
-    check_binary_protocol,
-    long_tail_counts,
-    per_class_permutations,
-    step_imbalance,
-    take,
-    train_val_split,
-)
+from .protocols import binary, long_tail
+from .shifts import per_class_permutations, take
+from .sources import Part, Source, relabel, split_of
 
 HOW = (
     "Install Debian's dataset-fashion-mnist (`make data`, or `apt-get install dataset-fashion-mnist`), or pass "
@@ -39,21 +35,20 @@ HOW = (
 SYSTEM = ("/usr/share/datasets/fashion-mnist",)
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 MEAN, STD = [0.2860], [0.3530]
+#: The two values of ``fmnist_spurious``'s attribute, as :func:`render_attribute` draws them.
+TEXTURES = ("vertical stripes", "horizontal stripes")
 
 
-def _load(root: Optional[str]):
-    return load_idx("fashion-mnist", root, HOW, SYSTEM)
+def source(root: Optional[str] = None) -> Source:
+    """Fashion-MNIST's official partition: images ``uint8 [N, 1, 28, 28]``, labels 0-9 (:data:`CLASSES`)."""
+    data = load_idx("fashion-mnist", root, HOW, SYSTEM)
+    (x, y), (xt, yt) = data["train"], data["test"]
+    return Source("fashion-mnist", Part(x, y), list(CLASSES), test=Part(xt, yt))
 
 
 def _pipeline(augment: bool) -> Pipeline:
     # A 2-pixel padded crop on 28 px is the CIFAR recipe's 4 on 32, scaled; clothes survive a flip.
     return Pipeline(MEAN, STD, crop_padding=2 if augment else 0, flip=augment)
-
-
-def _split(x: np.ndarray, y: np.ndarray, index: np.ndarray, num_classes: int, g: Optional[np.ndarray] = None) -> Split:
-    ys = torch.from_numpy(y[index])
-    gs = ys.clone() if g is None else torch.from_numpy(g)
-    return Split(torch.from_numpy(x[index]), ys, gs, num_classes, num_classes if g is None else 4)
 
 
 @register("fmnist_binary")
@@ -76,26 +71,8 @@ def fmnist_binary(
     logistic regression confuses most (16.8% test error, against 15.1% for pullover vs coat and 14.5%
     for coat vs shirt), and the pair of docs/METHODS.md#scale. No augmentation, as in [W].
     """
-    classes = check_binary_protocol("fmnist_binary", classes, imbalance, val_fraction)
-    if n_majority < 2:
-        raise ShiftkitError(f"fmnist_binary: n_majority must be >= 2, got {n_majority}")
-    data = _load(root)
-    (x, y), (xt, yt) = data["train"], data["test"]
-    kept = step_imbalance([n_majority, n_majority], [False, True], imbalance)
-    if kept[1] < 1:
-        raise ShiftkitError(f"fmnist_binary: imbalance={imbalance} leaves no minority example")
-    pool = take(per_class_permutations(y, classes, split_seed), kept)
-    relabel = np.zeros(10, dtype=np.int64)
-    relabel[classes[1]] = 1
-    train_idx, val_idx = train_val_split(len(pool), val_fraction, split_seed)
-    test_idx = np.flatnonzero(np.isin(yt, classes))
-    return Splits(
-        _split(x, relabel[y], pool[train_idx], 2),
-        _split(x, relabel[y], pool[val_idx], 2),
-        _split(xt, relabel[yt], test_idx, 2),
-        info={"classes": classes, "names": [CLASSES[c] for c in classes], "kept": kept},
-        pipeline=_pipeline(augment),
-    )
+    return binary(source(root), "fmnist_binary", classes, imbalance, val_fraction, split_seed,
+                  n_majority=n_majority, pipeline=_pipeline(augment))
 
 
 @register("fmnist_lt")
@@ -118,25 +95,9 @@ def fmnist_lt(
     2487 for rho = 100; the validation set is imbalanced like the training set). The test set is the
     balanced original (1000 per class). ``augment`` adds a padded random crop and flips.
     """
-    if split not in ("standard", "autobalance"):
-        raise ShiftkitError(f"fmnist_lt: split must be 'standard' or 'autobalance', got '{split}'")
-    data = _load(root)
-    (x, y), (xt, yt) = data["train"], data["test"]
-    if split == "standard":
-        train_counts = long_tail_counts(n_max, 10, rho, rounding)
-        val_counts = [val_per_class] * 10
-    else:
-        train_counts, val_counts = autobalance_counts(5000, 10, rho, "ceil")
-    if min(train_counts) < 1 or min(val_counts) < 1:
-        raise ShiftkitError(f"fmnist_lt: rho={rho} leaves a class without training or validation images")
-    perms = per_class_permutations(y, range(10), split_seed)
-    return Splits(
-        _split(x, y, take(perms, train_counts), 10),
-        _split(x, y, take(perms, val_counts, offset=train_counts), 10),
-        _split(xt, yt, np.arange(len(yt)), 10),
-        info={"rho": rho, "split": split, "train_counts": train_counts, "val_counts": val_counts},
-        pipeline=_pipeline(augment),
-    )
+    standard = split == "standard"  # the autobalance split is AutoBalance's CIFAR-10 one: n_max, rounding unused
+    return long_tail(source(root), "fmnist_lt", rho, rounding if standard else "int", split_seed, split=split,
+                     n_max=n_max if standard else 5000, val_per_class=val_per_class, pipeline=_pipeline(augment))
 
 
 def render_attribute(images: np.ndarray, attribute: np.ndarray, strength: float) -> np.ndarray:
@@ -153,18 +114,6 @@ def render_attribute(images: np.ndarray, attribute: np.ndarray, strength: float)
     horizontal = np.where((np.arange(h) % 4) < 2, level, 0).astype(np.uint8)[:, None].repeat(w, 1)
     patterns = np.stack([vertical, horizontal])[attribute][:, None]
     return np.maximum(images, patterns)
-
-
-def _grouped(x, index_by_class, counts_by_group, strength):
-    """Images of groups ``g = 2y + a`` with ``counts_by_group[g]`` members, attributes rendered."""
-    index, groups = [], []
-    for label, idx in enumerate(index_by_class):
-        n0, n1 = counts_by_group[2 * label], counts_by_group[2 * label + 1]
-        index.append(idx[: n0 + n1])
-        groups.append(np.repeat([2 * label, 2 * label + 1], [n0, n1]))
-    index, g = np.concatenate(index), np.concatenate(groups)
-    images = render_attribute(x[index], g % 2, strength)
-    return Split(torch.from_numpy(images), torch.from_numpy(g // 2), torch.from_numpy(g), 2, 4)
 
 
 @register("fmnist_spurious")
@@ -190,31 +139,13 @@ def fmnist_spurious(
     (from the test set) have ``val_per_group`` / ``test_per_group`` images in every group, as in
     Waterbirds. ``strength`` is the texture's brightness in [0, 1].
     """
-    classes = check_binary_protocol("fmnist_spurious", classes, 1.0, 0.5)
-    fractions = list(fractions)
-    if len(fractions) != 4 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
-        raise ShiftkitError(f"fmnist_spurious: fractions must be 4 non-negative numbers summing to 1, got {fractions}")
     if not 0 < strength <= 1:
         raise ShiftkitError(f"fmnist_spurious: strength must lie in (0, 1], got {strength}")
-    train_counts = [int(round(f * n_train)) for f in fractions]
-    if min(train_counts) < 1:
-        raise ShiftkitError(f"fmnist_spurious: a training group is empty: {train_counts}")
-    data = _load(root)
-    (x, y), (xt, yt) = data["train"], data["test"]
-    perms = per_class_permutations(y, classes, split_seed)
-    test_perms = per_class_permutations(yt, classes, split_seed)
-    for label in (0, 1):
-        need = train_counts[2 * label] + train_counts[2 * label + 1] + 2 * val_per_group
-        if need > len(perms[label]) or 2 * test_per_group > len(test_perms[label]):
-            raise ShiftkitError(f"fmnist_spurious: class {classes[label]} has too few images for these counts")
-    used = [train_counts[0] + train_counts[1], train_counts[2] + train_counts[3]]
-    return Splits(
-        _grouped(x, perms, train_counts, strength),
-        _grouped(x, [p[u:] for p, u in zip(perms, used)], [val_per_group] * 4, strength),
-        _grouped(xt, test_perms, [test_per_group] * 4, strength),
-        info={"classes": classes, "names": [CLASSES[c] for c in classes], "train_group_counts": train_counts},
-        pipeline=_pipeline(augment),
-    )
+    garments = source(root)
+    garments.info["strength"] = strength
+    return spurious(garments, "fmnist_spurious", classes, fractions, n_train, val_per_group, test_per_group,
+                    split_seed, render=lambda x, a: render_attribute(x, a, strength), attribute_names=TEXTURES,
+                    pipeline=_pipeline(augment))
 
 
 @register("fmnist_pretrain")
@@ -243,17 +174,18 @@ def fmnist_pretrain(
         raise ShiftkitError(f"fmnist_pretrain: n_per_class + val_per_class must lie in 2..6000 (both >= 1), got "
                             f"{n_per_class} + {val_per_class}")
     kept = [c for c in range(10) if c not in dropped]
-    data = _load(root)
-    (x, y), (xt, yt) = data["train"], data["test"]
-    relabel = np.full(10, -1, dtype=np.int64)
-    relabel[kept] = np.arange(len(kept))
-    perms = per_class_permutations(y, kept, split_seed)
-    k = len(kept)
-    test = np.flatnonzero(np.isin(yt, kept))
+    garments = source(root)
+    train, test, table, k = garments.train, garments.test, relabel(kept, 10), len(kept)
+    perms = per_class_permutations(train.y, kept, split_seed)
+
+    def split(part: Part, index: np.ndarray) -> Split:
+        labels = table[part.y[index]]
+        return split_of(part, index, labels, labels, k, k)
+
     return Splits(
-        _split(x, relabel[y], take(perms, [n_per_class] * k), k),
-        _split(x, relabel[y], take(perms, [val_per_class] * k, offset=[n_per_class] * k), k),
-        _split(xt, relabel[yt], test, k),
+        split(train, take(perms, [n_per_class] * k)),
+        split(train, take(perms, [val_per_class] * k, offset=[n_per_class] * k)),
+        split(test, np.flatnonzero(np.isin(test.y, kept))),
         info={"classes": kept, "names": [CLASSES[c] for c in kept], "excluded": dropped},
         pipeline=_pipeline(augment),
     )

@@ -159,3 +159,17 @@ def decode_images(
     if cache:
         write_cached(file, out)
     return torch.from_numpy(out)
+
+
+class DecodedOnDemand:
+    """Image files as a source's inputs (:class:`~.sources.Part`): ``self[index]`` decodes the files ``index``
+    with :func:`decode_images` (``size``, ``crop``), so only the images a protocol keeps are decoded."""
+
+    def __init__(self, paths: Sequence[os.PathLike], size: Tuple[int, int], crop: Optional[Tuple[int, int]] = None):
+        self.paths, self.size, self.crop = list(paths), size, crop
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: Sequence[int]) -> torch.Tensor:
+        return decode_images([self.paths[int(i)] for i in index], self.size, crop=self.crop)

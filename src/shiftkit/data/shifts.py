@@ -1,4 +1,5 @@
-"""Building blocks of the data protocols: fixed-seed permutations, per-class subsets, splits (docs/METHODS.md#datasets)."""
+"""Building blocks of the data protocols (:mod:`.protocols`): fixed-seed permutations, per-class subsets, splits
+(docs/METHODS.md#datasets)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,18 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
+import torch
+
 from ..errors import ShiftkitError
 
 
-def check_binary_protocol(name: str, classes: Sequence[int], imbalance: float, val_fraction: float) -> list:
+def check_binary_protocol(
+    name: str, classes: Sequence[int], imbalance: float, val_fraction: float, num_classes: int = 10
+) -> list:
     """The options every imbalanced binary protocol shares (docs/METHODS.md#data-cifar10_binary), as one-line errors."""
     classes = list(classes)
-    if len(classes) != 2 or classes[0] == classes[1] or not all(0 <= c <= 9 for c in classes):
-        raise ShiftkitError(f"{name}: classes must be two different class ids 0-9, got {classes}")
+    if len(classes) != 2 or classes[0] == classes[1] or not all(0 <= c < num_classes for c in classes):
+        raise ShiftkitError(f"{name}: classes must be two different class ids 0-{num_classes - 1}, got {classes}")
     if imbalance < 1:
         raise ShiftkitError(f"{name}: imbalance must be >= 1, got {imbalance}")
     if not 0 < val_fraction < 1:
@@ -118,3 +123,43 @@ def take(perms: Sequence[np.ndarray], counts: Sequence[int], offset: Sequence[in
         if o + c > len(p):
             raise ShiftkitError(f"class {k} has {len(p) - o} examples left, {c} are needed")
     return np.concatenate([p[o : o + c] for p, o, c in zip(perms, offset, counts)])
+
+
+def w_step_undersample(y: np.ndarray, num_classes: int, imbalance: float, seed: int = 0) -> Tuple[np.ndarray, list]:
+    """[W]'s ``UndersampledByGroupDataset`` under a step imbalance (docs/METHODS.md#data-cifar10_binary).
+
+    Classes ``0 .. K/2 - 1`` keep their pool, the others ``int(n_max / imbalance)``. One
+    ``torch.Generator`` seeded ``seed`` draws ``randperm`` per class, in order of each class's first
+    appearance in ``y``; the kept indices are concatenated in that order (the order the 80/20 split sees).
+
+    >>> y = np.array([1, 0, 1, 0, 1, 0, 1, 0])
+    >>> index, kept = w_step_undersample(y, 2, 4.0)
+    >>> kept, y[index].tolist()
+    ([4, 1], [1, 0, 0, 0, 0])
+    """
+    pools = np.bincount(y, minlength=num_classes)
+    kept = step_imbalance(pools.tolist(), [c >= num_classes // 2 for c in range(num_classes)], imbalance)
+    present, first = np.unique(y, return_index=True)
+    generator = torch.Generator().manual_seed(seed)
+    parts = []
+    for c in present[np.argsort(first)]:  # one draw per class, not per example
+        members = np.flatnonzero(y == c)
+        parts.append(members[torch.randperm(len(members), generator=generator)[: kept[c]].numpy()])
+    return np.concatenate(parts), kept
+
+
+def halves(index: np.ndarray, groups: np.ndarray, seed: int) -> tuple:
+    """``index`` split into two sorted halves within each group, the first taking the larger half
+    (AutoBalance's 50/50 search split, docs/METHODS.md#data-waterbirds).
+
+    >>> [len(h) for h in halves(np.arange(5), np.array([0, 0, 0, 1, 1]), seed=0)]
+    [3, 2]
+    """
+    rng = np.random.default_rng(seed)
+    first, second = [], []
+    for k in np.unique(groups):
+        members = rng.permutation(index[groups == k])
+        cut = (len(members) + 1) // 2
+        first.append(members[:cut])
+        second.append(members[cut:])
+    return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))

@@ -14,15 +14,16 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-import torch
 
 from ..errors import ShiftkitError
 from . import register
-from .base import Split, Splits, optional_root, quote
+from .base import Splits, optional_root, quote
 from .celeba import IMAGENET_MEAN, IMAGENET_STD
-from .images import decode_images
+from .group_protocols import partition
+from .images import DecodedOnDemand
 from .pipeline import Pipeline
 from .roots import find_root, read_csv
+from .sources import Part, Source
 
 _COLUMNS = ("img_filename", "y", "split", "place")
 _HOW = (
@@ -30,7 +31,8 @@ _HOW = (
     "group_DRO's waterbird_complete95_forest2water2 tarball; nothing is downloaded: pass data.root=<folder> "
     "or set $SHIFTKIT_DATA to a folder holding waterbirds/"
 )
-GROUPS = ["landbird, land", "landbird, water", "waterbird, land", "waterbird, water"]
+CLASSES, PLACES = ["landbird", "waterbird"], ["land", "water"]
+GROUPS = [f"{c}, {p}" for c in CLASSES for p in PLACES]
 #: group_DRO's training ``RandomResizedCrop(scale=(0.7, 1.0), ratio=(0.75, 1.3333333333333333))``
 #: (data/cub_dataset.py, ``get_transform_cub`` with ``augment_data``), as ``Pipeline.resized_crop``.
 AUGMENT_CROP = [0.7, 1.0, 0.75, 1.3333333333333333]
@@ -51,6 +53,22 @@ def read_metadata(file):
             raise ShiftkitError(f"waterbirds: column '{column}' of {file} must hold only {allowed}")
         arrays.append(values.astype(np.int64))
     return (table["img_filename"].astype(str).to_numpy(), *arrays)
+
+
+def source(root: Optional[str] = None, image_size: int = 224) -> Source:
+    """group_DRO's three partitions: labels ``y``, the attribute ``place``, and images decoded on demand as
+    [W]'s datamodule does (resize to ``int(image_size · 256/224)``, center crop ``image_size``)."""
+    folder = find_root("waterbirds", optional_root(root), ["metadata.csv"], _HOW)
+    names, y, place, which = read_metadata(folder / "metadata.csv")
+    resized = int(image_size * 256.0 / 224.0)
+
+    def part(k: int) -> Part:
+        index = np.flatnonzero(which == k)
+        files = [folder / n for n in names[index]]
+        return Part(DecodedOnDemand(files, (resized, resized), (image_size, image_size)), y[index], place[index])
+
+    return Source("waterbirds", part(0), list(CLASSES), test=part(2), val=part(1), attribute_names=list(PLACES),
+                  info={"root": str(folder), "image_size": image_size})
 
 
 @register("waterbirds")
@@ -78,40 +96,8 @@ def waterbirds(image_size: int = 224, augment: bool = False, split: str = "offic
     keeps the training set's imbalance; the official validation split is not used; the test split is the
     official one.
     """
-    if split not in ("official", "autobalance"):
-        raise ShiftkitError(f"waterbirds: split must be 'official' or 'autobalance', got '{split}'")
     if image_size < 1:
         raise ShiftkitError(f"waterbirds: image_size must be >= 1, got {image_size}")
-    folder = find_root("waterbirds", optional_root(root), ["metadata.csv"], _HOW)
-    names, y, place, which = read_metadata(folder / "metadata.csv")
-    g = 2 * y + place
-    resized = int(image_size * 256.0 / 224.0)
-
-    def subset(index: np.ndarray) -> Split:
-        images = decode_images([folder / n for n in names[index]], (resized, resized), crop=(image_size, image_size))
-        return Split(images, torch.from_numpy(y[index]), torch.from_numpy(g[index]), 2, 4)
-
-    info = {"root": str(folder), "groups": GROUPS, "image_size": image_size}
     crop = AUGMENT_CROP if augment else None
     pipeline = Pipeline(mean=IMAGENET_MEAN, std=IMAGENET_STD, flip=augment, resized_crop=crop)
-    parts = [np.flatnonzero(which == k) for k in (0, 1, 2)]
-    if split == "autobalance":
-        parts[:2] = halves(parts[0], g[parts[0]], split_seed)
-        info["split"] = split
-    return Splits(*(subset(p) for p in parts), info=info, pipeline=pipeline)
-
-
-def halves(index: np.ndarray, groups: np.ndarray, seed: int) -> tuple:
-    """``index`` split into two sorted halves within each group, the first taking the larger half.
-
-    >>> [len(h) for h in halves(np.arange(5), np.array([0, 0, 0, 1, 1]), seed=0)]
-    [3, 2]
-    """
-    rng = np.random.default_rng(seed)
-    first, second = [], []
-    for k in np.unique(groups):
-        members = rng.permutation(index[groups == k])
-        cut = (len(members) + 1) // 2
-        first.append(members[:cut])
-        second.append(members[cut:])
-    return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
+    return partition(source(root, image_size), "waterbirds", split, split_seed, pipeline=pipeline)
