@@ -132,3 +132,27 @@ def test_what_a_member_axis_cannot_serve_is_refused_by_the_loop_too():
         next(net.parameters()).requires_grad_(False)
     with pytest.raises(EnsembleUnsupported, match="frozen"):
         Stacked(frozen, "cpu")
+
+
+@pytest.mark.parametrize("name", weighting.names())
+def test_a_member_weighting_weighs_as_each_member_alone(name):
+    """The member-axis weighting (vmapped step, or one flat call for static per-example schemes) gives
+    each member the weights of its own scheme called alone."""
+    from shiftkit.members import MemberWeighting
+
+    schemes = [weighting.build(name, **STATS) for _ in SEEDS]
+    alone = [weighting.build(name, **STATS) for _ in SEEDS]
+    members = MemberWeighting(schemes)
+    members.train()
+    members.start_epoch(0)
+    for scheme in alone:
+        scheme.train()
+        scheme.start_epoch(0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        losses = torch.rand(len(SEEDS), 16, generator=gen)
+        y = torch.randint(0, 2, (len(SEEDS), 16), generator=gen)
+        g = 2 * y + torch.randint(0, 2, (len(SEEDS), 16), generator=gen)
+        w = members.weights(losses, y, g)
+        for s, scheme in enumerate(alone):
+            torch.testing.assert_close(w[s], scheme.weights(losses[s], y[s], g[s]))

@@ -267,6 +267,8 @@ class MemberWeighting:
         self.parts = list(weightings)
         scheme = self.parts[0]
         self.pure = type(scheme).weigh is not Weighting.weigh and len({type(w) for w in self.parts}) == 1
+        # Static per-example schemes (ERM, IW) weigh every member's batch in one plain call: no vmap needed.
+        self.flat = self.pure and scheme.elementwise and not scheme.stateful
         self._step = vmap(scheme.step) if self.pure else None
         self.stacked: Optional[State] = None
 
@@ -286,6 +288,9 @@ class MemberWeighting:
         """The weights ``[S, B]`` of a training batch ``[S, B]``, each member's state updated."""
         if not self.pure:
             return torch.stack([w.weights(losses[s], y[s], g[s]) for s, w in enumerate(self.parts)])
+        if self.flat:
+            scheme = self.parts[0]
+            return scheme.weigh(losses.flatten(), y.flatten(), g.flatten(), scheme.state()).view(losses.shape)
         weights, self.stacked = self._step(losses, y, g, self.stacked)
         return weights
 

@@ -60,6 +60,9 @@ class Weighting(nn.Module):
     """
 
     signed = False
+    #: Whether each weight depends on its own example only (and on a state training does not change), so
+    #: that ``weigh`` applies to the examples of many batches at once (an ensemble's members, flattened).
+    elementwise = False
     #: The registered name (set by :meth:`~shiftkit.registry.Registry.register`).
     name: str
 

@@ -44,6 +44,8 @@ class ClassBalanced(Weighting):
     tensor([0.2126, 1.7874])
     """
 
+    elementwise = True
+
     def __init__(
         self,
         beta: float = 0.9999,

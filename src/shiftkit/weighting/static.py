@@ -17,6 +17,8 @@ from . import Categories, Weighting, normalized_inverse_counts, register
 class ERM(Weighting):
     """Empirical risk minimization: every weight is 1."""
 
+    elementwise = True
+
     def weigh(self, losses: Tensor, y: Tensor, g: Optional[Tensor], state) -> Tensor:
         guards.check("weighting 'erm'", y, g, losses=losses)
         return torch.ones_like(losses)
@@ -31,6 +33,8 @@ class ImportanceWeighting(Weighting):
     mean 1 over the training set. ``exponent = 1`` is classical IW; [W] uses 1.5 (CIFAR) and 2 (CelebA)
     for IW-Exp and up to 3 with the polynomially-tailed loss.
     """
+
+    elementwise = True
 
     def __init__(
         self,
