@@ -327,7 +327,11 @@ def legacy_overrides(overrides: List[str]) -> List[str]:
         key, sep, value = body.partition("=")
         if key == "search.enabled" and sep and not prefix:
             names = {"true": "autobalance", "false": "plain"}
-            out.append("procedure=" + ",".join(names.get(v.strip().lower(), v) for v in value.split(",")))
+            values = [v.strip().lower() for v in value.split(",")]
+            odd = next((v for v in values if v not in names), None)
+            if odd is not None:
+                raise ShiftkitError(f"search.enabled takes true or false (today procedure=autobalance or plain), got '{odd}'")
+            out.append("procedure=" + ",".join(names[v] for v in values))
         elif key.startswith("search."):
             out.append(f"{prefix}procedure.{key[len('search.'):]}{sep}{value}")
         else:
