@@ -11,6 +11,9 @@
 
 Bad input (an unknown name, a value of the wrong type, a missing directory) prints one line,
 ``shiftkit: error: ...``, and exits with status 2; nothing that looks like a finished result is written.
+
+One module: the command line is one parser and the short handler of each subcommand it dispatches to,
+read best side by side.
 """
 
 from __future__ import annotations
@@ -180,6 +183,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``shiftkit`` argument parser and its subcommands. Function of more than 40 lines: one declaration of
+    every subcommand and option, read best whole as the command line's reference."""
     parser = _Parser(prog="shiftkit", description="Classifiers that do well on every class and group.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     train = sub.add_parser(

@@ -11,6 +11,9 @@ saves, and handing each member its weights at the end.
 
 Where a member axis cannot serve, :func:`refuse` says why, in one place, and the command line runs the
 members one after another instead (:class:`EnsembleUnsupported`).
+
+One module: :class:`Single` and :class:`Stacked` are the two sides of one interface the loop calls, and
+the member loss, pipeline and weighting wrap them; they change together.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ Everything that can be refused is refused before training (:func:`check`, :func:
 :func:`run` trains one config with its procedure (:mod:`shiftkit.procedures`); :func:`run_ensemble` trains
 runs that differ only in their seed together and writes the same directories. Sweeps:
 :mod:`shiftkit.sweep`.
+
+One module: the checks before a run and the run itself build the same parts from the same config;
+together they keep what is refused in step with what is built.
 """
 
 from __future__ import annotations

@@ -13,77 +13,39 @@ pipelines and grid searches like any scikit-learn classifier. docs/SKLEARN.md ha
 of the weighting scheme's weights, so that integer weights act as repeated rows. The module also has
 scorers for ``GridSearchCV`` and ``cross_val_score`` (:func:`worst_group_accuracy`,
 :func:`group_balanced_accuracy`, :func:`balanced_accuracy` and their ``*_scorer`` objects), whose
-``groups`` arrive through scikit-learn's metadata routing.
+``groups`` arrive through scikit-learn's metadata routing. The hyperparameter checks live in
+:mod:`shiftkit.sklearn_checks`, the rows and their weights in :mod:`shiftkit.sklearn_data`, the metrics and
+scorers in :mod:`shiftkit.sklearn_scoring`.
 """
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Mapping
-from numbers import Integral, Real
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import numpy as np
 import torch
-from sklearn import config_context
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.metrics import make_scorer
 from sklearn.utils import check_random_state
-from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
 
-from . import losses, metrics, models, optim, sampling, weighting
-from .data.base import Split, Splits, dense_ids
-from .data.tabular import stratified_split
-from .errors import ShiftkitError
-from .registry import DATA_STATISTICS
+from . import metrics
 from .environment import resolve_device
-from .train import fit as train_fit, parse_select
+from .errors import ShiftkitError
+from .sklearn_checks import build_parts, check_hyperparameters, parameter_names
+from .sklearn_data import encode, evaluation_groups, fit_groups, fit_splits, fit_weights, standardized, weighted_counts
+from .sklearn_scoring import (  # noqa: F401
+    balanced_accuracy,
+    balanced_accuracy_scorer,
+    group_balanced_accuracy,
+    group_balanced_scorer,
+    worst_group_accuracy,
+    worst_group_scorer,
+)
+from .train import fit as train_fit
 
-#: Options the estimator gives a model unless ``model_options`` sets them: the registry's MLP (2 x 512,
-#: [W]'s image MLP, docs/METHODS.md#model-mlp) is far wider than tabular data needs and would make every fit slow.
-_MODEL_DEFAULTS = {"mlp": {"width": 128}}
 #: Rows per forward pass at prediction time.
 _PREDICT_BATCH = 4096
-#: Keys of shiftkit's configuration that messages from the training loop and the optimizer name, and the
-#: estimator's parameter that sets each (``optim.<key>`` is ``optimizer_options['<key>']``, except ``lr``).
-_PARAMETER_OF_KEY = {
-    "train.epochs": "epochs",
-    "train.batch_size": "batch_size",
-    "train.select": "select",
-    "train.divergence": "the divergence check",
-}
-_CONFIG_KEY = re.compile(r"(?<![\w.])(train|optim|loss|weighting|sampler|model)\.([a-z_]+)\b")
-_OPTIONS_OF_PART = {"optim": "optimizer_options", "loss": "loss_options", "weighting": "weighting_options",
-                    "sampler": "sampler_options", "model": "model_options"}
-
-
-def _check_integer(name: str, value, least: int, meaning: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
-        raise ValueError(f"{name} must be an integer >= {least}{meaning}, got {value!r}")
-
-
-def _encode(values: np.ndarray, known: np.ndarray, what: str) -> np.ndarray:
-    """Ids of ``values`` in the sorted array ``known``; a value never seen in ``fit`` is an error."""
-    ids = np.searchsorted(known, values).clip(0, len(known) - 1)
-    unseen = values != known[ids]
-    if unseen.any():
-        raise ValueError(f"{what} not seen in fit: {', '.join(map(repr, np.unique(values[unseen])[:5].tolist()))}")
-    return ids
-
-
-def _weighted_counts(train: Split, weights: np.ndarray) -> Dict[str, list]:
-    """Class and group counts as sums of the training rows' weights, from one (class, group) table, so that
-    sums equal in rows are equal here too (a class made of two groups; groups that are the classes)."""
-    cells = np.bincount(train.y.numpy() * train.num_groups + train.g.numpy(), weights=weights,
-                        minlength=train.num_classes * train.num_groups).reshape(train.num_classes, -1)
-
-    def tidy(counts: np.ndarray) -> list:
-        return [int(c) if float(c).is_integer() else float(c) for c in counts]
-
-    return {"class_counts": tidy(cells.sum(1)), "group_counts": tidy(cells.sum(0))}
 
 
 class ShiftClassifier(ClassifierMixin, BaseEstimator):
@@ -226,47 +188,6 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
         tags.non_deterministic = self.device != "cpu"
         return tags
 
-    def _options(self, param: str) -> dict:
-        value = getattr(self, param)
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            raise ValueError(f"{param} must be a dict or None, got {type(value).__name__}")
-        computed = sorted(set(value) & set(DATA_STATISTICS))
-        if computed:
-            raise ValueError(f"{param}: {', '.join(computed)} are computed from the training data in fit; remove them")
-        return dict(value)
-
-    def _optimizer_options(self) -> dict:
-        options = self._options("optimizer_options")
-        if self.lr is not None:
-            if "lr" in options:
-                raise ValueError("set the learning rate once: lr or optimizer_options['lr'], not both")
-            options["lr"] = self.lr
-        return options
-
-    def _check_hyperparameters(self) -> None:
-        """What can be refused before touching the data; an unknown name is a one-line ValueError that lists
-        the choices (``Registry.get``)."""
-        for registry, name in ((losses.LOSSES, self.loss), (weighting.WEIGHTINGS, self.weighting),
-                               (sampling.SAMPLERS, self.sampler), (models.MODELS, self.model),
-                               (optim.OPTIMIZERS, self.optimizer)):
-            registry.get(name)
-        _check_integer("epochs", self.epochs, 1)
-        _check_integer("batch_size", self.batch_size, 0, " (0: full batch)")
-        if self.lr is not None and (isinstance(self.lr, bool) or not isinstance(self.lr, Real)
-                                    or not 0 < self.lr < math.inf):
-            raise ValueError(f"lr must be a finite number > 0 or None, got {self.lr!r}")
-        if not (self.class_weight is None or isinstance(self.class_weight, Mapping)
-                or (isinstance(self.class_weight, str) and self.class_weight == "balanced")):
-            raise ValueError(
-                f"class_weight must be None, 'balanced' or a dict {{label: weight}}, got {self.class_weight!r}"
-            )
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
-        if parse_select(self.select) is not None and self.val_fraction == 0:
-            raise ValueError(f"select='{self.select}' picks an epoch on validation rows: set val_fraction > 0")
-
     def fit(self, X, y, groups=None, sample_weight=None) -> "ShiftClassifier":
         """Train on ``X [n, d]``, labels ``y [n]`` of any type, optional ``groups [n]`` (group ids of any
         type, for group-aware weightings, samplers and metrics; without them each row's group is its class).
@@ -285,28 +206,11 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
         try:
             return self._fit(X, y, groups, sample_weight)
         except ShiftkitError as error:  # name the estimator's parameters, not shiftkit's configuration keys
-            error.args = (self._parameter_names(str(error)),) + error.args[1:]
+            error.args = (parameter_names(self, str(error)),) + error.args[1:]
             raise
 
-    def _parameter_names(self, message: str) -> str:
-        """``message`` with each configuration key (``train.epochs``, ``optim.momentum``) replaced by the
-        estimator's parameter that sets it (``epochs``, ``optimizer_options['momentum']``)."""
-
-        def name(match: "re.Match") -> str:
-            key = match.group(0)
-            if key in _PARAMETER_OF_KEY:
-                return _PARAMETER_OF_KEY[key]
-            part, option = match.groups()
-            if key == "optim.lr" and (self.lr is not None or "lr" not in (self.optimizer_options or {})):
-                return "lr"
-            if part == "train":
-                return option
-            return f"{_OPTIONS_OF_PART[part]}['{option}']"
-
-        return _CONFIG_KEY.sub(name, message)
-
     def _fit(self, X, y, groups, sample_weight) -> "ShiftClassifier":
-        self._check_hyperparameters()
+        check_hyperparameters(self)
         device = resolve_device(self.device)
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
@@ -314,18 +218,18 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
         if len(classes) < 2:
             raise ValueError(f"ShiftClassifier needs at least 2 classes in y, got 1 class: {classes[0]!r}")
         self.classes_ = classes
-        weights = self._fit_weights(sample_weight, y, y_ids)
-        g_ids, num_groups = self._fit_groups(groups, y_ids)
+        weights = fit_weights(self, sample_weight, y, y_ids)
+        g_ids, num_groups = fit_groups(self, groups, y_ids)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        splits, train_weights = self._splits(X, y_ids, g_ids, num_groups, seed, weights)
+        splits, train_weights = fit_splits(self, X, y_ids, g_ids, num_groups, seed, weights)
         stats = splits.statistics()
         if train_weights is not None:  # the counts of the weighted rows: weight k counts as k copies
-            stats.update(_weighted_counts(splits.train, train_weights))
+            stats.update(weighted_counts(splits.train, train_weights))
         self.class_counts_, self.group_counts_ = stats["class_counts"], stats["group_counts"]
         # The model's initialization draws from torch's global RNG: seed it, and give the caller's state back.
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
-            parts = self._build(stats)
+            parts = build_parts(self, stats)
         self.fit_result_ = train_fit(
             splits=splits, **parts, epochs=self.epochs, batch_size=self.batch_size,
             eval_every=self.epochs if self.select == "last" else 1, select=self.select, seed=seed, device=device,
@@ -336,117 +240,11 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
         self.weighting_ = parts["weighting"]
         return self
 
-    def _fit_weights(self, sample_weight, y: np.ndarray, y_ids: np.ndarray) -> Optional[np.ndarray]:
-        """Each row's weight, ``sample_weight × class_weight[y]`` (float64, checked), or ``None`` when
-        neither is given."""
-        if sample_weight is None and self.class_weight is None:
-            return None
-        n = len(y_ids)
-        if sample_weight is None:
-            weights = np.ones(n)
-        elif isinstance(sample_weight, Real) and not isinstance(sample_weight, bool):
-            weights = np.full(n, float(sample_weight))
-        else:
-            try:
-                weights = check_array(sample_weight, ensure_2d=False, dtype=np.float64, ensure_all_finite=False,
-                                      input_name="sample_weight", copy=True)
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"sample_weight must be numbers: {error}") from None
-            if weights.ndim != 1:
-                raise ValueError(f"sample_weight must be one weight per example (1-D), got shape {weights.shape}")
-            if len(weights) != n:
-                raise ValueError(f"sample_weight has {len(weights)} entries for {n} examples")
-        if not np.isfinite(weights).all():
-            raise ValueError("sample_weight must be finite, got NaN or infinite values")
-        if (weights < 0).any():
-            raise ValueError(f"sample_weight must be >= 0, got a minimum of {weights.min():g}")
-        if not weights.any():
-            raise ValueError("sample_weight must not be all zero: at least one example needs a positive weight")
-        if self.class_weight is not None:
-            given = None if sample_weight is None else weights
-            per_class = compute_class_weight(self.class_weight, classes=self.classes_, y=y, sample_weight=given)
-            per_class = np.asarray(per_class, dtype=np.float64)
-            if not (np.isfinite(per_class).all() and (per_class >= 0).all()):
-                raise ValueError(f"class_weight must give finite weights >= 0, got {per_class.tolist()}")
-            weights = weights * per_class[y_ids]
-        return weights
-
-    def _check_class_weights(self, weights: np.ndarray, y_ids: np.ndarray) -> None:
-        """Every class needs a positive total weight among the training rows."""
-        totals = np.bincount(y_ids, weights=weights, minlength=len(self.classes_))
-        if (totals > 0).all():
-            return
-        what = "sample_weight" if self.class_weight is None else "sample_weight × class_weight"
-        rows = " among the training rows (val_fraction holds some out)" if self.val_fraction > 0 else ""
-        empty = ", ".join(map(repr, self.classes_[totals == 0][:5].tolist()))
-        raise ValueError(f"{what} is 0 for every example of class {empty}{rows}: every class needs a positive weight")
-
-    def _splits(self, X: np.ndarray, y_ids: np.ndarray, g_ids: np.ndarray, num_groups: int, seed: int,
-                weights: Optional[np.ndarray] = None) -> Tuple[Splits, Optional[np.ndarray]]:
-        """Training rows and validation rows (``val_fraction`` of every (class, group) cell, drawn by
-        ``stratified_split`` as ``data=tabular`` does), and the training rows' weights (``None`` without
-        ``weights``); sets ``mean_`` and ``scale_`` from the training rows, weighted by ``weights``. The
-        training split carries its weights scaled to mean 1."""
-        held_out = np.zeros(len(X), dtype=bool)
-        if self.val_fraction > 0:
-            held_out = stratified_split(y_ids * num_groups + g_ids, self.val_fraction, 0.0, seed) == 1
-        train = ~held_out
-        train_weights = None if weights is None else weights[train]
-        if train_weights is not None:
-            self._check_class_weights(train_weights, y_ids[train])
-        mean = np.average(X[train], axis=0, weights=train_weights)
-        scale = np.sqrt(np.average((X[train] - mean) ** 2, axis=0, weights=train_weights))
-        self.mean_ = mean if self.standardize else np.zeros_like(mean)
-        self.scale_ = np.where(scale > 0, scale, 1.0) if self.standardize else np.ones_like(scale)
-        x = torch.from_numpy(np.ascontiguousarray(self._standardize(X), dtype=np.float32))
-        y_t, g_t = torch.from_numpy(y_ids.astype(np.int64)), torch.from_numpy(g_ids.astype(np.int64))
-
-        def split(rows: np.ndarray, weight: Optional[torch.Tensor] = None) -> Split:
-            index = torch.from_numpy(np.flatnonzero(rows))
-            return Split(x[index], y_t[index], g_t[index], len(self.classes_), num_groups, weight)
-
-        # The loop's objective is mean(weight · w · loss): weights of mean 1 over the training rows make it
-        # the weighted mean, sum(s · w · loss) / sum(s), as over repeated rows.
-        multiplier = None
-        if train_weights is not None:
-            scaled = train_weights * (len(train_weights) / train_weights.sum())
-            multiplier = torch.from_numpy(scaled.astype(np.float32))
-        # Splits needs validation and test rows: without held-out rows validation repeats the training rows,
-        # and test repeats validation (the caller keeps its own test data). Evaluation ignores the weights.
-        training = split(train, multiplier)
-        val = split(held_out) if self.val_fraction > 0 else training
-        return Splits(training, val, val), train_weights
-
-    def _fit_groups(self, groups, y_ids: np.ndarray) -> Tuple[np.ndarray, int]:
-        """``(group ids, number of groups)``; without ``groups`` the groups are the classes."""
-        if groups is None:
-            self.groups_ = None
-            return y_ids, len(self.classes_)
-        groups = column_or_1d(check_array(groups, ensure_2d=False, dtype=None, input_name="groups"))
-        if len(groups) != len(y_ids):
-            raise ValueError(f"groups has {len(groups)} entries for {len(y_ids)} examples")
-        g_ids, self.groups_ = dense_ids(groups)  # sorted, as data=tabular numbers a group column
-        return g_ids, len(self.groups_)
-
-    def _build(self, stats: Dict[str, object]) -> Dict[str, object]:
-        """The arguments of :func:`shiftkit.train.fit` that the names choose, built with ``stats``."""
-        model_options = {**_MODEL_DEFAULTS.get(self.model, {}), **self._options("model_options")}
-        return {
-            "model": models.build(self.model, **model_options, **stats),
-            "loss": losses.build(self.loss, **self._options("loss_options"), **stats),
-            "weighting": weighting.build(self.weighting, **self._options("weighting_options"), **stats),
-            "sampler": sampling.build(self.sampler, **self._options("sampler_options"), **stats),
-            "optim": optim.build(self.optimizer, **self._optimizer_options()),
-        }
-
-    def _standardize(self, X: np.ndarray) -> np.ndarray:
-        return (X - self.mean_) / self.scale_
-
     @torch.no_grad()
     def _logits(self, X) -> np.ndarray:
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
-        x = torch.from_numpy(np.ascontiguousarray(self._standardize(X), dtype=np.float64))
+        x = torch.from_numpy(np.ascontiguousarray(standardized(self, X), dtype=np.float64))
         device = next(self.model_.parameters()).device
         return torch.cat([self.model_(chunk.to(device)).cpu() for chunk in x.split(_PREDICT_BATCH)]).numpy()
 
@@ -479,83 +277,12 @@ class ShiftClassifier(ClassifierMixin, BaseEstimator):
         """
         logits = torch.from_numpy(self._logits(X))
         y = column_or_1d(check_array(y, ensure_2d=False, dtype=None, input_name="y"))
-        y_ids = _encode(y, self.classes_, "labels")
-        g_ids, train_counts = self._evaluation_groups(groups, y_ids)
+        y_ids = encode(y, self.classes_, "labels")
+        g_ids, train_counts = evaluation_groups(self, groups, y_ids)
         if not len(logits) == len(y_ids) == len(g_ids):
             raise ValueError(f"X has {len(logits)} rows, y {len(y_ids)} and groups {len(g_ids)}")
         return metrics.evaluate(logits, torch.from_numpy(y_ids), torch.from_numpy(g_ids), train_counts)
 
-    def _evaluation_groups(self, groups, y_ids: np.ndarray) -> Tuple[np.ndarray, Optional[list]]:
-        """``(group ids, training group counts or None)`` for :meth:`evaluate`."""
-        if groups is None:
-            if self.groups_ is not None:
-                raise ValueError("this model was fitted with groups: pass groups to evaluate")
-            return y_ids, self.class_counts_
-        groups = column_or_1d(check_array(groups, ensure_2d=False, dtype=None, input_name="groups"))
-        if self.groups_ is None:
-            return dense_ids(groups)[0], None
-        return _encode(groups, self.groups_, "groups"), self.group_counts_
-
-
-def _group_accuracies(y_true, y_pred, groups, metric: str) -> np.ndarray:
-    """Accuracy within each group present in ``groups`` (any ids), in sorted group order."""
-    if groups is None:
-        raise ValueError(
-            f"{metric} needs groups=: in GridSearchCV or cross_val_score, enable metadata routing "
-            "(sklearn.set_config(enable_metadata_routing=True)) and pass groups to fit (or in params=)"
-        )
-    y_true = column_or_1d(check_array(y_true, ensure_2d=False, dtype=None, input_name="y_true"))
-    y_pred = column_or_1d(check_array(y_pred, ensure_2d=False, dtype=None, input_name="y_pred"))
-    groups = column_or_1d(check_array(groups, ensure_2d=False, dtype=None, input_name="groups"))
-    if not len(y_true) == len(y_pred) == len(groups) > 0:
-        raise ValueError(f"{metric}: y_true has {len(y_true)} entries, y_pred {len(y_pred)} and groups {len(groups)}")
-    ids, _ = dense_ids(groups)
-    hits = np.bincount(ids, weights=(y_true == y_pred).astype(np.float64))
-    return hits / np.bincount(ids)
-
-
-def worst_group_accuracy(y_true, y_pred, *, groups=None) -> float:
-    """The lowest accuracy over the groups present in ``groups`` (shiftkit's ``worst_group_acc``).
-
-    >>> worst_group_accuracy([0, 0, 1, 1], [0, 1, 1, 1], groups=["a", "a", "b", "b"])
-    0.5
-    """
-    return float(_group_accuracies(y_true, y_pred, groups, "worst_group_accuracy").min())
-
-
-def group_balanced_accuracy(y_true, y_pred, *, groups=None) -> float:
-    """The mean over the groups present in ``groups`` of their accuracy (shiftkit's ``group_balanced_acc``).
-
-    >>> group_balanced_accuracy([0, 0, 1, 1, 1], [0, 1, 1, 1, 1], groups=["a", "a", "b", "b", "b"])
-    0.75
-    """
-    return float(_group_accuracies(y_true, y_pred, groups, "group_balanced_accuracy").mean())
-
-
-def balanced_accuracy(y_true, y_pred) -> float:
-    """The mean over the classes present in ``y_true`` of their recall: the group-balanced accuracy with
-    the classes as groups, equal to ``sklearn.metrics.balanced_accuracy_score`` (shiftkit's
-    ``balanced_acc``).
-
-    >>> balanced_accuracy([0, 0, 0, 1], [0, 0, 1, 1])
-    0.8333333333333333
-    """
-    return float(_group_accuracies(y_true, y_pred, y_true, "balanced_accuracy").mean())
-
-
-def _group_scorer(metric):
-    """A scorer of ``metric`` that asks scikit-learn's metadata routing for ``groups``."""
-    scorer = make_scorer(metric)
-    with config_context(enable_metadata_routing=True):  # set_score_request exists only with routing on
-        return scorer.set_score_request(groups=True)
-
-
-#: Scorers for ``GridSearchCV(scoring=...)`` and ``cross_val_score``. The group scorers request ``groups``
-#: through metadata routing: enable it (``sklearn.set_config(enable_metadata_routing=True)``) and pass
-#: ``groups`` to the search's ``fit``; each test fold's groups then reach the scorer.
-worst_group_scorer = _group_scorer(worst_group_accuracy)
-group_balanced_scorer = _group_scorer(group_balanced_accuracy)
-balanced_accuracy_scorer = make_scorer(balanced_accuracy)
 
 __all__ = ["ShiftClassifier", "balanced_accuracy", "balanced_accuracy_scorer", "group_balanced_accuracy",
            "group_balanced_scorer", "worst_group_accuracy", "worst_group_scorer"]

@@ -7,7 +7,7 @@ reproductions call these too.
 
 from __future__ import annotations
 
-from typing import List
+from typing import Callable, List
 
 from .errors import ShiftkitError
 
@@ -135,8 +135,7 @@ def run_many(override_lists: List[List[str]], label: str = "runs") -> List[dict]
 
     from . import distributed
     from .config import compose
-    from .ensemble import EnsembleUnsupported
-    from .runner import check_sweep, run, run_ensemble
+    from .runner import check_sweep
 
     configs = [compose(o) for o in override_lists]
     check_sweep(configs)
@@ -157,22 +156,33 @@ def run_many(override_lists: List[List[str]], label: str = "runs") -> List[dict]
                 if plain is not None:
                     plain(record)
 
-            done = None
-            if len(batch) > 1:
-                try:
-                    done = run_ensemble(batch, on_eval=on_eval)
-                except EnsembleUnsupported as exc:
-                    progress.console.print(f"{title}: {exc}; running the seeds one by one")
-                except ShiftkitError as exc:
-                    done = [{"failed": str(exc)}] * len(batch)
-            if done is None:
-                done = [_attempt(run, cfg, on_eval, alone=len(configs) == 1) for cfg in batch]
+            done = _run_batch(batch, title, on_eval, progress.console.print, alone=len(configs) == 1)
             progress.remove_task(epochs)
             for cfg, record in zip(batch, done):
                 progress.advance(task)
                 records.append(record)
                 progress.console.print(f"[{len(records)}/{len(configs)}] {_label(cfg)} seed {cfg.seed}: {finished(record)}")
     return conclude(records, console.print)
+
+
+def _run_batch(batch: list, title: str, on_eval: Callable[[dict], None], say: Callable[[str], None],
+               alone: bool) -> List[dict]:
+    """The records of one batch of :func:`run_many`: its seeds as one ensemble where there are several and
+    the member axis serves them (``say`` tells why not, and they run one by one), else run after run."""
+    from .ensemble import EnsembleUnsupported
+    from .runner import run, run_ensemble
+
+    done = None
+    if len(batch) > 1:
+        try:
+            done = run_ensemble(batch, on_eval=on_eval)
+        except EnsembleUnsupported as exc:
+            say(f"{title}: {exc}; running the seeds one by one")
+        except ShiftkitError as exc:
+            done = [{"failed": str(exc)}] * len(batch)
+    if done is None:
+        done = [_attempt(run, cfg, on_eval, alone=alone) for cfg in batch]
+    return done
 
 
 def conclude(records: List[dict], say) -> List[dict]:

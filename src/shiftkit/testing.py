@@ -6,6 +6,9 @@ breaks; it returns ``None`` when the method keeps the contract. :func:`check_los
 :func:`check_sampler`, :func:`check_model` and :func:`check_dataset` say in their docstrings what they check;
 :func:`check` takes the registry's kind (``loss``, ``weighting``, ``sampler``, ``model``, ``data``).
 
+One module: it is the public ``shiftkit.testing`` of docs/PLUGINS.md, one check per registry kind built
+on the same contract helpers.
+
 >>> from shiftkit import testing
 >>> testing.check_loss("ce")
 >>> testing.check("sampler", "balanced")

@@ -11,6 +11,9 @@ S seeds of a sweep as one vectorized ensemble (:func:`shiftkit.ensemble.fit_ense
 between the two is the member axis of :mod:`shiftkit.members`; every feature of the loop (checkpoints at
 epoch ends and inside epochs, exact resume, divergence checks, selection, ``compile``, mixed precision)
 is written once, here.
+
+One module: the loop and the helpers only it calls (the epoch, restoring a checkpoint, evaluation) are
+the one place where every feature of training is written.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ boolean columns are standardized with the TRAINING split's mean and (population)
 overflows doing so, as values near 1e308 do, is refused), categorical (string) columns are one-hot
 encoded over the training split's categories, and a category unseen in training encodes as all zeros.
 ``info`` records the statistics, the categories and the output feature names, so a model's inputs can be
-traced back. Inputs are ``float32 [N, D]``, used as they are.
+traced back. Inputs are ``float32 [N, D]``, used as they are. Reading the file and checking its values
+lives in :mod:`.tabular_read`.
 
 >>> cells = np.array([0] * 10 + [1] * 5)
 >>> split = stratified_split(cells, val_fraction=0.2, test_fraction=0.2, seed=0)
@@ -27,7 +28,6 @@ traced back. Inputs are ``float32 [N, D]``, used as they are.
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 from pathlib import Path
 from typing import List, Optional
 
@@ -37,7 +37,7 @@ import torch
 from ..errors import ShiftkitError
 from . import register
 from .base import Split, Splits, dense_ids, quote
-from .roots import read_csv, unreadable
+from .tabular_read import check_values, read_table, where
 
 _SPLIT_NAMES = {"train": 0, "val": 1, "valid": 1, "validation": 1, "test": 2, 0: 0, 1: 1, 2: 2}
 _NAN = ("error", "drop")
@@ -112,83 +112,6 @@ def _check_classes(classes: list, label: str, file: Path) -> None:
         )
 
 
-def _read(path: Optional[str]):
-    """``(file, table)``; ``file`` is ``path`` with ``~`` expanded. The column names are checked as the
-    file spells them, before the table is read: pandas would make a repeated name unique."""
-    import pandas as pd
-
-    if not path:
-        raise ShiftkitError("tabular: set data.path=<a .csv or .parquet file>")
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ShiftkitError(f"tabular: no file {file}")
-    if file.suffix in (".parquet", ".pq"):
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise ShiftkitError("tabular: reading Parquet needs pyarrow: pip install pyarrow") from None
-        _check_names(file, _parquet(file, lambda: pq.read_schema(file).names))
-        return file, _parquet(file, lambda: pd.read_parquet(file))
-    options = dict(sep="\t" if ".tsv" in file.suffixes else ",")
-    needs = "it needs a header line and data rows"
-    header = read_csv("tabular", file, needs, header=None, nrows=1, dtype=str, keep_default_na=False, **options)
-    _check_names(file, header.iloc[0].tolist())
-    return file, read_csv("tabular", file, needs, **options)
-
-
-def _parquet(file: Path, read):
-    """``read()`` of the Parquet ``file``, a failure (pyarrow's ArrowInvalid is a ValueError) as one line."""
-    try:
-        return read()
-    except (ValueError, OSError) as exc:
-        raise ShiftkitError(f"tabular: {unreadable(file, exc)}") from None
-
-
-def _check_names(file: Path, names: List[str]) -> None:
-    """Refuse a column name the header repeats (an empty name is pandas' ``Unnamed: k``, not repeated)."""
-    counts = Counter(names)
-    repeated = [name for name in counts if name and counts[name] > 1]
-    if repeated:
-        raise ShiftkitError(
-            f"tabular: {file} names the column(s) {quote(repeated)} more than once; give every column its own name"
-        )
-
-
-def _where(file: Path, row: int) -> str:
-    """Where data row ``row`` (0-based, header excluded) sits in ``file``, as its user finds it."""
-    return f"row {row + 1}" if file.suffix in (".parquet", ".pq") else f"line {row + 2}"
-
-
-def _check_values(table, features: List[str], file: Path) -> None:
-    """Refuse infinite numbers, and text in a column whose values are otherwise numbers (a typo would
-    silently turn the column into categories), naming the column, the value and where it is."""
-    import pandas as pd
-
-    for col in features:
-        column = table[col]
-        if pd.api.types.is_bool_dtype(column):
-            continue
-        if pd.api.types.is_numeric_dtype(column):
-            values = column.to_numpy(dtype=np.float64)
-            bad = np.flatnonzero(np.isinf(values))
-            if len(bad):
-                raise ShiftkitError(
-                    f"tabular: column '{quote(col)}' of {file} holds {len(bad)} infinite value(s), the first on "
-                    f"{_where(file, int(bad[0]))}; replace them with finite numbers or list the column in data.ignore=[...]"
-                )
-        elif pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column):
-            present = column.notna().to_numpy()
-            numbers = pd.to_numeric(column, errors="coerce").notna().to_numpy()
-            text = np.flatnonzero(present & ~numbers)
-            if len(text) and numbers.sum() > present.sum() / 2:
-                first = int(text[0])
-                raise ShiftkitError(
-                    f"tabular: column '{quote(col)}' of {file} holds numbers but {len(text)} non-numeric value(s), "
-                    f"the first '{quote(column.iloc[first])}' on {_where(file, first)}; fix them (leave a missing "
-                    "value empty) or list the column in data.ignore=[...]"
-                )
-
-
 def _split_ids(column, file: Path) -> np.ndarray:
     keys = [v.strip().lower() if isinstance(v, str) else _python(v) for v in column.to_numpy()]
     unknown = sorted({str(k) for k in keys if k not in _SPLIT_NAMES})
@@ -234,7 +157,7 @@ def _encode(table, features: List[str], train: np.ndarray, info: dict, file: Pat
                 row = int(bad[np.argmax(np.abs(values[bad]))])
                 raise ShiftkitError(
                     f"tabular: column '{quote(col)}' of {file} overflows when standardized (the value "
-                    f"{values[row]:.3g} on {_where(file, row)}, with the training mean and standard deviation); "
+                    f"{values[row]:.3g} on {where(file, row)}, with the training mean and standard deviation); "
                     "rescale the column or list it in data.ignore=[...]"
                 )
             blocks.append(scaled[:, None])
@@ -252,6 +175,69 @@ def _encode(table, features: List[str], train: np.ndarray, info: dict, file: Pat
             info["categories"][col] = categories.tolist()
     info["features"] = names
     return np.concatenate(blocks, axis=1).astype(np.float32)
+
+
+def _check_options(nan: str, group: Optional[str], attribute: Optional[str], val_fraction: float,
+                   test_fraction: float) -> None:
+    """Refuse options that no file can satisfy."""
+    if nan not in _NAN:
+        raise ShiftkitError(f"tabular: nan must be one of {', '.join(_NAN)}, got '{nan}'")
+    if group and attribute:
+        raise ShiftkitError("tabular: give either a group column or an attribute column, not both")
+    if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+        raise ShiftkitError(
+            f"tabular: need val_fraction, test_fraction >= 0 with a sum < 1, got {val_fraction}, {test_fraction}"
+        )
+
+
+def _feature_columns(table, file: Path, roles: List[str], features: List[str], ignore: List[str]) -> List[str]:
+    """The feature columns (``features``, else every column), without the roles and ``ignore``; every
+    column named must exist."""
+    for col in roles + list(features) + list(ignore):
+        if col not in table.columns:
+            raise ShiftkitError(f"tabular: no column '{col}' in {file}; columns: {quote(list(table.columns))}")
+    features = [c for c in (features or table.columns) if c not in set(roles) | set(ignore)]
+    if not features:
+        raise ShiftkitError(f"tabular: {file} has no feature column besides {', '.join(roles)}")
+    return features
+
+
+def _drop_missing(table, used: List[str], nan: str, file: Path) -> tuple:
+    """``(table, dropped)``: the rows with a missing value in a ``used`` column refused (``nan="error"``,
+    naming the first) or dropped, and how many there were."""
+    missing = table[used].isna()
+    dropped = int(missing.any(axis=1).sum())
+    if dropped and nan == "error":
+        col = used[int(np.argmax(missing.any(axis=0).to_numpy()))]
+        first = int(np.argmax(missing[col].to_numpy()))
+        raise ShiftkitError(
+            f"tabular: column '{quote(col)}' of {file} has {int(missing[col].sum())} missing value(s) (NaN), the first "
+            f"on {where(file, first)}; clean the file or set data.nan=drop"
+        )
+    table = table[~missing.any(axis=1)].reset_index(drop=True)
+    if table.empty:
+        raise ShiftkitError(f"tabular: every row of {file} has a missing value; data.nan=drop leaves no row")
+    return table, dropped
+
+
+def _groups(table, y: np.ndarray, classes: list, group: Optional[str], attribute: Optional[str],
+            info: dict) -> tuple:
+    """``(g, num_groups)``: ``2·y + a`` from a binary attribute, the ids of a group column, or the classes;
+    the attribute's or the group's values go into ``info``."""
+    if attribute:
+        a, values = _ids(table[attribute])
+        if len(classes) != 2 or len(values) > 2:
+            raise ShiftkitError(
+                f"tabular: g = 2·y + a needs a binary label and attribute, "
+                f"got {len(classes)} classes and {len(values)} attribute values"
+            )
+        info.update(attribute=attribute, attribute_values=values)
+        return 2 * y + a, 4
+    if group:
+        g, names = _ids(table[group])
+        info.update(group=group, group_values=names)
+        return g, len(names)
+    return y.copy(), len(classes)
 
 
 @register("tabular")
@@ -277,58 +263,20 @@ def tabular(
     class, integer labels that skip a class, and a split left without rows. A quoted value is cut to
     about 200 characters (:func:`~.base.quote`).
     """
-    if nan not in _NAN:
-        raise ShiftkitError(f"tabular: nan must be one of {', '.join(_NAN)}, got '{nan}'")
-    if group and attribute:
-        raise ShiftkitError("tabular: give either a group column or an attribute column, not both")
-    if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
-        raise ShiftkitError(
-            f"tabular: need val_fraction, test_fraction >= 0 with a sum < 1, got {val_fraction}, {test_fraction}"
-        )
-    file, table = _read(path)
+    _check_options(nan, group, attribute, val_fraction, test_fraction)
+    file, table = read_table(path)
     table.columns = [str(c) for c in table.columns]
     roles = [c for c in (label, group, attribute, split) if c]
-    for col in roles + list(features) + list(ignore):
-        if col not in table.columns:
-            raise ShiftkitError(f"tabular: no column '{col}' in {file}; columns: {quote(list(table.columns))}")
-    features = [c for c in (features or table.columns) if c not in set(roles) | set(ignore)]
-    if not features:
-        raise ShiftkitError(f"tabular: {file} has no feature column besides {', '.join(roles)}")
+    features = _feature_columns(table, file, roles, features, ignore)
     if table.empty:
         raise ShiftkitError(f"tabular: {file} has a header but no data row")
-    _check_values(table, features, file)
-    used = roles + features
-    missing = table[used].isna()
-    dropped = int(missing.any(axis=1).sum())
-    if dropped and nan == "error":
-        col = used[int(np.argmax(missing.any(axis=0).to_numpy()))]
-        first = int(np.argmax(missing[col].to_numpy()))
-        raise ShiftkitError(
-            f"tabular: column '{quote(col)}' of {file} has {int(missing[col].sum())} missing value(s) (NaN), the first "
-            f"on {_where(file, first)}; clean the file or set data.nan=drop"
-        )
-    table = table[~missing.any(axis=1)].reset_index(drop=True)
-    if table.empty:
-        raise ShiftkitError(f"tabular: every row of {file} has a missing value; data.nan=drop leaves no row")
+    check_values(table, features, file)
+    table, dropped = _drop_missing(table, roles + features, nan, file)
 
     y, classes = _ids(table[label])
     _check_classes(classes, label, file)
     info = {"path": str(file), "label": label, "classes": classes, "dropped": dropped}
-    if attribute:
-        a, values = _ids(table[attribute])
-        if len(classes) != 2 or len(values) > 2:
-            raise ShiftkitError(
-                f"tabular: g = 2·y + a needs a binary label and attribute, "
-                f"got {len(classes)} classes and {len(values)} attribute values"
-            )
-        g, num_groups = 2 * y + a, 4
-        info.update(attribute=attribute, attribute_values=values)
-    elif group:
-        g, names = _ids(table[group])
-        num_groups = len(names)
-        info.update(group=group, group_values=names)
-    else:
-        g, num_groups = y.copy(), len(classes)
+    g, num_groups = _groups(table, y, classes, group, attribute, info)
     if split:
         parts = _split_ids(table[split], file)
     else:

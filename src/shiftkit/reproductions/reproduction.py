@@ -18,6 +18,9 @@ ordinary run directories, so a repeated command skips the runs already finished,
 that share a runs directory share their runs (Figures 3 and 4 of [W] train the same models). Figures and summaries are written to a staging
 directory and moved into ``<out>`` only when the whole reproduction has finished: a failed or interrupted
 command never leaves a summary that mixes two runs.
+
+One module: the base class, its context, the command that runs a reproduction and the summary it
+writes are the one framework that every reproduction file uses.
 """
 
 from __future__ import annotations
