@@ -112,25 +112,8 @@ def test_contract_pure_steps_equal_the_stateful_calls_and_change_nothing(name):
 
 @pytest.mark.parametrize("name", weighting.names())
 def test_contract_a_vmapped_step_over_members_equals_each_member_alone(name):
-    """One scheme, S stacked states: ``torch.func.vmap`` of ``step`` is each member's own step."""
-    from torch.func import vmap
+    """One scheme, S stacked states: ``torch.func.vmap`` of ``step`` is each member's own step (the
+    check plugin authors run, :mod:`shiftkit.testing`)."""
+    from shiftkit.testing import Contract, check_vmapped_step
 
-    scheme = weighting.build(name, **COUNTS)
-    batches = [list(_batches(seed)) for seed in range(3)]
-    alone = []
-    for member in batches:
-        state = {k: v.clone() for k, v in scheme.state().items()}
-        weights = []
-        for losses, y, g in member:
-            w, state = scheme.step(losses, y, g, state)
-            weights.append(w)
-        alone.append((torch.stack(weights), state))
-    stacked = {k: torch.stack([v.clone() for _ in batches]) for k, v in scheme.state().items()}
-    weights = []
-    for step in range(len(batches[0])):
-        losses, y, g = (torch.stack([member[step][i] for member in batches]) for i in range(3))
-        w, stacked = vmap(scheme.step)(losses, y, g, stacked)
-        weights.append(w)
-    for s, (w, state) in enumerate(alone):
-        torch.testing.assert_close(torch.stack(weights)[:, s], w)
-        torch.testing.assert_close({k: v[s] for k, v in stacked.items()}, state)
+    check_vmapped_step(Contract("weighting", name), weighting.build(name, **COUNTS))

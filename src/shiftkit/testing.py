@@ -181,7 +181,7 @@ def check_weighting(name: str, **options: Any) -> None:
         c.close(fresh().weights(losses, y, g)[perm], fresh().weights(losses[perm], y[perm], g[perm]),
                 "weights must follow a permutation of the batch")
     c.call(lambda: _check_pure_steps(c, fresh(), fresh()), "the pure interface (state, step, begin_epoch)")
-    c.call(lambda: _check_vmap(c, fresh()), "steps over stacked states")
+    c.call(lambda: check_vmapped_step(c, fresh()), "steps over stacked states")
     _check_weighting_guards(c, fresh)
 
 
@@ -198,7 +198,9 @@ def _check_pure_steps(c: Contract, stateful: Any, pure: Any) -> None:
     c.close(pure.state_dict(), before, "step() and begin_epoch() must not change the module's own state")
 
 
-def _check_vmap(c: Contract, scheme: Any) -> None:
+def check_vmapped_step(c: Contract, scheme: Any) -> None:
+    """``torch.func.vmap`` of ``scheme.step`` over three members' stacked states gives each member the
+    weights and state of its own steps (the member axis of an ensemble)."""
     from torch.func import vmap
 
     members = [list(weight_batches(seed)) for seed in range(3)]
