@@ -85,29 +85,14 @@ def test_contract_weights_follow_a_permutation_of_the_batch(name, seed):
     torch.testing.assert_close(w[perm], w_perm)
 
 
-def _batches(seed: int, n: int = 4, size: int = 16):
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(n):
-        losses = torch.rand(size, generator=gen) * 4
-        y = torch.randint(0, 2, (size,), generator=gen)
-        yield losses, y, 2 * y + torch.randint(0, 2, (size,), generator=gen)
-
-
 @pytest.mark.parametrize("name", weighting.names())
 def test_contract_pure_steps_equal_the_stateful_calls_and_change_nothing(name):
     """``step`` / ``begin_epoch`` threading an explicit state give the weights and state of the stateful
-    ``start_epoch`` / ``weights`` calls, and leave the module's own state as it was."""
-    stateful, pure = weighting.build(name, **COUNTS), weighting.build(name, **COUNTS)
-    before = {k: v.clone() for k, v in pure.state_dict().items()}
-    state = {k: v.clone() for k, v in pure.state().items()}
-    for epoch, (losses, y, g) in enumerate(_batches(1)):
-        stateful.start_epoch(epoch * 100)
-        state = pure.begin_epoch(epoch * 100, state)
-        w, state = pure.step(losses, y, g, state)
-        torch.testing.assert_close(w, stateful.weights(losses, y, g))
-        torch.testing.assert_close(pure.weights(losses, y, g, state), w)  # pure weights at a state
-    torch.testing.assert_close(state, stateful.state_dict())
-    torch.testing.assert_close(pure.state_dict(), before)
+    ``start_epoch`` / ``weights`` calls, and leave the module's own state as it was (the check plugin
+    authors run, :mod:`shiftkit.testing`)."""
+    from shiftkit.testing import Contract, check_pure_steps
+
+    check_pure_steps(Contract("weighting", name), weighting.build(name, **COUNTS), weighting.build(name, **COUNTS))
 
 
 @pytest.mark.parametrize("name", weighting.names())

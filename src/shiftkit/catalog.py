@@ -26,6 +26,7 @@ ABOUT = {
     "sampler": "which examples enter a batch (sampler=NAME sampler.OPTION=VALUE)",
     "optim": "optimizers and learning-rate schedules (optim=NAME optim.OPTION=VALUE)",
     "logger": "experiment tracking (logger=NAME logger.OPTION=VALUE)",
+    "procedure": "how a run trains: one fit, or several phases (procedure=NAME procedure.OPTION=VALUE)",
 }
 
 

@@ -273,6 +273,7 @@ class MemberWeighting:
         # Static per-example schemes (ERM, IW) weigh every member's batch in one plain call: no vmap needed.
         self.flat = self.pure and scheme.elementwise and not scheme.stateful
         self._step = vmap(scheme.step) if self.pure else None
+        self._static = scheme.state() if self.flat else None
         self.stacked: Optional[State] = None
 
     def train(self, mode: bool = True) -> None:
@@ -291,9 +292,8 @@ class MemberWeighting:
         """The weights ``[S, B]`` of a training batch ``[S, B]``, each member's state updated."""
         if not self.pure:
             return torch.stack([w.weights(losses[s], y[s], g[s]) for s, w in enumerate(self.parts)])
-        if self.flat:
-            scheme = self.parts[0]
-            return scheme.weigh(losses.flatten(), y.flatten(), g.flatten(), scheme.state()).view(losses.shape)
+        if self.flat:  # a static scheme: its state (the first member's, as every member's) never changes
+            return self.parts[0].weigh(losses.flatten(), y.flatten(), g.flatten(), self._static).view(losses.shape)
         weights, self.stacked = self._step(losses, y, g, self.stacked)
         return weights
 

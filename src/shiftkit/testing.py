@@ -180,12 +180,14 @@ def check_weighting(name: str, **options: Any) -> None:
         perm = torch.randperm(16, generator=torch.Generator().manual_seed(seed))
         c.close(fresh().weights(losses, y, g)[perm], fresh().weights(losses[perm], y[perm], g[perm]),
                 "weights must follow a permutation of the batch")
-    c.call(lambda: _check_pure_steps(c, fresh(), fresh()), "the pure interface (state, step, begin_epoch)")
+    c.call(lambda: check_pure_steps(c, fresh(), fresh()), "the pure interface (state, step, begin_epoch)")
     c.call(lambda: check_vmapped_step(c, fresh()), "steps over stacked states")
     _check_weighting_guards(c, fresh)
 
 
-def _check_pure_steps(c: Contract, stateful: Any, pure: Any) -> None:
+def check_pure_steps(c: Contract, stateful: Any, pure: Any) -> None:
+    """``step`` / ``begin_epoch`` threading an explicit state give the weights and state of the stateful
+    ``start_epoch`` / ``weights`` calls of a second copy, and leave the module's own state as it was."""
     before = {k: v.clone() for k, v in pure.state_dict().items()}
     state = {k: v.clone() for k, v in pure.state().items()}
     for epoch, (losses, y, g) in enumerate(weight_batches(1)):
