@@ -4,7 +4,8 @@
     shiftkit train -m seed=0,1,2 loss=ce,poly weighting=erm,iw       # a sweep: every combination
     shiftkit train -m hydra/launcher=joblib seed=0,1,2,3             # ... through a Hydra launcher
     torchrun --nproc_per_node=2 -m shiftkit train                     # one run over two processes (DDP)
-    shiftkit report results/
+    shiftkit sweep --methods group_dro,jtt,dfr --trials 16 --seeds 3 data=fmnist_spurious  # random search
+    shiftkit report results/ --select val/worst_group_acc                    # ... and model selection
     shiftkit reproduce wang2022-fig1 --scale quick --out results/fig1   # a paper's figure or table
     shiftkit demo
     shiftkit list
@@ -75,6 +76,31 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    """A seeded random search (docs/METHODS.md#search): every method's trials, each over the seeds; through
+    a Hydra launcher where ``hydra/launcher=NAME`` is given."""
+    from .config import check_repeated, expand_sweep, legacy_overrides
+    from .hparams import plan, seeds_of
+    from .launch import launch, launcher_name, split
+
+    overrides = legacy_overrides(args.overrides)
+    check_repeated(overrides)
+    methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
+    runs = [run for base in expand_sweep(split(overrides)[1])
+            for run in plan(methods, args.trials, seeds_of(args.seeds), base, args.tune, args.search_seed)]
+    lists = [run["overrides"] for run in runs]
+    if args.show or args.show_configs:
+        for run in runs:
+            if run["seed"] == runs[0]["seed"]:
+                shown = ", ".join(f"{k}={v}" for k, v in run["values"].items()) or "defaults"
+                print(f"{run['method']} trial {run['trial']}: {shown}")
+        return _show(lists) if args.show_configs else 0
+    records = launch(overrides, runs=lists) if launcher_name(overrides) is not None else run_many(lists, label="search")
+    for record in records:
+        print(record["run_dir"])
+    return 0
+
+
 def _pretrain(args: argparse.Namespace) -> int:
     """One training run that keeps its model: ``weights.safetensors`` in its run directory, copied to
     ``--save`` for ``model.weights=FILE`` (docs/PRETRAINED.md)."""
@@ -118,7 +144,7 @@ def _report(args: argparse.Namespace) -> int:
     from .report import parse_columns, report
 
     report(args.dir, parse_columns(args.metrics), which=args.which, baseline=args.baseline, show_curves=args.curves,
-           fmt=args.format, pair_mismatched=args.pair_mismatched, log=args.log)
+           fmt=args.format, pair_mismatched=args.pair_mismatched, log=args.log, select=args.select)
     return 0
 
 
@@ -210,6 +236,27 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print the composed config of each run and its directory, checked, without training")
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss=poly weighting.exponent=1.5")
     train.set_defaults(func=_train)
+    swp = sub.add_parser(
+        "sweep",
+        help="seeded random hyperparameter search: each method's trials over seeds (then report --select)",
+        epilog="Each method is a registered loss, weighting, sampler or procedure (group_dro, la, jtt), names "
+        "joined by + (poly+iw), a preset (autobalance) or overrides joined by + (loss=vs+weighting=group_dro). "
+        "Trial 0 is the defaults; trial t draws every option of the method's search space (and, with --tune all, "
+        "optim.lr and optim.weight_decay) from a generator seeded by (--search-seed, method, t, option), so more "
+        "trials extend a search and finished runs are skipped. Keys given on the command line are not searched; "
+        "comma lists in them sweep as with train -m (data=fmnist_spurious,fmnist_lt); hydra/launcher=NAME runs "
+        "the search through that launcher (docs/SWEEPS.md).",
+    )
+    swp.add_argument("--methods", required=True, help="comma list of methods, e.g. erm,group_dro,jtt,poly+iw")
+    swp.add_argument("--trials", type=int, default=8, help="hyperparameter settings per method (default 8)")
+    swp.add_argument("--seeds", default="3", help="seeds per setting: a count or a comma list (default 3)")
+    swp.add_argument("--search-seed", type=int, default=0, help="the search's own seed (default 0)")
+    swp.add_argument("--tune", default="all", choices=["all", "method"],
+                     help="all: the method's options and the optimizer's lr and weight decay (default); method: only the method's")
+    swp.add_argument("--show", action="store_true", help="print each trial's values without training")
+    swp.add_argument("--show-configs", action="store_true", help="print every run's composed config without training")
+    swp.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
+    swp.set_defaults(func=_sweep)
     pre = sub.add_parser(
         "pretrain",
         help="train one run and save its model as a weight file for model.weights= or data.features_weights=",
@@ -228,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "t-test over seeds, for methods that trained as the baseline did")
     rep.add_argument("--pair-mismatched", action="store_true",
                      help="also pair methods whose training differs from the baseline's (epochs, optimizer, model)")
+    rep.add_argument("--select", metavar="CRITERION",
+                     help="model selection across runs: per method, the setting of a search (shiftkit sweep) with the "
+                     "best val/<metric> (e.g. val/worst_group_acc, val/worst_class_acc, val/acc) or, labelled oracle, "
+                     "test metric (oracle, oracle/<metric>); its test metrics over seeds are reported")
     rep.add_argument("--curves", action="store_true", help="also print the first metric by epoch")
     rep.add_argument("--format", default="table", choices=["table", "csv", "markdown", "latex"],
                      help="print the tables as csv, markdown or latex on stdout instead (default: table)")

@@ -151,15 +151,17 @@ def task(cfg: Any) -> Dict[str, Any]:
     return record
 
 
-def plan(overrides: List[str]) -> Tuple[List[List[str]], List[Optional[Dict[str, Any]]]]:
-    """Every run of a sweep (its overrides, ``hydra`` ones left out), composed and checked so that bad input
-    stops here, and the record of each one already done (None for those still to run)."""
+def plan(overrides: List[str], runs: Optional[List[List[str]]] = None
+         ) -> Tuple[List[List[str]], List[Optional[Dict[str, Any]]]]:
+    """Every run of a sweep (its overrides, ``hydra`` ones left out; or the given ``runs``), composed and
+    checked so that bad input stops here, and the record of each one already done (None for those still to
+    run)."""
     from omegaconf import OmegaConf
 
     from .config import compose, expand_sweep, fit_options
     from .runner import check_sweep, finished_record, run_dir
 
-    runs = fit_options(expand_sweep(split(overrides)[1]))
+    runs = fit_options(expand_sweep(split(overrides)[1])) if runs is None else runs
     configs = [compose(one) for one in runs]
     check_sweep(configs)
     records = []
@@ -192,8 +194,9 @@ def _launch(hydra: Any, cfg: Any, jobs: List[List[str]]) -> List[Dict[str, Any]]
     return [job.return_value for job in results]
 
 
-def launch(overrides: List[str]) -> List[Dict[str, Any]]:
-    """Run a sweep through the launcher that ``hydra/launcher=NAME`` names. Runs already done are not
+def launch(overrides: List[str], runs: Optional[List[List[str]]] = None) -> List[Dict[str, Any]]:
+    """Run a sweep through the launcher that ``hydra/launcher=NAME`` names: the sweep of ``overrides``, or
+    the given ``runs`` (each a run's overrides, as a hyperparameter search makes them). Runs already done are not
     launched (their records are read back); the others go to the launcher as one batch of jobs. Returns every
     run's record in sweep order, as :func:`shiftkit.sweep.run_many` does. Bad input raises
     :class:`ShiftkitError` before anything is launched; runs that fail raise one after the sweep."""
@@ -209,7 +212,7 @@ def launch(overrides: List[str]) -> List[Dict[str, Any]]:
     if name is None:
         raise ShiftkitError("a launcher sweep needs hydra/launcher=NAME, e.g. hydra/launcher=joblib")
     require(name, overrides)
-    runs, records = plan(overrides)
+    runs, records = plan(overrides, runs)
     register_configs()
     GlobalHydra.instance().clear()
     try:

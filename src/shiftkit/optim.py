@@ -54,6 +54,10 @@ class OptimSpec:
     each of ``milestones``), after ``warmup_epochs`` of linear warm-up.
     """
 
+    #: The search's space (docs/METHODS.md#search): SubpopBench's weight decay, 10^U(-6, -3); a learning
+    #: rate around the default, 10^U(-3, -1) for SGD (Adam's below).
+    search_space = {"lr": "loguniform(0.001, 0.1)", "weight_decay": "loguniform(1e-6, 0.001)"}
+
     lr: float = 0.01
     weight_decay: float = 0.0
     schedule: str = "constant"
@@ -118,6 +122,8 @@ class SGD(OptimSpec):
 @dataclass
 class Adam(OptimSpec):
     """Adam (decoupled weight decay when ``decoupled=True``, i.e. AdamW)."""
+
+    search_space = {"lr": "loguniform(0.0001, 0.01)", "weight_decay": "loguniform(1e-6, 0.001)"}
 
     lr: float = 1e-3
     beta1: float = 0.9

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 from . import files
+from .metrics import LOWER_IS_BETTER
 
 #: Short names of the metrics, for table headers and legends.
 SHORT = {
@@ -17,6 +18,11 @@ SHORT = {
     "worst_group_acc": "worst group",
     "deo": "DEO",
     "train_weighted_acc": "train-wtd acc",
+    "ece": "ECE",
+    "macro_f1": "macro-F1",
+    "auroc": "AUROC",
+    "dp_gap": "DP gap",
+    "eo_gap": "EO gap",
 }
 
 
@@ -84,7 +90,8 @@ def bar_chart(tables: Dict[str, List[dict]], columns: Dict[str, Sequence[Tuple[s
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels([r["method"] for r in rows], rotation=20, ha="right")
         ax.set_ylim(0, 1.05)
-        ax.set_ylabel("accuracy (DEO: lower is better)" if any(m == "deo" for _, m in shown) else "accuracy")
+        lower = [SHORT[m] for _, m in shown if m in LOWER_IS_BETTER]
+        ax.set_ylabel(f"accuracy ({', '.join(dict.fromkeys(lower))}: lower is better)" if lower else "accuracy")
         ax.set_title(f"{dataset}: mean ± s.e.m. over {seeds_text(rows)}", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)

@@ -96,23 +96,32 @@ def report(
     fmt: str = "table",
     pair_mismatched: bool = False,
     log: Optional[str] = None,
+    select: Optional[str] = None,
 ) -> Dict[str, List[dict]]:
     """Load, summarize, print and save (``report.json``, ``report.png``, ``curves.png``) the runs under
     ``root``; ``fmt`` prints the tables as ``csv``, ``markdown`` or ``latex`` instead (on stdout, for a
     file or a paper). Where ``root`` cannot be written (a read-only results folder), the tables are still
     printed and one warning says what was not saved. ``log`` also sends every run to that tracker
-    (:func:`log_runs`)."""
+    (:func:`log_runs`). ``select`` (``val/<metric>``, ``oracle``) reports each method's setting that the
+    criterion chooses among the runs of a search (:mod:`shiftkit.report_select`)."""
     if which not in ("selected", "final"):
         raise ShiftkitError(f"--which must be 'selected' or 'final', got '{which}'")
     if fmt not in FORMATS:
         raise ShiftkitError(f"--format must be one of: {', '.join(FORMATS)}; got '{fmt}'")
     root = Path(root)
     runs = load_runs(root)
+    notes = None
+    if select is not None:
+        from .report_select import describe, select as choose
+
+        runs, notes = choose(runs, select, which, first=(columns or DEFAULT_COLUMNS)[0])
     tables, table_columns = summarize(runs, columns, which, baseline, pair_mismatched)
     first = {dataset: cols[0] for dataset, cols in table_columns.items()}
     lines = curves(runs, per_table=first)
     if fmt == "table":
         render(tables, table_columns, console, baseline)
+        for line in describe(notes) if notes else ():
+            (console.print if console is not None else print)(line)
         if show_curves:
             for dataset, (split, metric) in first.items():
                 render_curves({dataset: lines[dataset]}, split, metric, console)
@@ -120,6 +129,8 @@ def report(
         sys.stdout.write(export(tables, table_columns, fmt, baseline))
     payload = {"which": which, "columns": {d: [list(c) for c in cols] for d, cols in table_columns.items()},
                "baseline": baseline, "tables": tables, "curves": lines}
+    if notes is not None:
+        payload["select"] = {"criterion": select, "methods": notes}
     try:
         files.write_text(root / "report.json", files.json_text(payload))
         bar_chart(tables, table_columns, root / "report.png")

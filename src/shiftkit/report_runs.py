@@ -199,6 +199,8 @@ def summarize(
         base = pick_baseline(baseline, list(methods), dataset) if baseline is not None else None
         for label, members in methods.items():
             row: dict = {"method": label, "n": len(members), "seeds": sorted(m["config"]["seed"] for m in members)}
+            if "_chosen" in members[0]:  # model selection across runs (shiftkit.report_select)
+                row["chosen"] = members[0]["_chosen"]
             for split, metric in cols:
                 values = list(_by_seed(members, which, split, metric).values())
                 row[f"{split}/{metric}"] = mean_sem(values) if values else None

@@ -58,11 +58,15 @@ def render(tables: Dict[str, List[dict]], columns: Dict[str, Sequence[Tuple[str,
             table.add_column(f"{split}\n{SHORT[metric]}", justify="right")
         if baseline is not None:
             table.add_column(f"p > {_base(rows, baseline)}", justify="right")
+        chosen = any("chosen" in row for row in rows)
+        if chosen:
+            table.add_column("chosen setting")
         for row in rows:
             cells = [_cell(row[f"{s}/{m}"]) for s, m in cols]
             if baseline is not None:
                 cells.append("unpaired" if row.get("unpaired") else p_text(row["p"]))
-            table.add_row(Text(row["method"]), *cells)  # labels hold [...]
+            extra = [Text(row.get("chosen", ""))] if chosen else []
+            table.add_row(Text(row["method"]), *cells, *extra)  # labels hold [...]
         console.print(table)
         for line in _notes(rows, cols, baseline):
             console.print(Text(line), soft_wrap=True)
@@ -122,11 +126,15 @@ def export(tables: Dict[str, List[dict]], columns: Dict[str, Sequence[Tuple[str,
         best = {c: _best(rows, *c) for c in cols}
         head = ["method", *(f"{s} {SHORT[m]}" for s, m in cols)]
         head += [f"p > {_base(rows, baseline)}"] if baseline is not None else []
+        chosen = any("chosen" in row for row in rows)
+        head += ["chosen setting"] if chosen else []
         body = []
         for row in rows:
             cells = [_styled(row[f"{s}/{m}"], best[(s, m)], fmt) for s, m in cols]
             if baseline is not None:
                 cells.append("unpaired" if row.get("unpaired") else p_text(row["p"]))
+            if chosen:
+                cells.append(_escape(row.get("chosen", ""), fmt))
             body.append([_escape(row["method"], fmt), *cells])
         title = f"{dataset}: mean ± s.e.m. over {seeds_text(rows)}"
         parts.append(_markdown(title, head, body) if fmt == "markdown" else _latex(title, head, body))
@@ -184,10 +192,11 @@ def _csv(tables: Dict[str, List[dict]], columns: Dict[str, Sequence[Tuple[str, s
     every = []
     for cols in columns.values():
         every += [c for c in cols if c not in every]
+    chosen = any("chosen" in row for rows in tables.values() for row in rows)
     handle = io.StringIO()
     writer = csv.writer(handle, lineterminator="\n")
     writer.writerow(["data", "method", "seeds", *(f"{s}/{m}{part}" for s, m in every for part in ("", "_sem")),
-                     *(["p", "unpaired"] if baseline is not None else [])])
+                     *(["p", "unpaired"] if baseline is not None else []), *(["chosen"] if chosen else [])])
     for dataset, rows in tables.items():
         for row in rows:
             cells = []
@@ -195,5 +204,6 @@ def _csv(tables: Dict[str, List[dict]], columns: Dict[str, Sequence[Tuple[str, s
                 value = row.get(f"{s}/{m}")
                 cells += ["", ""] if value is None else [repr(value[0]), "" if value[1] is None else repr(value[1])]
             extra = [] if baseline is None else ["" if row["p"] is None else repr(row["p"]), row.get("unpaired", "")]
+            extra += [row.get("chosen", "")] if chosen else []
             writer.writerow([dataset, row["method"], row["n"], *cells, *extra])
     return handle.getvalue()

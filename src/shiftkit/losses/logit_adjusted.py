@@ -63,6 +63,9 @@ class LDAM(Loss):
     tensor([1.3133])
     """
 
+    #: The search's space (docs/METHODS.md#search); SubpopBench's max_m, scale (and ours).
+    search_space = {"max_margin": "loguniform(0.1, 0.8)", "s": "choice(1.0, 10.0, 30.0)"}
+
     def __init__(self, class_counts: Optional[Sequence[int]] = None, max_margin: float = 0.5, s: float = 1.0):
         super().__init__()
         if not max_margin >= 0:
@@ -115,6 +118,9 @@ class LogitAdjusted(_ClassAdjusted):
     tensor([0.2877])
     """
 
+    #: The search's space (docs/METHODS.md#search); our choice: around 1 (Menon et al.) to 3 ([W] Figure 5).
+    search_space = {"tau": "uniform(0.5, 3.0)"}
+
     def __init__(self, class_counts: Optional[Sequence[int]] = None, tau: float = 1.0):
         super().__init__(class_counts, tau=tau, gamma=0.0)
 
@@ -135,6 +141,9 @@ class ClassDependentTemperature(_ClassAdjusted):
     tensor([0.3133])
     """
 
+    #: The search's space (docs/METHODS.md#search); our choice: around the default.
+    search_space = {"gamma": "uniform(0.0, 0.5)"}
+
     def __init__(self, class_counts: Optional[Sequence[int]] = None, gamma: float = 0.5):
         super().__init__(class_counts, tau=0.0, gamma=gamma)
 
@@ -152,6 +161,9 @@ class VectorScaling(_ClassAdjusted):
     >>> [round(v, 4) for v in loss.delta.tolist()], [round(v, 3) for v in loss.iota.tolist()]
     ([1.0, 0.5012], [-0.286, -7.194])
     """
+
+    #: The search's space (docs/METHODS.md#search); our choice.
+    search_space = {"tau": "uniform(0.5, 3.0)", "gamma": "uniform(0.0, 0.5)"}
 
     def __init__(self, class_counts: Optional[Sequence[int]] = None, tau: float = 1.5, gamma: float = 0.2):
         super().__init__(class_counts, tau=tau, gamma=gamma)
@@ -180,6 +192,9 @@ class VSGroup(Loss):
     >>> [round(v, 4) for v in loss.group_delta.tolist()]   # docs/METHODS.md#loss-vs_group: 1.0, 0.961, 0.637, 0.221
     [1.0, 0.9607, 0.6368, 0.2205]
     """
+
+    #: The search's space (docs/METHODS.md#search); our choice, around [W]'s 0.3 and 0.4.
+    search_space = {"gamma": "uniform(0.0, 0.6)"}
 
     def __init__(
         self,

@@ -36,6 +36,9 @@ class ImportanceWeighting(Weighting):
 
     elementwise = True
 
+    #: The search's space (docs/METHODS.md#search); our choice: [W] runs exponents 1 to 3.
+    search_space = {"exponent": "uniform(0.5, 3.0)"}
+
     def __init__(
         self,
         exponent: float = 1.0,
