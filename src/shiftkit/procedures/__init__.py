@@ -9,7 +9,7 @@ checkpoints say. The runner (:func:`shiftkit.runner.run`) does everything else t
 procedure: the run directory, ``metrics.jsonl``, the tracker, failures, weights and ``run.json``.
 
 >>> names()
-['autobalance', 'plain']
+['autobalance', 'crt', 'dfr', 'jtt', 'plain']
 >>> build("plain").alone is None
 True
 """
