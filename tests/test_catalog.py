@@ -41,7 +41,7 @@ def test_list_loss_prints_each_loss_with_its_options(capsys):
     lines = out.splitlines()
     poly = next(i for i, line in enumerate(lines) if line.startswith("  poly: "))
     assert "Polynomially-tailed" in lines[poly]
-    assert lines[poly + 1].strip() == "alpha: float = 1.0, beta: float = 1.0, continuity: str = 'scale'"
+    assert lines[poly + 1].strip() == "alpha: float = 1.0, beta: float = 1.0, continuity: str = 'scale', type: str = 'logit'"
     ce = next(i for i, line in enumerate(lines) if line.startswith("  ce: "))
     assert lines[ce + 1].strip() == "(no options)"
 

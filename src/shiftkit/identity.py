@@ -41,6 +41,10 @@ _NEUTRAL_DEFAULTS = [
     ("data.augment", False, ("waterbirds", "celeba")),
     ("data.split", "official", ("waterbirds",)),
     ("data.split_seed", 0, ("waterbirds",)),
+    ("loss.type", "logit", ("poly",)),
+    ("weighting.form", "top_k", ("cvar",)),
+    ("weighting.automatic_adjustment", False, ("group_dro",)),
+    ("weighting.gamma", 0.1, ("group_dro",)),
 ]
 #: Options naming a weight file, and the option naming the architecture it is for: identities hold the
 #: file's sha256 in place of its path (a moved file names the same run, a changed one another).

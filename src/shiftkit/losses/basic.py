@@ -67,37 +67,65 @@ def _softplus(x: float) -> float:
 class PolyTail(Loss):
     """Polynomially-tailed loss of Wang et al. (docs/METHODS.md#loss-poly) on the margin ``v``.
 
-    ``v <= beta``: a logistic left branch, ``log(1 + e^-v)`` divided by ``log(1 + e^-beta)``
-    (``continuity="scale"``, the [W] code's ``logit`` type) or shifted by ``1 - log(1 + e^-beta)``
-    (``continuity="shift"``, the [Z] text). ``v > beta``: ``(v - (beta - 1))^-alpha``. Both branches
-    equal 1 at ``v = beta``; with ``beta = 1`` and ``scale`` this is exactly the [W] code, whose
-    experiments use alpha = 1 by default and alpha = 2 for Poly+IW / Poly+DRO.
+    ``type="logit"`` (default): for ``v <= beta``, a logistic left branch, ``log(1 + e^-v)`` divided by
+    ``log(1 + e^-beta)`` (``continuity="scale"``, the [W] code's ``logit`` type) or shifted by
+    ``1 - log(1 + e^-beta)`` (``continuity="shift"``, the [Z] text). ``v > beta``: ``(v - (beta - 1))^-alpha``.
+    Both branches equal 1 at ``v = beta``; with ``beta = 1`` and ``scale`` this is exactly the [W] code,
+    whose experiments use alpha = 1 by default and alpha = 2 for Poly+IW / Poly+DRO.
+
+    The [W] code's two other types, both with the knot at ``v = 1`` (so ``beta`` and ``continuity``,
+    which place and join the logistic branch, apply to ``logit`` only; other values are refused):
+
+    - ``type="exp"``: ``e^-v`` for ``v <= 1``, ``v^-alpha`` above; discontinuous at 1 (``e^-1`` against
+      1), as the code is (its docstring's ``e^(-v+1)`` would be continuous). ``e^-v`` overflows to
+      ``inf`` for margins below about -88 in float32, as the code's does.
+    - ``type="linear"`` (``alpha > 1``): ``-v + alpha / (alpha - 1)`` for ``v <= 1``,
+      ``v^-alpha / (alpha - 1)`` above; continuous, value ``1 / (alpha - 1)`` at the knot.
 
     The margin is ``f_y - max_{k != y} f_k``: [W]'s binary margin for two classes, its natural
-    multiclass extension otherwise (our choice, docs/METHODS.md#quirk-poly). Finite values and gradients for any finite
-    logits: the power branch is evaluated on a base clamped to >= 1.
+    multiclass extension otherwise (our choice, docs/METHODS.md#quirk-poly). Finite gradients for any
+    finite logits (values too, but for ``exp``'s overflow): the power branch is evaluated on a base
+    clamped to >= 1; the [W] code's ``|v|^-alpha`` multiplied by a 0 indicator gives NaN at ``v = 0``.
+
+    The space searched (our choice; neither SubpopBench nor DomainBed has the loss) covers [W]'s
+    alpha = 1 and 2; ``linear`` needs it narrowed to alpha > 1.
 
     >>> loss = PolyTail(alpha=1.0)
     >>> loss(torch.tensor([[0.0, 1.0], [0.0, 4.0]]), torch.tensor([1, 1]))
     tensor([1.0000, 0.2500])
+    >>> PolyTail(alpha=2.0, type="linear")(torch.tensor([[0.0, 1.0], [0.0, 4.0]]), torch.tensor([1, 1]))
+    tensor([1.0000, 0.0625])
     """
 
-    def __init__(self, alpha: float = 1.0, beta: float = 1.0, continuity: str = "scale"):
+    search_space = {"alpha": "uniform(0.5, 3.0)"}
+
+    def __init__(self, alpha: float = 1.0, beta: float = 1.0, continuity: str = "scale", type: str = "logit"):
         super().__init__()
         if not alpha > 0:
             raise ShiftkitError(f"alpha must be > 0, got {alpha}")
         if continuity not in ("scale", "shift"):
             raise ShiftkitError(f"continuity must be 'scale' or 'shift', got '{continuity}'")
-        self.alpha, self.beta, self.continuity = float(alpha), float(beta), continuity
+        if type not in ("logit", "exp", "linear"):
+            raise ShiftkitError(f"type must be 'logit', 'exp' or 'linear', got '{type}'")
+        if type != "logit" and (beta != 1 or continuity != "scale"):
+            raise ShiftkitError(f"beta and continuity apply to type 'logit' only (type '{type}' has its knot at "
+                                f"v = 1), got beta={beta}, continuity='{continuity}'")
+        if type == "linear" and not alpha > 1:
+            raise ShiftkitError(f"type 'linear' needs alpha > 1, got {alpha}")
+        self.alpha, self.beta, self.continuity, self.type = float(alpha), float(beta), continuity, type
         self._left_at_beta = _softplus(-self.beta)
 
     def forward(self, logits: Tensor, y: Tensor, g: Optional[Tensor] = None) -> Tensor:
         guards.check("loss 'poly'", y, g, logits=logits)
         v = margin(logits, y)
+        right = (v - self.beta + 1.0).clamp_min(1.0).pow(-self.alpha)
+        if self.type == "exp":
+            return torch.where(v <= 1.0, torch.exp(-v), right)
+        if self.type == "linear":
+            return torch.where(v <= 1.0, self.alpha / (self.alpha - 1) - v, right / (self.alpha - 1))
         left = F.softplus(-v)
         if self.continuity == "scale":
             left = left / self._left_at_beta
         else:
             left = left - self._left_at_beta + 1.0
-        right = (v - self.beta + 1.0).clamp_min(1.0).pow(-self.alpha)
         return torch.where(v <= self.beta, left, right)

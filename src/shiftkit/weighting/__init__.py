@@ -181,5 +181,5 @@ class Categories:
         return y
 
 
-from . import drw, dro, objective, static  # noqa: E402,F401  (registration; one file per family)
+from . import drw, dro, fastdro, objective, static  # noqa: E402,F401  (registration; one file per family)
 from .chain import Chain, chain  # noqa: E402,F401
