@@ -72,6 +72,24 @@ def test_joblib_sweep_runs_every_run_and_a_repeat_trains_nothing(tmp_path):
     assert list((out / ".hydra").iterdir()) == [sweep_dir]  # nothing was launched
 
 
+def test_a_search_runs_through_the_joblib_launcher_in_the_same_directories_as_in_process(tmp_path):
+    """``shiftkit sweep ... hydra/launcher=joblib``: the search's runs go to the launcher as one batch and
+    land where the in-process search would put them."""
+    from shiftkit import hparams
+    from shiftkit.config import compose as compose_run
+    from shiftkit.runner import run_dir
+
+    out = tmp_path / "results"
+    search = ["--methods", "erm,la", "--trials", "2", "--seeds", "2"]
+    done = shiftkit("sweep", *search, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"out={out}", *TINY,
+                    cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    runs = sorted(p.parent for p in out.rglob("done"))
+    planned = hparams.plan(["erm", "la"], 2, [0, 1], [f"out={out}", *TINY])
+    assert runs == sorted(run_dir(OmegaConf.to_container(compose_run(r["overrides"]))) for r in planned)
+    assert len(runs) == 8 and sorted(done.stdout.split()) == [str(r) for r in runs]
+
+
 def test_submitit_local_runs_a_job_through_submitits_pickles(tmp_path):
     out = tmp_path / "results"
     res = shiftkit("train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "seed=3",

@@ -74,8 +74,13 @@ def test_a_declared_space_names_real_options_and_its_draws_build(group, name):
             registry.build(name, **options, class_counts=[30, 10], group_counts=[20, 10, 5, 5])
         elif group == "optim":
             registry.build(name, **options)
-        else:  # a procedure: its own checks of the values
-            registry.build(name, **options).validate({"train": {"epochs": 4}})
+        else:  # a procedure: its own checks of the values, on a whole config
+            from omegaconf import OmegaConf
+
+            from shiftkit.config import compose
+
+            plain = OmegaConf.to_container(compose([f"procedure={name}", *hparams.trial_overrides(drawn)]), resolve=True)
+            registry.build(name, **options).validate(plain)
 
 
 # ---- draws --------------------------------------------------------------------------------------------
@@ -111,7 +116,7 @@ def test_every_seed_of_a_trial_shares_its_values_and_given_keys_are_not_searched
     for run in runs:
         by_trial.setdefault((run["method"], run["trial"]), set()).add(tuple(sorted(run["values"].items())))
     assert all(len(v) == 1 for v in by_trial.values())
-    assert set(runs[-1]["values"]) == {"optim.weight_decay", "weighting.exponent"}  # poly+iw: poly's and iw's
+    assert set(runs[-1]["values"]) == {"loss.alpha", "optim.weight_decay", "weighting.exponent"}  # poly+iw: poly's and iw's
 
 
 def test_tune_method_leaves_the_optimizer_alone():
