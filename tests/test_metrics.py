@@ -74,4 +74,8 @@ def test_train_weighted_accuracy_uses_training_frequencies():  # docs/METHODS.md
 def test_logits_and_predictions_agree():
     logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
     y = torch.tensor([0, 0, 1])
-    assert metrics.evaluate(logits, y) == metrics.evaluate(logits.argmax(1), y, num_classes=2)
+    from_logits, from_preds = metrics.evaluate(logits, y), metrics.evaluate(logits.argmax(1), y, num_classes=2)
+    # the score-based metrics need the logits; from predictions they are None
+    assert all(from_preds[k] is None and from_logits[k] is not None for k in metrics.SCORE_METRICS)
+    assert {k: v for k, v in from_logits.items() if k not in metrics.SCORE_METRICS} == {
+        k: v for k, v in from_preds.items() if k not in metrics.SCORE_METRICS}

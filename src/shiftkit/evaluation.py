@@ -20,13 +20,12 @@ def count(forward: Callable[[Tensor], Tensor], split: Split, pipeline: Pipeline,
           members: Optional[int] = None) -> Accumulator:
     """The counts of ``forward``'s predictions on ``split`` (inputs through ``pipeline`` without
     augmentation); ``members=S`` when ``forward`` gives ``[S, B, K]``. Under ``torchrun`` each rank counts
-    its shard of the split and the counts are summed over ranks."""
+    its shard of the split; the counts are summed over ranks and the scores of ``auroc`` gathered."""
     acc = Accumulator(split.num_classes, split.num_groups, device=split.y.device, members=members)
     lo, hi = distributed.my_shard(len(split))
     for idx in torch.arange(lo, hi, device=split.y.device).split(batch_size):
         acc.update(forward(pipeline(split.x[idx])), split.y[idx], split.g[idx])
-    distributed.sum_(acc.total)
-    distributed.sum_(acc.correct)
+    acc.merge_ranks(distributed.sum_, lambda local: distributed.gather(local, len(split)))
     return acc
 
 

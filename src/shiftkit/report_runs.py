@@ -22,7 +22,7 @@ DEFAULT_COLUMNS = (
     ("test", "deo"),
     ("train", "acc"),
 )
-_GROUP_METRICS = {"group_balanced_acc", "worst_group_acc", "deo"}
+_GROUP_METRICS = {"group_balanced_acc", "worst_group_acc", "deo", "dp_gap", "eo_gap"}
 
 
 def mean_sem(values: Sequence[float]) -> Tuple[float, Optional[float]]:
