@@ -21,7 +21,7 @@ from torch import nn
 
 from . import weighting
 from .autobalance_search import DEFAULT_UPPER, AutoBalanceSearch, check_loss, check_search  # noqa: F401
-from .checkpoint import Checkpoint, rng_states, set_rng_states
+from .checkpoint import Checkpoint, phase, rng_states, set_rng_states
 from .data.base import Split, Splits
 from .errors import ShiftkitError
 from .optim import OptimSpec
@@ -107,7 +107,7 @@ def search_and_retrain(
                                    device=device, **(search_options or {}))
         searched = fit(model, splits, loss, weighting.build("erm"), optim, epochs=search_epochs,
                        batch_size=batch_size, seed=seed, device=device, outer=search,
-                       checkpoint=_phase(checkpoint, "search"), **fit_options)
+                       checkpoint=phase(checkpoint, "search"), **fit_options)
         search.record(search_epochs)
         kept = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in loss.state_dict().items()}
         done = {"result": dataclasses.asdict(searched), "history": search.history, "loss": kept, "rng": rng_states()}
@@ -124,7 +124,7 @@ def search_and_retrain(
     model = make_model()
     retrained = fit(model, retrain_splits, frozen, weighting.build("erm"), optim, epochs=retrain_epochs,
                     batch_size=batch_size, seed=seed, device=device,
-                    checkpoint=_phase(checkpoint, "retrain", search=done), **fit_options)
+                    checkpoint=phase(checkpoint, "retrain", search=done), **fit_options)
     return SearchResult(searched, retrained, alpha, done["history"], model)
 
 
@@ -152,30 +152,6 @@ def _retraining_loss(loss: nn.Module, interpolate: bool) -> nn.Module:
     for p in frozen.parameters():
         p.grad = None
     return frozen
-
-
-class _Phase:
-    """One phase's view of a search run's checkpoint, as :func:`~shiftkit.train.fit` uses it: the loaded
-    state only if it is this phase's loop, and saves tagged with the phase (and ``extra``, the finished
-    search's result while retraining)."""
-
-    def __init__(self, checkpoint: Checkpoint, phase: str, **extra):
-        self.checkpoint, self.phase, self.extra, self.path = checkpoint, phase, extra, checkpoint.path
-        state = checkpoint.state
-        self.state = state if state is not None and state.get("phase") == phase and "epoch" in state else None
-
-    def due(self, epoch: int, epochs: int) -> bool:
-        return self.checkpoint.due(epoch, epochs)
-
-    def due_within(self) -> bool:
-        return self.checkpoint.due_within()
-
-    def save(self, state: Dict[str, Any]) -> None:
-        self.checkpoint.save({**state, **self.extra, "phase": self.phase})
-
-
-def _phase(checkpoint: Optional[Checkpoint], phase: str, **extra) -> Optional[_Phase]:
-    return None if checkpoint is None else _Phase(checkpoint, phase, **extra)
 
 
 def resume_point(state: Dict[str, Any]) -> tuple:

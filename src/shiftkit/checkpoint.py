@@ -215,3 +215,28 @@ def fitting(source: Optional[Path] = None):
         raise ShiftkitError(
             f"{where} does not fit this run ({type(exc).__name__}: {detail}); delete it to start the run over"
         ) from None
+
+
+class PhaseCheckpoint:
+    """One phase's view of a multi-phase run's checkpoint (AutoBalance's search and retraining, a
+    two-stage procedure's phases), as :func:`shiftkit.train.fit` uses it: the loaded state only if it is
+    this phase's loop, and every save tagged with the phase (and ``extra``, e.g. a finished phase's result)."""
+
+    def __init__(self, checkpoint: Checkpoint, phase: str, **extra: Any):
+        self.checkpoint, self.phase, self.extra, self.path = checkpoint, phase, extra, checkpoint.path
+        state = checkpoint.state
+        self.state = state if state is not None and state.get("phase") == phase and "epoch" in state else None
+        self.every = checkpoint.every
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        return self.checkpoint.due(epoch, epochs)
+
+    def due_within(self) -> bool:
+        return self.checkpoint.due_within()
+
+    def save(self, state: Dict[str, Any]) -> None:
+        self.checkpoint.save({**state, **self.extra, "phase": self.phase})
+
+
+def phase(checkpoint: Optional[Checkpoint], name: str, **extra: Any) -> Optional[PhaseCheckpoint]:
+    return None if checkpoint is None else PhaseCheckpoint(checkpoint, name, **extra)

@@ -15,10 +15,9 @@ from .. import sampling, weighting
 from ..errors import ShiftkitError
 from ..models import weights
 from . import Job, Outcome, Procedure, register
-from .two_stage import (RETRAIN, cpu_state, feature_splits, first_phase, linear_head, phase, resume_point, summary,
+from .two_stage import (ERM, RETRAIN, feature_splits, linear_head, ordinary_fit, phase, resume_point, summary,
                         tagged, with_head)
 
-ERM = "erm"
 BALANCE = ("sampling", "weighting")
 
 
@@ -93,13 +92,7 @@ class CRT(Procedure):
     def run(self, job: Job) -> Outcome:
         self.check(job.plain, job.splits, job.parts)  # before the first phase trains, as a sweep checks it
         model = job.parts["model"]
-
-        def train(checkpoint):
-            result = job.fit(checkpoint=checkpoint, on_eval=tagged(job, ERM))
-            return result, {"model": cpu_state(model)}
-
-        erm, done = first_phase(job, ERM, train, restore=lambda kept: model.load_state_dict(kept["model"]))
-        model.to(job.device)
+        erm, done = ordinary_fit(job)
         name, head = linear_head(model, "procedure=crt")
         reinitialize(head, job.plain["seed"])
         optim = job.parts["optim"] if self.lr is None else dataclasses.replace(job.parts["optim"], lr=self.lr)

@@ -30,9 +30,8 @@ from ..errors import ShiftkitError
 from ..evaluation import evaluate_model
 from ..selection import FitResult
 from . import Job, Outcome, Procedure, register
-from .two_stage import RETRAIN, cpu_state, features, first_phase, linear_head, resume_point, summary, tagged
+from .two_stage import ERM, RETRAIN, features, linear_head, ordinary_fit, resume_point, summary
 
-ERM = "erm"
 #: The released code's grid of inverse regularization strengths C (Waterbirds; ``C_OPTIONS``).
 C_GRID = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
 #: Balanced draws averaged into the final head, per ``on`` (``num_retrains`` of the two evaluations).
@@ -179,13 +178,7 @@ class DFR(Procedure):
     def run(self, job: Job) -> Outcome:
         self.check(job.plain, job.splits, job.parts)  # before the first phase trains, as a sweep checks it
         model = job.parts["model"]
-
-        def train(checkpoint):
-            result = job.fit(checkpoint=checkpoint, on_eval=tagged(job, ERM))
-            return result, {"model": cpu_state(model)}
-
-        erm, _ = first_phase(job, ERM, train, restore=lambda kept: model.load_state_dict(kept["model"]))
-        model.to(job.device)
+        erm, _ = ordinary_fit(job)
         started = time.perf_counter()
         _, head = linear_head(model, "procedure=dfr")
         feats = {k: features(model, getattr(job.splits, k), job.splits.pipeline, job.device) for k in ("train", "val")}

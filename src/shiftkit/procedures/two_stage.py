@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ..checkpoint import Checkpoint, rng_states, set_rng_states
+from ..checkpoint import Checkpoint, PhaseCheckpoint, phase, rng_states, set_rng_states  # noqa: F401
 from ..data.base import Split, Splits
 from ..data.pipeline import Pipeline
 from ..errors import ShiftkitError
@@ -32,30 +32,6 @@ from . import Job
 #: The second phase's name in checkpoints and ``metrics.jsonl``.
 RETRAIN = "retrain"
 _BATCH = 1024
-
-
-class PhaseCheckpoint:
-    """One phase's view of the run's checkpoint, as :func:`shiftkit.train.fit` uses it: the loaded state
-    only if it is this phase's loop, and every save tagged with the phase (and ``extra``)."""
-
-    def __init__(self, checkpoint: Checkpoint, phase: str, **extra: Any):
-        self.checkpoint, self.phase, self.extra, self.path = checkpoint, phase, extra, checkpoint.path
-        state = checkpoint.state
-        self.state = state if state is not None and state.get("phase") == phase and "epoch" in state else None
-        self.every = checkpoint.every
-
-    def due(self, epoch: int, epochs: int) -> bool:
-        return self.checkpoint.due(epoch, epochs)
-
-    def due_within(self) -> bool:
-        return self.checkpoint.due_within()
-
-    def save(self, state: Dict[str, Any]) -> None:
-        self.checkpoint.save({**state, **self.extra, "phase": self.phase})
-
-
-def phase(checkpoint: Optional[Checkpoint], name: str, **extra: Any) -> Optional[PhaseCheckpoint]:
-    return None if checkpoint is None else PhaseCheckpoint(checkpoint, name, **extra)
 
 
 def tagged(job: Job, name: str) -> Callable[[dict], None]:
@@ -98,6 +74,24 @@ def summary(result: FitResult) -> Dict[str, Any]:
     """A phase's result as ``run.json`` holds it (its evaluations are in ``metrics.jsonl``)."""
     return {"final": result.final, "selected": result.selected, "selected_epoch": result.selected_epoch,
             "seconds": round(result.seconds, 3), "steps": result.steps}
+
+
+#: The first phase of the procedures that start from an ordinary fit (cRT, DFR).
+ERM = "erm"
+
+
+def ordinary_fit(job: Job) -> Tuple[FitResult, Dict[str, Any]]:
+    """The run's ordinary fit as a first phase (:func:`first_phase`, named :data:`ERM`): trained once, the
+    model's weights kept at the boundary; the model is left trained, on the job's device."""
+    model = job.parts["model"]
+
+    def train(checkpoint):
+        result = job.fit(checkpoint=checkpoint, on_eval=tagged(job, ERM))
+        return result, {"model": cpu_state(model)}
+
+    result, done = first_phase(job, ERM, train, restore=lambda kept: model.load_state_dict(kept["model"]))
+    model.to(job.device)
+    return result, done
 
 
 def cpu_state(model: nn.Module) -> Dict[str, torch.Tensor]:
