@@ -23,7 +23,7 @@ def test_train_writes_run_json_metrics_and_done(tmp_path):
     (run,) = [p.parent for p in tmp_path.rglob("run.json")]
     assert (run / "done").exists()
     record = json.loads((run / "run.json").read_text())
-    assert record["config"]["loss"] == {"name": "poly", "alpha": 1.0, "beta": 1.0, "continuity": "scale"}
+    assert record["config"]["loss"] == {"name": "poly", "alpha": 1.0, "beta": 1.0, "continuity": "scale", "type": "logit"}
     assert record["config"]["weighting"]["exponent"] == 1.5 and record["config"]["seed"] == 3
     assert record["method"] == "poly+iw(exponent=1.5)"
     assert record["data"]["counts"]["test"]["class_counts"] == [50, 50]

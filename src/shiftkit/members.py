@@ -6,8 +6,9 @@ they always do. The runs of a seed sweep can be S members of one :class:`Stacked
 (``torch.func.stack_module_state`` + ``functional_call`` + ``vmap``): tensors ``[S, B, ...]``, one step for
 all. The loop is written once against what the two have in common; what differs lives here: the forward
 pass, the loss and the weighting over a member axis (:class:`MemberLoss`, :class:`MemberWeighting`), each
-member's augmentation from its own generator (:class:`MemberPipeline`), evaluation, the part a checkpoint
-saves, and handing each member its weights at the end.
+member's augmentation from its own generator (:class:`MemberPipeline`), evaluation, the validation losses
+a scheme may ask for after each epoch (:func:`wants_validation`), the part a checkpoint saves, and handing
+each member its weights at the end.
 
 Where a member axis cannot serve, :func:`refuse` says why, in one place, and the command line runs the
 members one after another instead (:class:`EnsembleUnsupported`).
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from . import distributed
+from . import distributed, guards
 from .checkpoint import MemberParts
 from .data.base import Split
 from .data.pipeline import Pipeline
@@ -34,7 +35,8 @@ from .evaluation import evaluate_members, evaluate_model
 from .sampling import Sampler
 from .weighting import Weighting
 
-__all__ = ["EnsembleUnsupported", "MemberLoss", "MemberPipeline", "MemberWeighting", "Single", "Stacked", "refuse"]
+__all__ = ["EnsembleUnsupported", "MemberLoss", "MemberPipeline", "MemberWeighting", "Single", "Stacked", "refuse",
+           "split_losses", "wants_validation"]
 
 State = Dict[str, Tensor]
 
@@ -64,6 +66,34 @@ def refuse(models: Optional[Sequence[nn.Module]] = None, *, torchrun: bool = Fal
         raise EnsembleUnsupported("ensemble training updates every parameter, and this model has frozen ones")
     if len(set(epoch_lengths)) > 1:
         raise EnsembleUnsupported("ensemble members draw epochs of different lengths (e.g. undersample)")
+
+
+def wants_validation(weighting: Weighting) -> bool:
+    """Whether ``weighting`` asks the loop for each epoch's validation losses (its ``needs_validation_losses``,
+    e.g. Group DRO's ``automatic_adjustment``; docs/METHODS.md#weighting-group_dro): they then go to its
+    pure ``after_validation(losses, y, g, state) -> state``. A scheme that asks for them inside one that
+    does not pass them on (a chain) is refused: its option would have no effect."""
+    if getattr(weighting, "needs_validation_losses", False):
+        return True
+    inner = [m for m in weighting.modules() if getattr(m, "needs_validation_losses", False)]
+    if inner:
+        raise ShiftkitError(f"weighting '{getattr(inner[0], 'name', type(inner[0]).__name__)}' needs each epoch's "
+                            f"validation losses, which {type(weighting).__name__} does not pass on: use it alone")
+    return False
+
+
+@torch.no_grad()
+@guards.trusted()  # the split's ids were checked when it was built
+def split_losses(forward, loss, split: Split, pipeline: Pipeline, batch_size: int = 4096) -> Tensor:
+    """The per-example losses ``loss(forward(x), y, g)`` (float32) of every example of ``split``, inputs
+    through ``pipeline`` without augmentation, in batches, as evaluation runs (the caller sets evaluation
+    mode): ``[N]``, or ``[S, N]`` for a member-axis ``forward`` and ``loss``. Under ``torchrun`` each
+    rank computes its shard and every rank gets the whole."""
+    lo, hi = distributed.my_shard(len(split))
+    parts = [loss(forward(pipeline(split.x[idx])), split.y[idx], split.g[idx]).float()
+             for idx in torch.arange(lo, hi, device=split.y.device).split(batch_size) if len(idx)]
+    local = torch.cat(parts, -1) if parts else split.y.new_zeros(0, dtype=torch.float)
+    return distributed.gather(local, len(split))
 
 
 def _copy(state: State) -> State:
@@ -115,6 +145,16 @@ class Single:
 
     def end_epoch(self, weighting: Weighting) -> None:
         """Nothing to do: the scheme's module holds its state."""
+
+    def validated(self, weighting: Weighting, split: Split, pipeline: Pipeline, loss: nn.Module) -> None:
+        """Hand the scheme the model's per-example losses on ``split`` (:func:`wants_validation`), in
+        evaluation mode; the scheme's module stores the state its ``after_validation`` returns."""
+        model = self.models[0]
+        was_training = model.training
+        model.eval()
+        losses = split_losses(model, loss, split, pipeline)
+        model.train(was_training)
+        weighting.assign(weighting.after_validation(losses, split.y, split.g, weighting.state()))
 
     def orders(self, samplers: Sequence[Sampler], split: Split, generators: Sequence[torch.Generator]) -> Tensor:
         return samplers[0].epoch(split.y, split.g, generators[0])
@@ -209,6 +249,19 @@ class Stacked:
         """The members' weighting modules take their stacked states."""
         weighting.sync()
 
+    def validated(self, weighting: "MemberWeighting", split: Split, pipeline: Pipeline, loss: nn.Module) -> None:
+        """Hand each member's scheme its member's per-example losses on ``split`` (one vectorized forward
+        per batch, evaluation mode; :func:`wants_validation`)."""
+        size = self.size
+
+        def member_loss(logits: Tensor, y: Tensor, g: Tensor) -> Tensor:  # [S, B, K], shared [B] -> [S, B]
+            return loss(logits.flatten(0, 1), y.repeat(size), g.repeat(size)).view(size, -1)
+
+        self.train(False)
+        losses = split_losses(self.shared, member_loss, split, pipeline)
+        self.train(True)
+        weighting.after_validation(losses, split.y, split.g)
+
     def orders(self, samplers: Sequence[Sampler], split: Split, generators: Sequence[torch.Generator]) -> Tensor:
         """Every member's epoch ``[S, N]``, each from its own sampler and generator."""
         orders = [sampler.epoch(split.y, split.g, gen) for sampler, gen in zip(samplers, generators)]
@@ -285,8 +338,21 @@ class MemberWeighting:
         self.sync()
         for w in self.parts:
             w.start_epoch(epoch)
+        self._stack()
+
+    def _stack(self) -> None:
         keys = self.parts[0].state()
         self.stacked = {k: torch.stack([w.state()[k].detach() for w in self.parts]) for k in keys}
+
+    def after_validation(self, losses: Tensor, y: Tensor, g: Tensor) -> None:
+        """Each member's scheme that asks for them (:func:`wants_validation`) takes its member's validation
+        losses ``losses[s]``; the members' modules hold the new states, and so do the stacked ones."""
+        self.sync()
+        for s, w in enumerate(self.parts):
+            if wants_validation(w):
+                w.assign(w.after_validation(losses[s], y, g, w.state()))
+        if self.pure and self.stacked is not None:
+            self._stack()
 
     def weights(self, losses: Tensor, y: Tensor, g: Tensor) -> Tensor:
         """The weights ``[S, B]`` of a training batch ``[S, B]``, each member's state updated."""

@@ -31,7 +31,7 @@ from .data.pipeline import Pipeline
 from .divergence import DEFAULT_FACTOR, Diverged, NonFiniteLoss, Tally, Watch
 from .errors import ShiftkitError
 from .evaluation import evaluate_model
-from .members import Single, Stacked, refuse
+from .members import Single, Stacked, refuse, wants_validation
 from .optim import OptimSpec
 from .sampling import Sampler, Shuffle
 from .selection import FitResult, Selection, parse_select
@@ -177,7 +177,9 @@ def fit(
     (:mod:`shiftkit.distributed`). Every epoch is checked for divergence before it is evaluated or saved
     (:mod:`shiftkit.divergence`: a non-finite objective or parameter, or a mean training loss more than
     ``divergence`` times its initial level; ``divergence=0`` turns the last rule off): a failed epoch raises
-    :class:`NonFiniteLoss` naming its step, and the checkpoint keeps the last good state.
+    :class:`NonFiniteLoss` naming its step, and the checkpoint keeps the last good state. A scheme that
+    asks for validation losses (Group DRO's ``automatic_adjustment``) gets them after every training epoch,
+    as :func:`fit_members` describes.
 
     This is :func:`fit_members` with one member.
 
@@ -224,9 +226,14 @@ def fit_members(
     """Train every member ``s`` with ``weightings[s]``, ``samplers[s]`` and ``seeds[s]`` (data order and
     augmentation), as :func:`fit` describes; ``on_eval(s, record)`` per member and evaluation. Each member
     keeps what makes it the run of its seed: its generators, weighting state, selection and divergence
-    reference (a member that fails stops the fit, naming its seed). Returns one result per member; the
-    members end holding their final (or selected) weights. Function of more than 40 lines: the loop's
-    sequence reads best in one place; its parts are the helpers below it."""
+    reference (a member that fails stops the fit, naming its seed). A scheme that asks for validation
+    losses (:func:`shiftkit.members.wants_validation`; Group DRO's ``automatic_adjustment``) gets, after
+    every training epoch (group_DRO adjusts after each epoch's validation; ``eval_every`` does not thin it
+    out), its member's per-example ``loss`` on the validation split, unweighted, in evaluation mode and
+    without autocast or augmentation, as evaluation computes; the state it then takes is what a
+    checkpoint at that epoch's end saves (docs/METHODS.md#weighting-group_dro). Returns one result per
+    member; the members end holding their final (or selected) weights. Function of more than 40 lines:
+    the loop's sequence reads best in one place; its parts are the helpers below it."""
     check_schedule(epochs, batch_size, eval_every, amp)
     n = members.size
     if not len(weightings) == len(seeds) == n:
@@ -247,6 +254,7 @@ def fit_members(
     # Augmentation draws on the training device, from each member's own generator: reproducible per seed.
     aug_gens = [torch.Generator(device=device).manual_seed(s) for s in seeds] if pipeline.augments else None
     weigher = members.weighting(weightings)
+    validating = any([wants_validation(w) for w in weightings])  # every scheme checked: a nested one is refused
     watch = Watch(divergence, members=n, who=[f" of seed {s}" for s in seeds]) if members.axis else Watch(divergence)
     parts = _parts(members, opt, schedule, loss, weigher, samplers, selections, gens, aug_gens, outer, watch)
     state = checkpoint.state if checkpoint is not None else None
@@ -292,6 +300,8 @@ def fit_members(
             head = {"epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"]}
             _evaluate(members, {"train": train, "val": val, "test": test}, pipeline, splits.train.group_counts,
                       head, mean_loss, selections, best, probe, on_eval)
+        if validating:  # after the epoch's evaluation, before its checkpoint
+            members.validated(weigher, val, pipeline, loss)
         if checkpoint is not None and checkpoint.due(epoch, epochs):
             save(epoch=epoch + 1, step=step)
     results = [sel.result(earlier + time.perf_counter() - start, step) for sel in selections]

@@ -78,6 +78,15 @@ class Weighting(nn.Module):
         """The state entering training epoch ``epoch``; schemes without a schedule return it unchanged."""
         return state
 
+    #: Whether the training loop passes each epoch's validation losses to :meth:`after_validation`
+    #: (Group DRO's automatic adjustment); a property where an option decides it.
+    needs_validation_losses = False
+
+    def after_validation(self, losses: Tensor, y: Tensor, g: Optional[Tensor], state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """The state after an epoch's validation, from the validation split's per-example losses (of the
+        run's loss, unweighted, in evaluation mode); called only when :attr:`needs_validation_losses`."""
+        return state
+
     def step(self, losses: Tensor, y: Tensor, g: Optional[Tensor], state: Dict[str, Tensor]):
         """One training batch: ``(weights, new state)``, the weights at the updated state."""
         state = self.update(losses, y, g, state)
