@@ -231,3 +231,32 @@ def test_sweep_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert main(["sweep", "--methods", "nope", f"out={tmp_path}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope" in err[0]
+
+
+# ---- diverged trials: an outcome of a search, never a result ---------------------------------------------
+def test_a_search_with_a_diverging_setting_ends_well_and_selects_among_the_others(tmp_path, capsys):
+    """A learning rate that explodes the loss is a setting the search drew, not a broken search: the run is
+    recorded as failed (no done marker), the command exits 0 with one line about it, and selection skips it."""
+    out = tmp_path / "runs"
+    common = [*TINY, f"out={out}"]
+    assert main(["sweep", "--methods", "erm", "--trials", "1", "--seeds", "2", *common]) == 0
+    assert main(["sweep", "--methods", "erm", "--trials", "1", "--seeds", "2", "optim.lr=1e6", *common]) == 0
+    err = capsys.readouterr().err
+    assert "2 of 2 runs diverged" in err and "no results" in err
+    failed = [json.loads(p.read_text()) for p in out.rglob("run.json") if not (p.parent / "done").exists()]
+    assert len(failed) == 2 and all(r["status"] == "failed" for r in failed)
+    assert main(["report", str(out), "--select", "val/acc"]) == 0
+    saved = json.loads((out / "report.json").read_text())["select"]["methods"]
+    assert [n["candidates"] for n in saved] == [1]  # the diverged setting is no candidate
+
+
+def test_a_plain_sweep_still_fails_when_a_run_diverges(tmp_path):
+    from shiftkit.sweep import conclude
+
+    records = [{"run_dir": "a"}, {"failed": "the training loss became non-finite", "diverged": True}]
+    said = []
+    assert conclude(records, said.append, diverged_ok=True) == records and "1 of 2 runs diverged" in said[0]
+    with pytest.raises(ShiftkitError, match="1 of 2 runs failed"):
+        conclude(records, said.append)
+    with pytest.raises(ShiftkitError, match="1 of 2 runs failed"):  # another failure is an error in a search too
+        conclude([{"run_dir": "a"}, {"failed": "disk full"}], said.append, diverged_ok=True)

@@ -95,9 +95,11 @@ def _sweep(args: argparse.Namespace) -> int:
                 shown = ", ".join(f"{k}={v}" for k, v in run["values"].items()) or "defaults"
                 print(f"{run['method']} trial {run['trial']}: {shown}")
         return _show(lists) if args.show_configs else 0
-    records = launch(overrides, runs=lists) if launcher_name(overrides) is not None else run_many(lists, label="search")
+    records = (launch(overrides, runs=lists, diverged_ok=True) if launcher_name(overrides) is not None
+               else run_many(lists, label="search", diverged_ok=True))
     for record in records:
-        print(record["run_dir"])
+        if "run_dir" in record:  # a diverged run has no result
+            print(record["run_dir"])
     return 0
 
 

@@ -146,7 +146,9 @@ def task(cfg: Any) -> Dict[str, Any]:
         plugins.load()  # a worker process has imported none of the user's plugins yet
         record = run(cfg)
     except ShiftkitError as exc:
-        record = {"failed": str(exc), "config": OmegaConf.to_container(cfg, resolve=True)}
+        from .sweep import failure
+
+        record = {**failure(exc), "config": OmegaConf.to_container(cfg, resolve=True)}
     print(_line(record), file=sys.stderr, flush=True)
     return record
 
@@ -194,7 +196,8 @@ def _launch(hydra: Any, cfg: Any, jobs: List[List[str]]) -> List[Dict[str, Any]]
     return [job.return_value for job in results]
 
 
-def launch(overrides: List[str], runs: Optional[List[List[str]]] = None) -> List[Dict[str, Any]]:
+def launch(overrides: List[str], runs: Optional[List[List[str]]] = None, diverged_ok: bool = False
+           ) -> List[Dict[str, Any]]:
     """Run a sweep through the launcher that ``hydra/launcher=NAME`` names: the sweep of ``overrides``, or
     the given ``runs`` (each a run's overrides, as a hyperparameter search makes them). Runs already done are not
     launched (their records are read back); the others go to the launcher as one batch of jobs. Returns every
@@ -239,4 +242,4 @@ def launch(overrides: List[str], runs: Optional[List[List[str]]] = None) -> List
         GlobalHydra.instance().clear()
     from .sweep import conclude
 
-    return conclude(records, lambda line: print(line, file=sys.stderr))
+    return conclude(records, lambda line: print(line, file=sys.stderr), diverged_ok)

@@ -11,7 +11,7 @@ from typing import Callable, List
 
 from .errors import ShiftkitError
 
-__all__ = ["conclude", "finished", "run_many"]
+__all__ = ["conclude", "failure", "finished", "run_many"]
 
 
 def _progress(console):
@@ -125,12 +125,13 @@ def _batches(configs: list) -> List[list]:
     return list(batches.values())
 
 
-def run_many(override_lists: List[List[str]], label: str = "runs") -> List[dict]:
+def run_many(override_lists: List[List[str]], label: str = "runs", diverged_ok: bool = False) -> List[dict]:
     """Compose and check every run first (so bad input stops before anything trains), then run them,
     with a live progress bar on a terminal and one line per finished run everywhere (logs included).
     With ``ensemble=true``, runs that differ only in their seed train together as one ensemble. A run of a
     sweep that fails (e.g. diverges) does not stop the others; the sweep then ends in an error naming how
-    many failed (their ``run.json`` says why), and the same command retries only them."""
+    many failed (their ``run.json`` says why), and the same command retries only them; with
+    ``diverged_ok`` (a search) runs that diverged do not make it fail (:func:`conclude`)."""
     from rich.console import Console
 
     from . import distributed
@@ -162,7 +163,7 @@ def run_many(override_lists: List[List[str]], label: str = "runs") -> List[dict]
                 progress.advance(task)
                 records.append(record)
                 progress.console.print(f"[{len(records)}/{len(configs)}] {_label(cfg)} seed {cfg.seed}: {finished(record)}")
-    return conclude(records, console.print)
+    return conclude(records, console.print, diverged_ok)
 
 
 def _run_batch(batch: list, title: str, on_eval: Callable[[dict], None], say: Callable[[str], None],
@@ -179,19 +180,33 @@ def _run_batch(batch: list, title: str, on_eval: Callable[[dict], None], say: Ca
         except EnsembleUnsupported as exc:
             say(f"{title}: {exc}; running the seeds one by one")
         except ShiftkitError as exc:
-            done = [{"failed": str(exc)}] * len(batch)
+            done = [failure(exc)] * len(batch)
     if done is None:
         done = [_attempt(run, cfg, on_eval, alone=alone) for cfg in batch]
     return done
 
 
-def conclude(records: List[dict], say) -> List[dict]:
+def failure(exc: ShiftkitError) -> dict:
+    """The record of a sweep's run that shiftkit stopped: ``{"failed": message}``, with ``"diverged":
+    true`` where training broke (a non-finite or exploding loss: an outcome of its settings)."""
+    from .divergence import NonFiniteLoss
+
+    return {"failed": str(exc), **({"diverged": True} if isinstance(exc, NonFiniteLoss) else {})}
+
+
+def conclude(records: List[dict], say, diverged_ok: bool = False) -> List[dict]:
     """The end of a sweep (in-process or launched): ``say`` how many runs were skipped, and raise if any
-    failed (the others are done: the same command reruns only the failed ones)."""
+    failed (the others are done: the same command reruns only the failed ones). With ``diverged_ok`` (a
+    hyperparameter search), runs whose training diverged are an outcome of the settings drawn, not an
+    error: they are said in one line, recorded as failed (never as results) and left out of selection."""
     skipped = sum(bool(r.get("skipped")) for r in records)
     if skipped:
         say(f"{skipped} of {len(records)} runs were already done and were skipped")
-    failed = [r["failed"] for r in records if r.get("failed")]
+    diverged = [r for r in records if r.get("diverged")] if diverged_ok else []
+    if diverged:
+        say(f"{len(diverged)} of {len(records)} runs diverged (the first: {diverged[0]['failed']}); they are recorded "
+            "as failed, are no results, and a rerun tries them again")
+    failed = [r["failed"] for r in records if r.get("failed") and not (diverged_ok and r.get("diverged"))]
     if failed:
         raise ShiftkitError(
             f"{len(failed)} of {len(records)} runs failed (the first: {failed[0]}); the others finished, and the"
@@ -207,4 +222,4 @@ def _attempt(run, cfg, on_eval, alone: bool) -> dict:
     except ShiftkitError as exc:
         if alone:
             raise
-        return {"failed": str(exc)}
+        return failure(exc)

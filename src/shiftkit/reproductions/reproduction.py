@@ -137,13 +137,14 @@ class Context:
         _pyplot().close(fig)
         return filename
 
-    def train(self, override_lists: List[List[str]], label: str = "runs") -> List[dict]:
+    def train(self, override_lists: List[List[str]], label: str = "runs", diverged_ok: bool = False) -> List[dict]:
         """Train runs through the one loop (:func:`shiftkit.sweep.run_many`), in the runs directory on this
-        context's device; returns their ``run.json`` records, in order. Finished runs are skipped."""
+        context's device; returns their ``run.json`` records, in order. Finished runs are skipped. With
+        ``diverged_ok`` (a search), a run whose training diverged is ``{"failed": ..., "diverged": True}``."""
         from ..sweep import run_many
 
         extra = [f"out={self.runs}", f"device={self.device}", f"scale={self.scale}"]
-        return run_many([[*o, *extra] for o in override_lists], label=f"{self.name}: {label}")
+        return run_many([[*o, *extra] for o in override_lists], label=f"{self.name}: {label}", diverged_ok=diverged_ok)
 
     def train_each(self, groups: Dict[str, List[List[str]]], label: str = "runs") -> Dict[str, List[dict]]:
         """:meth:`train` for several methods at once: ``{key: override lists}`` -> ``{key: records}``
