@@ -91,15 +91,16 @@ def _with_options(group: str, node: Dict[str, Any]) -> str:
     return f"{node['name']}({','.join(options)})" if options else node["name"]
 
 
-def method(cfg: Dict[str, Any]) -> str:
+def method(cfg: Dict[str, Any], options: bool = True) -> str:
     """``name`` if given, else the loss, weighting and (if any) sampler with their changed options,
-    e.g. ``poly(alpha=2)+iw(exponent=1.5)``."""
+    e.g. ``poly(alpha=2)+iw(exponent=1.5)``; with ``options=False`` the names alone (``poly+iw``)."""
     if cfg.get("name"):
         return str(cfg["name"])
-    parts = [_with_options(g, cfg[g]) for g in METHOD_GROUPS if not (g == "sampler" and cfg[g]["name"] == "none")]
+    shown = _with_options if options else (lambda group, node: node["name"])
+    parts = [shown(g, cfg[g]) for g in METHOD_GROUPS if not (g == "sampler" and cfg[g]["name"] == "none")]
     procedure = cfg.get("procedure") or {"name": "plain"}
     if procedure["name"] not in _UNNAMED_PROCEDURES:  # e.g. jtt:ce+erm
-        return f"{_with_options('procedure', procedure)}:" + "+".join(parts)
+        return f"{shown('procedure', procedure)}:" + "+".join(parts)
     return "+".join(parts)
 
 

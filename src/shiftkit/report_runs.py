@@ -99,13 +99,14 @@ def _record_label(r: dict) -> Tuple[str, str]:
     return dataset, r["_label"] if "_label" in r else labels.label(config, method_text=r["method"])
 
 
-def _training(config: dict) -> Dict[str, Any]:
-    """The flattened config without the method, the seed and how it ran: what runs paired must share."""
+def _training(config: dict, method_keys: Sequence[str] = METHOD_KEYS) -> Dict[str, Any]:
+    """The flattened config without ``method_keys``, the seed and how it ran: what runs paired must share
+    (and, with the keys a search tunes, what the candidates of one method share)."""
     from .identity import EXECUTION_KEYS, comparable
     from .tracking import flatten
 
     flat = flatten(comparable(config, drop=(*EXECUTION_KEYS, *_NOT_TRAINING)))
-    return {k: v for k, v in flat.items() if not any(k == s or k.startswith(s + ".") for s in METHOD_KEYS)}
+    return {k: v for k, v in flat.items() if not any(k == s or k.startswith(s + ".") for s in method_keys)}
 
 
 def differences(a: dict, b: dict) -> List[str]:

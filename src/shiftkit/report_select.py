@@ -42,24 +42,16 @@ def criterion(text: str, first: Tuple[str, str] = ("test", "worst_group_acc")) -
 
 
 def family(config: Dict[str, Any]) -> str:
-    """A run's method without its options (``la+erm``, ``jtt:ce+erm``): what a search's settings share."""
-    if config.get("name"):
-        text = str(config["name"])
-    else:
-        names = [config[g]["name"] for g in labels.METHOD_GROUPS if not (g == "sampler" and config[g]["name"] == "none")]
-        procedure = (config.get("procedure") or {"name": "plain"})["name"]
-        text = ("" if procedure in ("plain", "autobalance") else f"{procedure}:") + "+".join(names)
-    tags = [str(config[k]) for k in labels.LABEL_KEYS if config.get(k)]
-    return f"{text} [{', '.join(tags)}]" if tags else text
+    """A run's method without its options (``la+erm``, ``jtt:ce+erm``), with its preset and scale: what a
+    search's settings share."""
+    return labels.label(config, method_text=labels.method(config, options=False))
 
 
 def _fixed(config: Dict[str, Any]) -> str:
     """What every candidate of one method shares: the config less the seed, how it ran and what a search tunes."""
-    from .identity import EXECUTION_KEYS, comparable
-    from .tracking import flatten
+    from .report_runs import _training
 
-    flat = flatten(comparable(config, drop=(*EXECUTION_KEYS, "seed", "scale", "diagnostics", "train.eval_every")))
-    return repr(sorted((k, repr(v)) for k, v in flat.items() if k.split(".")[0] not in SEARCHED))
+    return repr(sorted((k, repr(v)) for k, v in _training(config, SEARCHED).items()))
 
 
 def _settings(config: Dict[str, Any]) -> Dict[str, str]:
