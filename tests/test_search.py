@@ -142,6 +142,7 @@ def test_method_names_resolve_to_overrides(method, overrides):
     (["la"], 2, [], [], "--seeds"),
     ([], 2, [0], [], "--methods"),
     (["la"], 2, [0], ["seed=3"], "sets seed itself"),
+    (["ce+ce"], 2, [0], [], "chooses loss more than once"),
 ])
 def test_bad_searches_are_refused(methods, trials, seeds, overrides, message):
     with pytest.raises(ShiftkitError, match=message):
@@ -150,8 +151,9 @@ def test_bad_searches_are_refused(methods, trials, seeds, overrides, message):
 
 def test_seeds_take_a_count_or_a_list():
     assert hparams.seeds_of("3") == [0, 1, 2] and hparams.seeds_of("0,5") == [0, 5]
-    with pytest.raises(ShiftkitError, match="--seeds"):
-        hparams.seeds_of("x")
+    for bad in ("x", "0", "-1"):
+        with pytest.raises(ShiftkitError, match="--seeds"):
+            hparams.seeds_of(bad)
 
 
 # ---- selection across runs ------------------------------------------------------------------------------

@@ -116,7 +116,12 @@ def method_overrides(method: str) -> List[str]:
     parts = [p.strip() for p in method.split("+")]
     if not method.strip() or not all(parts):
         raise ShiftkitError(f"--methods: '{method}' is not a method name (names joined by '+')")
-    return [o for p in parts for o in ([p] if "=" in p else _find(p))]
+    chosen = [o for p in parts for o in ([p] if "=" in p else _find(p))]
+    groups = [o.split("=", 1)[0] for o in chosen]
+    twice = sorted({g for g in groups if groups.count(g) > 1})
+    if twice:
+        raise ShiftkitError(f"--methods: '{method}' chooses {' and '.join(twice)} more than once")
+    return chosen
 
 
 def _given(overrides: Sequence[str]) -> set:
@@ -180,6 +185,9 @@ def seeds_of(text: Optional[str]) -> List[int]:
             return [0]
         if "," in text:
             return [int(s) for s in text.split(",")]
-        return list(range(int(text)))
+        count = int(text)
     except ValueError:
         raise ShiftkitError(f"--seeds must be a count or a comma list of seeds, got '{text}'") from None
+    if count < 1:
+        raise ShiftkitError(f"--seeds must be a count >= 1 or a comma list of seeds, got '{text}'")
+    return list(range(count))
