@@ -57,7 +57,7 @@ def test_an_unknown_group_is_one_line(capsys):
     assert main(["list", "losses"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == ("shiftkit: error: unknown group 'losses'; choose one of: data, model, loss, weighting, "
-                           "sampler, optim, logger, procedure")
+                           "sampler, optim, logger, procedure, augment")
 
 
 @pytest.mark.parametrize("group", list(GROUPS))

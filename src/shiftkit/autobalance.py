@@ -19,8 +19,9 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import torch
 from torch import nn
 
+from . import augment as augmentations
 from . import weighting
-from .autobalance_search import DEFAULT_UPPER, AutoBalanceSearch, check_loss, check_search  # noqa: F401
+from .autobalance_search import DEFAULT_UPPER, AutoBalanceSearch, check_loss, check_search, learned  # noqa: F401
 from .checkpoint import Checkpoint, phase, rng_states, set_rng_states
 from .data.base import Split, Splits
 from .errors import ShiftkitError
@@ -38,6 +39,8 @@ class SearchResult:
     alpha: Dict[str, list]
     history: List[dict] = field(default_factory=list)
     model: Optional[nn.Module] = None
+    #: The augmentation the retraining used (its ``record()``: operations, per-class values), if any.
+    augment: Optional[dict] = None
 
 
 def merge_train_val(splits: Splits) -> Splits:
@@ -65,6 +68,7 @@ def search_and_retrain(
     retrain_on: str = "train+val",
     interpolate_clusters: Union[bool, str] = True,
     checkpoint: Optional[Checkpoint] = None,
+    augment=None,
 ) -> SearchResult:
     """Algorithm 1 (docs/METHODS.md#autobalance-algorithm) end to end with :func:`~shiftkit.train.fit` and ERM weighting.
 
@@ -95,6 +99,11 @@ def search_and_retrain(
     result (its :class:`FitResult`, the loss's state, α's history) is saved with ``"phase": "retrain"``
     and stays in every later save, so a run killed while retraining resumes the retraining and never
     redoes the search. Either way the result is exactly that of a run never interrupted.
+
+    ``augment`` (:mod:`shiftkit.augment`) augments every training batch of both phases; a learned one
+    (``augment=policy``) is part of α: tuned by the search, then frozen for the retraining
+    (docs/METHODS.md#augment-search). Its clusters keep their values in the retraining (no
+    interpolation).
     """
     interpolate = _interpolates(loss, retrain_on, interpolate_clusters)
     fit_options = dict(fit_options or {})
@@ -104,28 +113,46 @@ def search_and_retrain(
         torch.manual_seed(seed)
         model = make_model()
         search = AutoBalanceSearch(model, loss, splits, epochs=search_epochs, batch_size=batch_size, seed=seed,
-                                   device=device, **(search_options or {}))
+                                   device=device, augment=augment, **(search_options or {}))
         searched = fit(model, splits, loss, weighting.build("erm"), optim, epochs=search_epochs,
                        batch_size=batch_size, seed=seed, device=device, outer=search,
-                       checkpoint=phase(checkpoint, "search"), **fit_options)
+                       checkpoint=phase(checkpoint, "search"), augment=augment, **fit_options)
         search.record(search_epochs)
-        kept = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in loss.state_dict().items()}
-        done = {"result": dataclasses.asdict(searched), "history": search.history, "loss": kept, "rng": rng_states()}
+        done = {"result": dataclasses.asdict(searched), "history": search.history, "loss": _kept(loss),
+                "rng": rng_states()}
+        if augmentations.active(augment):
+            done["augment"] = _kept(augment)
         if checkpoint is not None and checkpoint.every:  # the phase boundary: never redo a finished search
             checkpoint.save({"phase": "retrain", "search": done})
     else:  # the search had finished: take its result and the RNG states it left
         searched = FitResult(**done["result"])
         loss.load_state_dict(done["loss"])
+        if "augment" in done:
+            augment.load_state_dict(done["augment"])
         set_rng_states(done["rng"])
-    alpha = {k: v.detach().cpu().tolist() for k, v in loss.hyperparameters().items()}
+    alpha = {k: v.detach().cpu().tolist() for k, v in learned(loss).items()}
     frozen = _retraining_loss(loss, interpolate)
+    policy = _frozen(augment) if augmentations.active(augment) else None
     torch.manual_seed(seed)
     retrain_splits = merge_train_val(splits) if retrain_on == "train+val" else splits
     model = make_model()
     retrained = fit(model, retrain_splits, frozen, weighting.build("erm"), optim, epochs=retrain_epochs,
-                    batch_size=batch_size, seed=seed, device=device,
+                    batch_size=batch_size, seed=seed, device=device, augment=policy,
                     checkpoint=phase(checkpoint, "retrain", search=done), **fit_options)
-    return SearchResult(searched, retrained, alpha, done["history"], model)
+    return SearchResult(searched, retrained, alpha, done["history"], model, policy.record() if policy else None)
+
+
+def _kept(module: nn.Module) -> dict:
+    """``module``'s state on the host, for the phase boundary's checkpoint."""
+    return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in module.state_dict().items()}
+
+
+def _frozen(module: nn.Module) -> nn.Module:
+    """A copy with nothing to learn (α* fixed for the retraining): no gradient, none kept."""
+    frozen = copy.deepcopy(module).requires_grad_(False)
+    for p in frozen.parameters():
+        p.grad = None
+    return frozen
 
 
 def _interpolates(loss: nn.Module, retrain_on: str, interpolate_clusters: Union[bool, str]) -> bool:
@@ -145,13 +172,7 @@ def _interpolates(loss: nn.Module, retrain_on: str, interpolate_clusters: Union[
 
 def _retraining_loss(loss: nn.Module, interpolate: bool) -> nn.Module:
     """The searched loss with α* fixed, per class when it interpolates the clusters: no gradient, none kept."""
-    if interpolate and hasattr(loss, "per_class"):
-        frozen = loss.per_class()
-    else:
-        frozen = copy.deepcopy(loss).requires_grad_(False)
-    for p in frozen.parameters():
-        p.grad = None
-    return frozen
+    return _frozen(loss.per_class() if interpolate and hasattr(loss, "per_class") else loss)
 
 
 def resume_point(state: Dict[str, Any]) -> tuple:

@@ -1,7 +1,7 @@
 """AutoBalance's outer update (Li et al. 2021, Algorithm 1; docs/METHODS.md#protocol-autobalance):
 :class:`AutoBalanceSearch`, the ``outer`` object of :func:`shiftkit.train.fit` that moves the
 ``autobalance`` loss's α by the implicit hypergradient of a validation objective, and the checks of a
-search's loss and settings.
+search's loss and settings (:mod:`shiftkit.autobalance_alpha`).
 :func:`shiftkit.autobalance.search_and_retrain` runs the whole algorithm around it.
 """
 
@@ -16,10 +16,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from . import augment as augmentations
 from . import objectives
+from .autobalance_alpha import AUGMENT, check_loss, check_search, learned  # noqa: F401
 from .bilevel import output_hypergradient
 from .data.base import Split, Splits
-from .errors import ShiftkitError
 from .optim import OptimSpec
 from .optim import build as build_optim
 
@@ -41,33 +42,6 @@ def _frozen_batchnorm_stats(model: nn.Module):
     finally:
         for m in norms:
             m.track_running_stats = True
-
-
-def check_loss(loss: nn.Module, where: str = "AutoBalanceSearch: the loss") -> None:
-    """A search needs a loss with something to learn: a ``hyperparameters()`` dict that is not empty."""
-    learnable = loss.hyperparameters() if hasattr(loss, "hyperparameters") else None
-    if not learnable:
-        raise ShiftkitError(f"{where} has nothing to learn; search with loss=autobalance (its loss.learn names"
-                            " what the search tunes)")
-
-
-def check_search(*, epochs: int, start_epoch: Optional[int], every: int, batches: int, terms: int, step: float,
-                 curvature_batches: Optional[int], batch_size: int = 1, prefix: str = "procedure.") -> None:
-    """The search's schedule and series settings, named ``prefix + key`` (``procedure.every`` on the
-    command line): refused before anything trains."""
-    for key, value in (("every", every), ("batches", batches)):
-        if value < 1:
-            raise ShiftkitError(f"{prefix}{key} must be >= 1, got {value}")
-    if batch_size < 1 or epochs < 1:
-        raise ShiftkitError(f"{prefix}batch_size and epochs must be >= 1, got {batch_size} and {epochs}")
-    if start_epoch is not None and not 0 <= start_epoch < epochs:
-        raise ShiftkitError(f"{prefix}start_epoch must lie in [0, epochs={epochs}), got {start_epoch}")
-    if terms < 0:
-        raise ShiftkitError(f"{prefix}terms (of the Neumann series) must be >= 0, got {terms}")
-    if not (math.isfinite(step) and step > 0):
-        raise ShiftkitError(f"{prefix}step (of the Neumann series) must be a finite number > 0, got {step}")
-    if curvature_batches is not None and not 1 <= curvature_batches <= batches:
-        raise ShiftkitError(f"{prefix}curvature_batches must lie in [1, batches={batches}], got {curvature_batches}")
 
 
 class AutoBalanceSearch:
@@ -143,8 +117,11 @@ class AutoBalanceSearch:
         batch_size: int = 64,
         seed: int = 0,
         device: str = "cpu",
+        augment=None,
+        augment_lr: Optional[float] = None,
     ):
-        check_loss(loss)
+        self.augment = augment if augmentations.active(augment) else None
+        check_loss(loss, augment=self.augment)
         check_search(epochs=epochs, start_epoch=start_epoch, every=every, batches=batches, terms=terms, step=step,
                      curvature_batches=curvature_batches, batch_size=batch_size, prefix="AutoBalanceSearch: ")
         start_epoch = round(0.4 * epochs) if start_epoch is None else start_epoch
@@ -158,9 +135,10 @@ class AutoBalanceSearch:
         self.batch_size, self.device = batch_size, device
         self.curvature_batches = batches if curvature_batches is None else curvature_batches
         self.gen = torch.Generator().manual_seed(seed)
-        self.aug_gen = torch.Generator(device=device).manual_seed(seed) if self.pipeline.augments else None
+        augments = self.pipeline.augments or self.augment is not None
+        self.aug_gen = torch.Generator(device=device).manual_seed(seed) if augments else None
         self.upper = upper or build_optim("sgd", **DEFAULT_UPPER)
-        self.opt, self.schedule = self.upper.make(list(loss.hyperparameters().values()), epochs - start_epoch)
+        self.opt, self.schedule = self.upper.make(self._groups(augment_lr), epochs - start_epoch)
         self.epoch, self.updates = -1, 0
         self.history: List[dict] = []
         self.last_hypergradient: Optional[Dict[str, Tensor]] = None
@@ -176,7 +154,7 @@ class AutoBalanceSearch:
     def after_step(self, step: int) -> None:
         if self.epoch < self.begin or step % self.every:
             return
-        hparams = self.loss.hyperparameters()
+        hparams = self.alpha()
         hyper = self.hypergradient(*self.draw())
         for name, p in hparams.items():
             p.grad = hyper[name].to(p.dtype)
@@ -209,6 +187,20 @@ class AutoBalanceSearch:
             self.aug_gen.set_state(state["augment_generator"])
 
     # ---- pieces, public for tests and for custom loops -----------------------------------------------
+    def _groups(self, augment_lr: Optional[float]) -> List[dict]:
+        """The upper optimizer's parameter groups: the loss's α, and a learned augmentation's at
+        ``augment_lr`` (default: the upper rate) without weight decay, which would pull its logits to 0."""
+        alpha = self.alpha()
+        own = [v for k, v in alpha.items() if k.startswith(AUGMENT)]
+        groups = [{"params": [v for k, v in alpha.items() if not k.startswith(AUGMENT)]}]
+        if own:
+            groups.append({"params": own, "weight_decay": 0.0, **({} if augment_lr is None else {"lr": augment_lr})})
+        return [g for g in groups if g["params"]]
+
+    def alpha(self) -> Dict[str, Tensor]:
+        """The tensors the search tunes, by name (:func:`learned`)."""
+        return learned(self.loss, self.augment)
+
     def draw(self):
         """Index tensors ``[b, batch_size]`` into train and validation: each row one batch, drawn without
         replacement (a fresh permutation per pass) as the code's data loaders do."""
@@ -226,7 +218,7 @@ class AutoBalanceSearch:
         return x, split.y[index], split.g[index]
 
     def hypergradient(self, train_index: Tensor, val_index: Tensor) -> Dict[str, Tensor]:
-        """The hypergradient of the objective on the validation batches w.r.t. the loss's α, with the
+        """The hypergradient of the objective on the validation batches w.r.t. α (:meth:`alpha`), with the
         training loss on the train batches, at the model's current θ (:func:`bilevel.output_hypergradient`).
 
         The training loss is the mean over the ``b`` train batches of each batch's mean loss, the objective
@@ -235,11 +227,16 @@ class AutoBalanceSearch:
         ``torch.func.vmap``; on a CPU one at a time, since a 640-image pass is slower there than ten
         64-image passes (the chunks of :func:`bilevel.output_hypergradient`; the same value either way).
         The Neumann series' Hessian is that of the training loss on the first ``curvature_batches`` batches.
+
+        With an augmentation (docs/METHODS.md#augment-search) the train batches are augmented once, from
+        the search's generator, and the training loss is that of the augmented batches throughout, with
+        the augmentation's relaxed gates; a learned augmentation's tensors are differentiated through the
+        augmented inputs (``through_inputs``).
         """
         (xt, yt, gt), (xv, yv, gv) = self.stacked(self.train, train_index, True), self.stacked(self.val, val_index, False)
         buffers = dict(self.model.named_buffers())
-        model, loss, objective = self.model, self.loss, self.objective
-        alpha = {k: v.detach() for k, v in self.loss.hyperparameters().items()}
+        model, loss, objective, augment = self.model, self.loss, self.objective, self.augment
+        alpha = {k: v.detach() for k, v in self.alpha().items()}
 
         def logits(params, x):  # x [n, batch, ...] -> [n, batch, K], one forward pass per batch
             if len(x) == 1:
@@ -247,12 +244,17 @@ class AutoBalanceSearch:
             return vmap(lambda xb: functional_call(model, {**params, **buffers}, (xb,)))(x)
 
         def train_loss(z, hparams, y, g):
-            return functional_call(loss, hparams, (z.flatten(0, 1), y.flatten(), g.flatten())).mean()
+            own = {k: v for k, v in hparams.items() if not k.startswith(AUGMENT)}
+            return functional_call(loss, own, (z.flatten(0, 1), y.flatten(), g.flatten())).mean()
 
         def outer(params, s):
             z = logits(params, xv[s])
             return torch.stack([objective(zb, yb, gb) for zb, yb, gb in zip(z, yv[s], gv[s])]).mean()
 
+        if augment is not None:  # the training loss's inputs at the current α, from one draw
+            augmented = _augmenter(augment, xt, yt, self.aug_gen)
+            with torch.no_grad():
+                xt = augmented(alpha, slice(None))
         c = self.curvature_batches
 
         def curvature(params):
@@ -262,13 +264,32 @@ class AutoBalanceSearch:
         outputs = [lambda p, s=s: logits(p, xt[s]) for s in chunks]
         losses_ = [lambda z, h, s=s: train_loss(z, h, yt[s], gt[s]) for s in chunks]
         outers = [lambda p, s=s: outer(p, s) for s in chunks]
+        through = None
+        if augment is not None and any(k.startswith(AUGMENT) for k in alpha):
+            through = [lambda p, h, s=s: logits(p, augmented(h, s)) for s in chunks]
         params = dict(self.model.named_parameters())
         with _frozen_batchnorm_stats(self.model):
             return output_hypergradient(outputs, losses_, outers, params, alpha, self.terms, self.step_size,
-                                        curvature, self.stop_on_growth)
+                                        curvature, self.stop_on_growth, through)
 
     def record(self, epoch: int) -> None:
-        """Append α's current values (one host transfer per call, once per epoch)."""
-        alpha = {k: v.detach().cpu().tolist() for k, v in self.loss.hyperparameters().items()}
+        """Append α's current values (one host transfer per call, once per epoch); a learned
+        augmentation's as its magnitudes and probabilities per row (``augment.magnitude``, ...), not logits."""
+        alpha = {k: v.detach().cpu().tolist() for k, v in self.alpha().items() if not k.startswith(AUGMENT)}
+        if self.augment is not None and self.augment.hyperparameters():
+            alpha.update({AUGMENT + k: v for k, v in self.augment.values().items()})
         self.history.append({"epoch": epoch, "updates": self.updates, **alpha})
 
+
+def _augmenter(augment, raw: Tensor, y: Tensor, generator):
+    """``augmented(hparams, s)``: train batches ``raw[s]`` (``[b, batch, ...]``) through ``augment`` at the
+    augmentation's α in ``hparams`` (keys ``augment.*``), with relaxed gates and one draw for all calls."""
+    draws = augment.draws(raw.flatten(0, 1), generator)
+
+    def augmented(hparams, s):
+        own = {k[len(AUGMENT):]: v for k, v in hparams.items() if k.startswith(AUGMENT)}
+        mine = [{k: v.view(*raw.shape[:2], *v.shape[1:])[s].flatten(0, 1) for k, v in d.items()} for d in draws]
+        out = functional_call(augment, own, (raw[s].flatten(0, 1), y[s].flatten()), {"draws": mine, "relaxed": True})
+        return out.view(raw[s].shape)
+
+    return augmented

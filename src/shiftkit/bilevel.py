@@ -156,6 +156,7 @@ def output_hypergradient(
     step: float = 1.0,
     curvature_loss: Optional[Callable[[Params], Tensor]] = None,
     stop_on_growth: bool = True,
+    through_inputs: Optional[Sequence[Callable[[Params, Params], Tensor]]] = None,
 ) -> Params:
     """:func:`hypergradient` for ``L_in(θ, α) = output_loss(outputs(θ), α)``: α enters only through a loss
     of the model's outputs (true of every loss in shiftkit, AutoBalance's included). Same result, cheaper.
@@ -175,6 +176,14 @@ def output_hypergradient(
     their chunks, and each chunk is differentiated on its own and the results averaged. The value is
     the same; only the size of each autograd graph changes (on a CPU, ten 64-image passes are faster
     than one 640-image pass, whose activations do not fit in cache).
+
+    ``through_inputs`` (one per chunk): where some of α also act before the model (a learned
+    augmentation of the inputs, docs/METHODS.md#augment), ``through_inputs[k](θ, α)`` gives chunk k's
+    outputs as a function of both; ``outputs[k](θ)`` must be its value at the given α. The mixed term
+    is then ``∇_α [J_θ L_in(θ, α) · p]`` with the directional derivative in forward mode through the
+    model at inputs that depend on α, and its gradient by one reverse pass through that computation
+    (forward over reverse; the augmentation itself is differentiated once). The Neumann series and
+    ``∇_θ L_out`` are unchanged.
 
     >>> import torch
     >>> out = lambda p: p["theta"] * torch.ones(3)                 # z_i = θ
@@ -197,12 +206,17 @@ def output_hypergradient(
     p = neumann_inverse_hvp(lambda c: pull(c)[0], v, terms, step, stop_on_growth)
 
     def mixed(chunk):
-        out, loss = chunk
+        out, loss, inputs = chunk
+        if inputs is not None:  # α before the model too: differentiate the whole directional derivative
+            return grad(lambda a: jvp(lambda th: loss(inputs(th, a), a), (theta,), (p,))[1])(alpha)
         z, z_dot = jvp(out, (theta,), (p,))
         z, z_dot = z.detach(), z_dot.detach()
         return grad(lambda a: jvp(lambda o: loss(o, a), (z,), (z_dot,))[1])(alpha)
 
-    total = _mean_over_chunks(mixed, list(zip(outs, losses)))
+    inputs = list(through_inputs) if through_inputs is not None else [None] * len(outs)
+    if len(inputs) != len(outs):
+        raise ShiftkitError("output_hypergradient: through_inputs must have one function per chunk")
+    total = _mean_over_chunks(mixed, list(zip(outs, losses, inputs)))
     return {k: -total[k].detach() for k in hparams}
 
 

@@ -27,6 +27,7 @@ ABOUT = {
     "optim": "optimizers and learning-rate schedules (optim=NAME optim.OPTION=VALUE)",
     "logger": "experiment tracking (logger=NAME logger.OPTION=VALUE)",
     "procedure": "how a run trains: one fit, or several phases (procedure=NAME procedure.OPTION=VALUE)",
+    "augment": "augmentation policies before the model, fixed or learned (augment=NAME augment.OPTION=VALUE)",
 }
 
 

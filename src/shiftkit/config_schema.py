@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from . import data, losses, models, optim, procedures, sampling, tracking, weighting
+from . import augment, data, losses, models, optim, procedures, sampling, tracking, weighting
 from .registry import Registry, hyperparameters
 
 #: Config group -> the registry whose names are its options.
@@ -28,6 +28,7 @@ GROUPS: Dict[str, Registry] = {
     "optim": optim.OPTIMIZERS,
     "logger": tracking.LOGGERS,
     "procedure": procedures.PROCEDURES,
+    "augment": augment.AUGMENTATIONS,
 }
 _SCALARS = (int, float, bool, str)
 
@@ -81,6 +82,7 @@ class Config:
     optim: Any = MISSING
     logger: Any = MISSING
     procedure: Any = MISSING
+    augment: Any = MISSING
     train: TrainConf = field(default_factory=TrainConf)
     diagnostics: DiagnosticsConf = field(default_factory=DiagnosticsConf)
     checkpoint: CheckpointConf = field(default_factory=CheckpointConf)

@@ -32,6 +32,8 @@ _ALWAYS = object()
 #: names of the group's registry for which the key is new (None: all of them).
 _NEUTRAL_DEFAULTS = [
     ("diagnostics", dataclasses.asdict(DiagnosticsConf()), None),
+    ("augment", {"name": "none"}, None),
+    ("search.augment_lr", None, None),
     ("loss.cluster_init", "mean", None),
     ("model.weights", None, None),
     ("model.freeze", "none", None),

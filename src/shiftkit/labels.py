@@ -92,12 +92,15 @@ def _with_options(group: str, node: Dict[str, Any]) -> str:
 
 
 def method(cfg: Dict[str, Any], options: bool = True) -> str:
-    """``name`` if given, else the loss, weighting and (if any) sampler with their changed options,
+    """``name`` if given, else the loss, weighting, (if any) sampler and augmentation with their changed options,
     e.g. ``poly(alpha=2)+iw(exponent=1.5)``; with ``options=False`` the names alone (``poly+iw``)."""
     if cfg.get("name"):
         return str(cfg["name"])
     shown = _with_options if options else (lambda group, node: node["name"])
     parts = [shown(g, cfg[g]) for g in METHOD_GROUPS if not (g == "sampler" and cfg[g]["name"] == "none")]
+    augment = cfg.get("augment") or {"name": "none"}
+    if augment["name"] != "none":  # e.g. ce+erm+policy(per=shared)
+        parts.append(shown("augment", augment))
     procedure = cfg.get("procedure") or {"name": "plain"}
     if procedure["name"] not in _UNNAMED_PROCEDURES:  # e.g. jtt:ce+erm
         return f"{shown('procedure', procedure)}:" + "+".join(parts)

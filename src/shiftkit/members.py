@@ -46,20 +46,22 @@ class EnsembleUnsupported(ShiftkitError):
 
 
 def refuse(models: Optional[Sequence[nn.Module]] = None, *, torchrun: bool = False, probe: bool = False,
-           outer: Union[bool, str, None] = False, epoch_lengths: Sequence[int] = ()) -> None:
+           outer: Union[bool, str, None] = False, epoch_lengths: Sequence[int] = (), augment: bool = False) -> None:
     """Raise :class:`EnsembleUnsupported` where S runs cannot train as one stacked model: under
     ``torchrun`` (the processes share one model's batches), with diagnostics (``probe``: they probe each
     model on its own), with an outer update or a procedure of several phases (``outer``: true, or the
     reason, e.g. AutoBalance tunes each seed's loss on its own),
     for models with BatchNorm (``vmap`` cannot update running statistics) or frozen parameters (a
     stacked model trains every parameter of its members) and for samplers whose epochs differ in length
-    between members (``epoch_lengths``; e.g. ``undersample``)."""
+    between members (``epoch_lengths``; e.g. ``undersample``), and with an augmentation policy (``augment``)."""
     if torchrun:
         raise EnsembleUnsupported("under torchrun the processes share one model's batches")
     if probe:
         raise EnsembleUnsupported("diagnostics probe each model on its own")
     if outer:
         raise EnsembleUnsupported(outer if isinstance(outer, str) else "an outer update tunes each seed on its own")
+    if augment:
+        raise EnsembleUnsupported("an augmentation policy (augment=policy) augments one model's batches")
     if models and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in models[0].modules()):
         raise EnsembleUnsupported("ensemble training cannot update BatchNorm statistics")
     if models and not all(p.requires_grad for p in models[0].parameters()):

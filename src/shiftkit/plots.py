@@ -128,6 +128,8 @@ def plot_alpha(history: List[dict], path: Path) -> None:
     (those the search learned)."""
     plt = _pyplot()
     keys = [k for k in ("tau", "l", "delta", "w") if history and k in history[0]]
+    if not keys:  # the search learned an augmentation only (plot_policy draws it)
+        return
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
     epochs = [h["epoch"] for h in history]
     for ax, key in zip(axes[0], keys):
@@ -139,6 +141,27 @@ def plot_alpha(history: List[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         if len(rows[0]) <= 10:
             ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_policy(record: dict, path: Path) -> None:
+    """A learned augmentation policy per class (``run.json``'s ``augment``): one panel per operation, its
+    magnitude (bars) and application probability (dots) for every class."""
+    plt = _pyplot()
+    ops, values = record["ops"], record["per_class"]
+    classes = list(range(len(values["magnitude"])))
+    fig, axes = plt.subplots(1, len(ops), figsize=(3.2 * len(ops), 3.4), squeeze=False, sharey=True)
+    for j, (ax, op) in enumerate(zip(axes[0], ops)):
+        ax.bar(classes, [row[j] for row in values["magnitude"]], color="tab:blue", alpha=0.7, label="magnitude")
+        if op != "spherical":  # always applied: no probability
+            ax.plot(classes, [row[j] for row in values["probability"]], "o", color="tab:red", label="probability")
+        ax.set_title(op)
+        ax.set_xlabel("class")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"learned augmentation policy (per {record['per']})")
     fig.tight_layout()
     _save(fig, path)
 

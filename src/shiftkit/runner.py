@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import data, diagnostics, distributed, labels, losses, metrics, models, optim
+from . import augment, data, diagnostics, distributed, labels, losses, metrics, models, optim
 from . import rundir
 from . import procedures, sampling, tracking, weighting
 from .checkpoint import FILE as CHECKPOINT_FILE
@@ -72,7 +72,12 @@ def validate(cfg: Dict[str, Any]) -> None:
         if not conf["enabled"]:
             raise ShiftkitError("diagnostics.reference needs diagnostics.enabled=true")
         diagnostics.reference_file(conf["reference"])
-    procedure_of(cfg).validate(cfg)
+    procedure = procedure_of(cfg)
+    procedure.validate(cfg)
+    chosen = (cfg.get("augment") or {"name": "none"})["name"]
+    if chosen != "none" and not procedure.takes_augment:
+        raise ShiftkitError(f"augment={chosen} trains with procedure=plain or procedure=autobalance, "
+                            f"not procedure={cfg['procedure']['name']}")
 
 
 def procedure_of(cfg: Dict[str, Any]) -> procedures.Procedure:
@@ -103,7 +108,7 @@ def make_probe(cfg: Dict[str, Any]) -> Optional[diagnostics.Probe]:
 
 def build_parts(cfg: DictConfig, splits: data.Splits, model_device: Optional[str] = None) -> Dict[str, Any]:
     """The fit() arguments a config names: model (created on ``model_device`` if given), loss,
-    weighting, sampler, optim."""
+    weighting, sampler, optim, augment."""
     stats = splits.statistics()
     with torch.device(model_device) if model_device else contextlib.nullcontext():
         model = models.build(cfg.model.name, **options(cfg.model), **stats)
@@ -113,6 +118,7 @@ def build_parts(cfg: DictConfig, splits: data.Splits, model_device: Optional[str
         "weighting": weighting.build(cfg.weighting.name, **options(cfg.weighting), **stats),
         "sampler": sampling.build(cfg.sampler.name, **options(cfg.sampler), **stats),
         "optim": optim.build(cfg.optim.name, **options(cfg.optim)),
+        "augment": augment.build(cfg.augment.name, **options(cfg.augment), **stats),
     }
 
 
@@ -223,7 +229,8 @@ def execute(cfgs: List[DictConfig], *, on_eval: Optional[Callable[[dict], None]]
     for p in plains:
         validate(p)
         if stacked:
-            refuse(torchrun=distributed.requested(), probe=p["diagnostics"]["enabled"], outer=procedure_of(p).alone)
+            refuse(torchrun=distributed.requested(), probe=p["diagnostics"]["enabled"], outer=procedure_of(p).alone,
+                   augment=(p.get("augment") or {"name": "none"})["name"] != "none")
     if stacked and len({config_hash(p, drop=(*EXECUTION_KEYS, "seed")) for p in plains}) > 1:
         raise ShiftkitError("an ensemble's runs must differ only in their seed")
     outs = [run_dir(p) for p in plains]

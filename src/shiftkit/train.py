@@ -24,7 +24,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from . import augment as augmentations
 from . import distributed, guards
+from .augment import Augmentation
 from .checkpoint import Checkpoint, GeneratorPart, MemberParts, capture, restore
 from .data.base import Split, Splits
 from .data.pipeline import Pipeline
@@ -81,6 +83,7 @@ def train_epoch(
     tally: Optional[Tally] = None,
     after_step: Optional[Callable[[int], None]] = None,
     on_step: Optional[Callable[[Tally], None]] = None,
+    augment: Optional[Augmentation] = None,
 ) -> Tally:
     """One pass over ``order`` in batches: the loop's steps, with no host synchronization.
 
@@ -91,18 +94,20 @@ def train_epoch(
     0 if ``None``), whose length says how many batches of ``order`` are done: a tally restored from a
     checkpoint inside the epoch continues after them. ``after_step(step)`` runs after each optimizer step
     (an outer update such as AutoBalance's, docs/METHODS.md#autobalance-algorithm), then ``on_step(tally)``
-    (a checkpoint inside the epoch). Returns the tally.
+    (a checkpoint inside the epoch). ``augment`` (:mod:`shiftkit.augment`, one model only) transforms
+    each batch after the pipeline, with its labels, from the same generator. Returns the tally.
     """
+    prepare = _prepared(pipeline, augment)
     tally = tally if tally is not None else Tally(first_step=0)
     for idx in order.split(batch_size, dim=-1)[len(tally.sizes):]:
         y, g = train.y[idx], train.g[idx]
         if distributed.active():
             objective, local, per_example = _sharded_objective(
-                forward, loss, weighting, train, idx, pipeline, generator, device, amp
+                forward, loss, weighting, train, idx, prepare, generator, device, amp
             )
         else:
             with autocast(device, amp):
-                per_example = loss(forward(pipeline(train.x[idx], train=True, generator=generator)), y, g).float()
+                per_example = loss(forward(prepare(train.x[idx], y, generator)), y, g).float()
             w = weighting.weights(per_example.detach(), y, g)
             if train.weight is not None:  # per-example multipliers (sample weights) carried by the split
                 w = w * train.weight[idx]
@@ -119,7 +124,15 @@ def train_epoch(
     return tally
 
 
-def _sharded_objective(forward, loss, weighting, train: Split, idx: Tensor, pipeline, generator, device, amp):
+def _prepared(pipeline, augment: Optional[Augmentation]) -> Callable:
+    """``prepare(x, y, generator)``: the training inputs of a batch, through ``pipeline`` with its
+    augmentation and then ``augment`` (when it is active)."""
+    if not augmentations.active(augment):
+        return lambda x, y, generator: pipeline(x, train=True, generator=generator)
+    return lambda x, y, generator: augment(pipeline(x, train=True, generator=generator), y, generator)
+
+
+def _sharded_objective(forward, loss, weighting, train: Split, idx: Tensor, prepare, generator, device, amp):
     """This rank's share of a global batch's objective (:mod:`shiftkit.distributed`): the objective's
     value over the whole batch, the local term whose DDP-averaged gradient is the whole batch's, and the
     whole batch's per-example losses (detached)."""
@@ -127,9 +140,9 @@ def _sharded_objective(forward, loss, weighting, train: Split, idx: Tensor, pipe
     lo, hi = distributed.my_shard(n)
     y, g = train.y[idx], train.g[idx]
     if generator is None:  # deterministic inputs: transform only the shard
-        x = pipeline(train.x[idx[lo:hi]], train=True)
+        x = prepare(train.x[idx[lo:hi]], y[lo:hi], None)
     else:  # every rank draws the whole batch's augmentation, so the draws match one process's
-        x = pipeline(train.x[idx], train=True, generator=generator)[lo:hi]
+        x = prepare(train.x[idx], y, generator)[lo:hi]
     with autocast(device, amp):
         mine = loss(forward(x), y[lo:hi], g[lo:hi]).float()
     per_example = distributed.gather(mine.detach(), n)
@@ -160,6 +173,7 @@ def fit(
     probe: Optional[Callable[[nn.Module, Split, Pipeline], dict]] = None,
     checkpoint: Optional[Checkpoint] = None,
     divergence: float = DEFAULT_FACTOR,
+    augment: Optional[Augmentation] = None,
 ) -> FitResult:
     """Train ``model`` in place for ``epochs`` epochs; ``batch_size=0`` means full batch.
 
@@ -179,7 +193,8 @@ def fit(
     ``divergence`` times its initial level; ``divergence=0`` turns the last rule off): a failed epoch raises
     :class:`NonFiniteLoss` naming its step, and the checkpoint keeps the last good state. A scheme that
     asks for validation losses (Group DRO's ``automatic_adjustment``) gets them after every training epoch,
-    as :func:`fit_members` describes.
+    as :func:`fit_members` describes. ``augment`` (:mod:`shiftkit.augment`) augments each training batch
+    after the pipeline, with its labels (a learned augmentation's state is checkpointed with the loop).
 
     This is :func:`fit_members` with one member.
 
@@ -198,6 +213,7 @@ def fit(
         samplers=[sampler or Shuffle()], epochs=epochs, batch_size=batch_size, eval_every=eval_every,
         select=select, device=device, amp=amp, outer=outer, probe=probe, checkpoint=checkpoint,
         divergence=divergence, on_eval=None if on_eval is None else (lambda s, record: on_eval(record)),
+        augment=augment,
     )
     return result
 
@@ -222,6 +238,7 @@ def fit_members(
     probe: Optional[Callable[[nn.Module, Split, Pipeline], dict]] = None,
     checkpoint: Optional[Checkpoint] = None,
     divergence: float = DEFAULT_FACTOR,
+    augment: Optional[Augmentation] = None,
 ) -> List[FitResult]:
     """Train every member ``s`` with ``weightings[s]``, ``samplers[s]`` and ``seeds[s]`` (data order and
     augmentation), as :func:`fit` describes; ``on_eval(s, record)`` per member and evaluation. Each member
@@ -240,8 +257,10 @@ def fit_members(
         raise ShiftkitError("an ensemble needs one weighting scheme and one seed per member")
     if outer is not None and distributed.active():
         raise ShiftkitError("an AutoBalance search runs in one process: start it without torchrun")
+    augment = augment if augmentations.active(augment) else None
     if members.axis:
-        refuse(torchrun=distributed.active(), probe=probe is not None, outer=outer is not None)
+        refuse(torchrun=distributed.active(), probe=probe is not None, outer=outer is not None,
+               augment=augment is not None)
     samplers = list(samplers) if samplers else [Shuffle() for _ in range(n)]
     selections = [Selection(select) for _ in range(n)]
     loss.to(device)
@@ -252,11 +271,16 @@ def fit_members(
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     pipeline = splits.pipeline
     # Augmentation draws on the training device, from each member's own generator: reproducible per seed.
-    aug_gens = [torch.Generator(device=device).manual_seed(s) for s in seeds] if pipeline.augments else None
+    augments = pipeline.augments or augment is not None
+    aug_gens = [torch.Generator(device=device).manual_seed(s) for s in seeds] if augments else None
+    if augment is not None:
+        augment.to(device)
     weigher = members.weighting(weightings)
     validating = any([wants_validation(w) for w in weightings])  # every scheme checked: a nested one is refused
     watch = Watch(divergence, members=n, who=[f" of seed {s}" for s in seeds]) if members.axis else Watch(divergence)
     parts = _parts(members, opt, schedule, loss, weigher, samplers, selections, gens, aug_gens, outer, watch)
+    if augment is not None:  # a learned augmentation changes during a search: it resumes with the loop
+        parts["augment"] = augment
     state = checkpoint.state if checkpoint is not None else None
     best, step, first_epoch, earlier = _restore(parts, state, checkpoint, members.axis, seeds)
     members.start()
@@ -291,6 +315,7 @@ def fit_members(
         tally = train_epoch(
             forward, member_loss, weigher, opt, train, order, bs, member_pipeline, members.generator(aug_gens),
             device, amp, tally, after_step=None if outer is None else outer.after_step, on_step=within,
+            augment=augment,
         )
         members.end_epoch(weigher)
         step = tally.first_step + len(tally.sizes)

@@ -69,6 +69,19 @@ def _check_learn(learn: Sequence[str], init: str) -> tuple:
     return learn
 
 
+def class_clusters(counts: Tensor, size: int) -> tuple:
+    """D_π of docs/METHODS.md#autobalance-parameters: each class's cluster, its rank by decreasing count
+    (stable for ties) in blocks of ``size``, and the classes in that order; ``(cluster_of [K], order [K])``.
+
+    >>> class_clusters(torch.tensor([5.0, 50.0, 20.0]), 2)
+    (tensor([1, 0, 0]), tensor([1, 2, 0]))
+    """
+    order = torch.sort(counts, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(counts.numel())
+    return rank // size, order
+
+
 @register("autobalance")
 class AutoBalance(Loss):
     """AutoBalance's parametric loss (Li et al. 2021, eq. 2.2 and 4.2; docs/METHODS.md#loss-autobalance), per example:
@@ -175,11 +188,8 @@ class AutoBalance(Loss):
         rows = self._rows(by, group_counts, num_groups)
         self.by, self.cluster_size, self.num_classes, self.init = by, int(cluster_size), n.numel(), init
 
-        # Cluster of each class: its rank by decreasing count (stable for ties), in blocks of C.
-        order = torch.sort(n, descending=True, stable=True).indices
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(n.numel())
-        self.register_buffer("cluster_of", rank // self.cluster_size)
+        cluster_of, order = class_clusters(n, self.cluster_size)
+        self.register_buffer("cluster_of", cluster_of)
         blocks = torch.bincount(self.cluster_of)  # classes per cluster
         sizes = blocks.to(torch.float64)
 

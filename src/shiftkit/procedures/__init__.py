@@ -88,10 +88,12 @@ class Procedure:
     - :meth:`epochs` is what a run's progress counts;
     - :meth:`resume` reads a checkpoint state: the ``run.json`` entries that say where it resumed and
       each member's evaluation records to rewrite into ``metrics.jsonl``;
+    - ``takes_augment``: whether it trains with an ``augment`` policy (docs/METHODS.md#augment);
     - :meth:`run` trains.
     """
 
     alone: Optional[str] = "a procedure of several phases trains each seed on its own"
+    takes_augment = False
 
     def validate(self, plain: Dict[str, Any]) -> None:
         """Refuse settings that cannot run, from the resolved config alone."""

@@ -23,22 +23,25 @@ class AutoBalance(Procedure):
     train batches (default 1) and which stops at its first growing term unless ``stop_on_growth`` is
     false, SGD at ``upper_lr``; then a fresh model is retrained on ``retrain_on`` (``train+val``, or
     ``train``) with them fixed for ``retrain_epochs`` (default ``train.epochs``), clusters of classes
-    expanded by linear interpolation unless ``interpolate_clusters`` is false. The retraining's metrics
-    are the run's; the search's, the learned α and its history go into ``run.json`` too, and
+    expanded by linear interpolation unless ``interpolate_clusters`` is false. A learned augmentation
+    (``augment=policy``, docs/METHODS.md#augment-search) joins α, its logits at ``augment_lr`` (default
+    ``upper_lr``) without weight decay, and is recorded in ``run.json`` (``augment``) and ``augment.png``.
+    The retraining's metrics are the run's; the search's, the learned α and its history go into ``run.json`` too, and
     ``alpha.png`` plots the history. ``metrics.jsonl`` lines carry ``"phase": "search"`` or
     ``"retrain"``; a stopped run resumes in the phase it was stopped in.
     """
 
     alone = "an AutoBalance search tunes each seed's loss on its own"
+    takes_augment = True
 
     def __init__(self, objective: str = "balanced_ce", objective_options: Mapping[str, Any] = MappingProxyType({}),
                  start_epoch: Optional[int] = None, every: int = 20, batches: int = 10, terms: int = 5,
                  step: float = 1.0, curvature_batches: Optional[int] = 1, stop_on_growth: bool = True,
                  upper_lr: float = 0.01, retrain_epochs: Optional[int] = None, retrain_on: str = "train+val",
-                 interpolate_clusters: bool = True):
+                 interpolate_clusters: bool = True, augment_lr: Optional[float] = None):
         self.options = dict(objective=objective, objective_options=dict(objective_options),
                             start_epoch=start_epoch, every=every, batches=batches, terms=terms, step=step,
-                            curvature_batches=curvature_batches, stop_on_growth=stop_on_growth)
+                            curvature_batches=curvature_batches, stop_on_growth=stop_on_growth, augment_lr=augment_lr)
         self.upper_lr, self.retrain_epochs, self.retrain_on = upper_lr, retrain_epochs, retrain_on
         self.interpolate_clusters = interpolate_clusters
 
@@ -52,8 +55,8 @@ class AutoBalance(Procedure):
         check_search(epochs=plain["train"]["epochs"], start_epoch=o["start_epoch"], every=o["every"],
                      batches=o["batches"], terms=o["terms"], step=o["step"],
                      curvature_batches=o["curvature_batches"], prefix="procedure.")
-        if not self.upper_lr > 0:
-            raise ShiftkitError(f"procedure.upper_lr must be > 0, got {self.upper_lr}")
+        if not self.upper_lr > 0 or not (o["augment_lr"] is None or o["augment_lr"] > 0):
+            raise ShiftkitError(f"procedure.upper_lr and augment_lr must be > 0, got {self.upper_lr} and {o['augment_lr']}")
         if self.retrain_on not in ("train+val", "train"):
             raise ShiftkitError(f"procedure.retrain_on must be 'train+val' or 'train', got '{self.retrain_on}'")
         if self.retrain_epochs is not None and self.retrain_epochs < 1:
@@ -62,7 +65,7 @@ class AutoBalance(Procedure):
         objectives.OBJECTIVES.get(o["objective"])
 
     def check(self, plain: Dict[str, Any], splits, parts: Dict[str, Any]) -> None:
-        check_loss(parts["loss"], where=f"procedure=autobalance: loss={plain['loss']['name']}")
+        check_loss(parts["loss"], where=f"procedure=autobalance: loss={plain['loss']['name']}", augment=parts.get("augment"))
         name = self.options["objective"]
         try:
             objective = objectives.build(name, num_classes=splits.num_classes, num_groups=splits.num_groups,
@@ -96,15 +99,19 @@ class AutoBalance(Procedure):
             batch_size=train.pop("batch_size"), seed=job.plain["seed"], device=job.device,
             search_options={**self.options, "upper": optim.build("sgd", **{**DEFAULT_UPPER, "lr": self.upper_lr})},
             fit_options={**train, "on_eval": tagged, "probe": job.probe}, retrain_on=self.retrain_on,
-            interpolate_clusters=self.interpolate_clusters, checkpoint=job.checkpoint,
+            interpolate_clusters=self.interpolate_clusters, checkpoint=job.checkpoint, augment=job.parts.get("augment"),
         )
         extra = {
             "search": {"final": found.search.final, "selected": found.search.selected, "seconds": found.search.seconds},
             "alpha": found.alpha,
             "alpha_history": found.history,
         }
+        if found.augment is not None:
+            extra["augment"] = found.augment
         if job.out is not None and distributed.is_primary():
-            from ..plots import plot_alpha
+            from ..plots import plot_alpha, plot_policy
 
             plot_alpha(found.history, job.out / "alpha.png")
+            if found.augment is not None and found.augment["learned"]:
+                plot_policy(found.augment, job.out / "augment.png")
         return Outcome(found.retrain, found.model, extra)
