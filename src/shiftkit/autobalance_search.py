@@ -90,6 +90,10 @@ class AutoBalanceSearch:
     filled zeros, did it move α, by weight decay and the momentum of the last hyper-update. It has no
     counterpart here.
 
+    ``augment`` (:mod:`shiftkit.augment`): the training batches of the hypergradient are augmented too, and
+    a learned augmentation's logits join α (:meth:`alpha`; docs/METHODS.md#augment-search), stepped by
+    their own Adam at ``augment_lr`` (MADAO's policy optimizer), while the loss's α keeps ``upper``.
+
     ``self.history``: one entry per :meth:`record` (each epoch start;
     :func:`~shiftkit.autobalance.search_and_retrain` adds the final state), ``{"epoch", "updates", <name>:
     nested list}`` for every hyperparameter, for run.json and plots. ``self.last_hypergradient`` holds the
@@ -118,7 +122,7 @@ class AutoBalanceSearch:
         seed: int = 0,
         device: str = "cpu",
         augment=None,
-        augment_lr: Optional[float] = None,
+        augment_lr: float = 1e-3,
     ):
         self.augment = augment if augmentations.active(augment) else None
         check_loss(loss, augment=self.augment)
@@ -138,7 +142,12 @@ class AutoBalanceSearch:
         augments = self.pipeline.augments or self.augment is not None
         self.aug_gen = torch.Generator(device=device).manual_seed(seed) if augments else None
         self.upper = upper or build_optim("sgd", **DEFAULT_UPPER)
-        self.opt, self.schedule = self.upper.make(self._groups(augment_lr), epochs - start_epoch)
+        alpha = self.alpha()
+        mine = [v for k, v in alpha.items() if not k.startswith(AUGMENT)]
+        own = [v for k, v in alpha.items() if k.startswith(AUGMENT)]
+        self.opt, self.schedule = self.upper.make(mine, epochs - start_epoch) if mine else (None, None)
+        # A learned augmentation's logits: Adam at a constant rate, as MADAO updates its policy.
+        self.augment_opt = torch.optim.Adam(own, lr=augment_lr) if own else None
         self.epoch, self.updates = -1, 0
         self.history: List[dict] = []
         self.last_hypergradient: Optional[Dict[str, Tensor]] = None
@@ -146,7 +155,7 @@ class AutoBalanceSearch:
     # ---- the hooks fit calls --------------------------------------------------------------------------
     def start_epoch(self, epoch: int) -> None:
         """Record α entering ``epoch`` and advance the upper schedule once per bilevel epoch."""
-        if epoch > self.begin:
+        if epoch > self.begin and self.schedule is not None:
             self.schedule.step()
         self.epoch = epoch
         self.record(epoch)
@@ -158,45 +167,41 @@ class AutoBalanceSearch:
         hyper = self.hypergradient(*self.draw())
         for name, p in hparams.items():
             p.grad = hyper[name].to(p.dtype)
-        self.opt.step()
+        for opt in (self.opt, self.augment_opt):
+            if opt is not None:
+                opt.step()
         self.last_hypergradient = hyper
         self.updates += 1
 
     # ---- checkpoints (fit saves and restores the outer update with the rest of the loop) --------------
     def state_dict(self) -> dict:
-        """Everything the search carries between steps: the upper optimizer and its schedule, the bilevel
-        clock, the α history, the last hypergradient and the generators that draw the hyper-batches and
-        their augmentation. α itself lives in the loss's state."""
+        """Everything the search carries between steps: the upper optimizers and schedule, the bilevel clock,
+        α's history, the last hypergradient and the generators (α itself lives in the loss and policy)."""
         return {
-            "optimizer": self.opt.state_dict(), "schedule": self.schedule.state_dict(),
+            "optimizer": self.opt.state_dict() if self.opt is not None else None,
+            "schedule": self.schedule.state_dict() if self.schedule is not None else None,
+            "augment_optimizer": self.augment_opt.state_dict() if self.augment_opt is not None else None,
             "epoch": self.epoch, "updates": self.updates, "history": copy.deepcopy(self.history),
             "last_hypergradient": self.last_hypergradient, "generator": self.gen.get_state(),
             "augment_generator": self.aug_gen.get_state() if self.aug_gen is not None else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.opt.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
+        if self.opt is not None:
+            self.opt.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])
+            # The flag PyTorch's schedulers read to warn of a schedule step before any optimizer step; it is
+            # not in the optimizer's state, so a resumed search would warn where the uninterrupted one did not.
+            self.opt._opt_called = state["updates"] > 0
+        if self.augment_opt is not None:
+            self.augment_opt.load_state_dict(state["augment_optimizer"])
         self.epoch, self.updates, self.history = state["epoch"], state["updates"], copy.deepcopy(state["history"])
-        # The flag PyTorch's schedulers read to warn of a schedule step before any optimizer step; it is not
-        # in the optimizer's state, so a resumed search would warn where the uninterrupted one did not.
-        self.opt._opt_called = self.updates > 0
         self.last_hypergradient = state["last_hypergradient"]
         self.gen.set_state(state["generator"])
         if self.aug_gen is not None:
             self.aug_gen.set_state(state["augment_generator"])
 
     # ---- pieces, public for tests and for custom loops -----------------------------------------------
-    def _groups(self, augment_lr: Optional[float]) -> List[dict]:
-        """The upper optimizer's parameter groups: the loss's α, and a learned augmentation's at
-        ``augment_lr`` (default: the upper rate) without weight decay, which would pull its logits to 0."""
-        alpha = self.alpha()
-        own = [v for k, v in alpha.items() if k.startswith(AUGMENT)]
-        groups = [{"params": [v for k, v in alpha.items() if not k.startswith(AUGMENT)]}]
-        if own:
-            groups.append({"params": own, "weight_decay": 0.0, **({} if augment_lr is None else {"lr": augment_lr})})
-        return [g for g in groups if g["params"]]
-
     def alpha(self) -> Dict[str, Tensor]:
         """The tensors the search tunes, by name (:func:`learned`)."""
         return learned(self.loss, self.augment)

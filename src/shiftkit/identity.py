@@ -33,7 +33,7 @@ _ALWAYS = object()
 _NEUTRAL_DEFAULTS = [
     ("diagnostics", dataclasses.asdict(DiagnosticsConf()), None),
     ("augment", {"name": "none"}, None),
-    ("search.augment_lr", None, None),
+    ("search.augment_lr", 0.001, None),
     ("loss.cluster_init", "mean", None),
     ("model.weights", None, None),
     ("model.freeze", "none", None),

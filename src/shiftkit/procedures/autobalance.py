@@ -24,8 +24,8 @@ class AutoBalance(Procedure):
     false, SGD at ``upper_lr``; then a fresh model is retrained on ``retrain_on`` (``train+val``, or
     ``train``) with them fixed for ``retrain_epochs`` (default ``train.epochs``), clusters of classes
     expanded by linear interpolation unless ``interpolate_clusters`` is false. A learned augmentation
-    (``augment=policy``, docs/METHODS.md#augment-search) joins α, its logits at ``augment_lr`` (default
-    ``upper_lr``) without weight decay, and is recorded in ``run.json`` (``augment``) and ``augment.png``.
+    (``augment=policy``, docs/METHODS.md#augment-search) joins α, its logits updated by Adam at
+    ``augment_lr`` (default 0.001, MADAO's), and is recorded in ``run.json`` (``augment``) and ``augment.png``.
     The retraining's metrics are the run's; the search's, the learned α and its history go into ``run.json`` too, and
     ``alpha.png`` plots the history. ``metrics.jsonl`` lines carry ``"phase": "search"`` or
     ``"retrain"``; a stopped run resumes in the phase it was stopped in.
@@ -38,7 +38,7 @@ class AutoBalance(Procedure):
                  start_epoch: Optional[int] = None, every: int = 20, batches: int = 10, terms: int = 5,
                  step: float = 1.0, curvature_batches: Optional[int] = 1, stop_on_growth: bool = True,
                  upper_lr: float = 0.01, retrain_epochs: Optional[int] = None, retrain_on: str = "train+val",
-                 interpolate_clusters: bool = True, augment_lr: Optional[float] = None):
+                 interpolate_clusters: bool = True, augment_lr: float = 1e-3):
         self.options = dict(objective=objective, objective_options=dict(objective_options),
                             start_epoch=start_epoch, every=every, batches=batches, terms=terms, step=step,
                             curvature_batches=curvature_batches, stop_on_growth=stop_on_growth, augment_lr=augment_lr)
@@ -55,7 +55,7 @@ class AutoBalance(Procedure):
         check_search(epochs=plain["train"]["epochs"], start_epoch=o["start_epoch"], every=o["every"],
                      batches=o["batches"], terms=o["terms"], step=o["step"],
                      curvature_batches=o["curvature_batches"], prefix="procedure.")
-        if not self.upper_lr > 0 or not (o["augment_lr"] is None or o["augment_lr"] > 0):
+        if not self.upper_lr > 0 or not o["augment_lr"] > 0:
             raise ShiftkitError(f"procedure.upper_lr and augment_lr must be > 0, got {self.upper_lr} and {o['augment_lr']}")
         if self.retrain_on not in ("train+val", "train"):
             raise ShiftkitError(f"procedure.retrain_on must be 'train+val' or 'train', got '{self.retrain_on}'")
