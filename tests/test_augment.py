@@ -138,6 +138,21 @@ def test_hard_gate_applies_with_the_learned_probability_and_relaxes_to_it():
     assert torch.allclose(pol.apply(x, y, draws, relaxed=True)[clear], hard[clear], atol=1e-6)
 
 
+def test_consecutive_affine_operations_are_one_resampling_of_their_composed_map():
+    pol = augment.build("policy", class_counts=[4, 4], input_shape=(1, 9, 9), ops=["rotate", "translate_x", "cutout"])
+    x, y = torch.randn(6, 1, 9, 9), torch.tensor([0, 1] * 3)
+    draws = pol.draws(x, torch.Generator().manual_seed(0))
+    m = torch.sigmoid(pol.magnitude)[y]
+    on = [(pol.probability[y, j] + torch.log(d["gate"] / (1 - d["gate"])) > 0).float() for j, d in enumerate(draws)]
+    maps = torch.eye(3).expand(6, 3, 3)
+    for j, op in enumerate(("rotate", "translate_x")):
+        step = torch.eye(3) + on[j][:, None, None] * (ops.matrix(op, m[:, j], draws[j]) - torch.eye(3))
+        maps = maps @ step
+    moved = ops.affine(x, maps)
+    want = moved + on[2].view(-1, 1, 1, 1) * (ops.apply("cutout", moved, m[:, 2], draws[2]) - moved)
+    assert torch.allclose(pol.apply(x, y, draws, relaxed=False), want, atol=1e-6)
+
+
 def test_clusters_are_those_of_the_loss_and_shared_is_one_row():
     counts = [50, 5, 30, 2, 20]
     loss = losses.build("autobalance", class_counts=counts, cluster_size=2)

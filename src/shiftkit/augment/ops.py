@@ -54,7 +54,8 @@ OPS: Dict[str, tuple] = {
     "cutout": (0.5, False, True),
     "spherical": (1.0, False, False),
 }
-_AFFINE = ("translate_x", "translate_y", "rotate", "shear_x", "shear_y")
+#: The operations that are one affine map of the image each (a policy composes consecutive ones).
+AFFINE = ("translate_x", "translate_y", "rotate", "shear_x", "shear_y")
 
 
 def check(ops, input_shape) -> None:
@@ -96,10 +97,10 @@ def ball(n: int, d: int, generator=None, device=None, dtype=None) -> Tensor:
 def apply(op: str, x: Tensor, s: Tensor, d: Dict[str, Tensor], radius: float = 1.0) -> Tensor:
     """``op`` at per-example strength ``s`` ``[N]`` (before its sign) with draw ``d``."""
     scale, signed, _ = OPS[op]
+    if op in AFFINE:
+        return affine(x, matrix(op, s, d))
     if signed:
         s = s * d["sign"]
-    if op in _AFFINE:
-        return affine(x, _matrix(op, s * scale))
     per = (-1,) + (1,) * (x.dim() - 1)
     if op == "brightness":
         return x + (scale * s).view(per)
@@ -113,9 +114,11 @@ def apply(op: str, x: Tensor, s: Tensor, d: Dict[str, Tensor], radius: float = 1
     return x + (radius * s).view(per) * d["u"]  # spherical
 
 
-def _matrix(op: str, t: Tensor) -> Tensor:
-    """Affine matrices ``[N, 2, 3]`` in ``affine_grid``'s normalized coordinates (−1..1 across the image):
-    output pixel ``p`` reads input ``A p + b``."""
+def matrix(op: str, s: Tensor, d: Dict[str, Tensor]) -> Tensor:
+    """The affine operation ``op`` at strengths ``s`` and draw ``d`` as matrices ``[N, 3, 3]`` (homogeneous)
+    in ``affine_grid``'s normalized coordinates (−1..1 across the image): output pixel ``p`` reads input
+    ``A p``. Applying ``A`` then ``B`` reads ``A B p``."""
+    t = s * d["sign"] * OPS[op][0]
     one, zero = torch.ones_like(t), torch.zeros_like(t)
     if op == "translate_x":
         rows = [[one, zero, 2 * t], [zero, one, zero]]
@@ -129,12 +132,12 @@ def _matrix(op: str, t: Tensor) -> Tensor:
         rows = [[one, t, zero], [zero, one, zero]]
     else:  # shear_y
         rows = [[one, zero, zero], [t, one, zero]]
-    return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=1)
+    return torch.stack([torch.stack(r, dim=-1) for r in [*rows, [zero, zero, one]]], dim=1)
 
 
-def affine(x: Tensor, matrix: Tensor) -> Tensor:
-    """Resample images ``x`` ``[N, C, H, W]`` through affine maps ``[N, 2, 3]`` (bilinear, border)."""
-    grid = F.affine_grid(matrix.to(x.dtype), list(x.shape), align_corners=False)
+def affine(x: Tensor, maps: Tensor) -> Tensor:
+    """Resample images ``x`` ``[N, C, H, W]`` through affine maps ``[N, 3, 3]`` (bilinear, border)."""
+    grid = F.affine_grid(maps[:, :2].to(x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
