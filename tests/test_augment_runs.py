@@ -125,7 +125,7 @@ def test_the_search_hypergradient_with_a_policy_equals_the_generic_one_at_the_sa
     state = search.aug_gen.get_state()
     ours = search.hypergradient(*index)
     search.aug_gen.set_state(state)
-    (xt, yt, gt), (xv, yv, gv) = search.stacked(search.train, index[0], True), search.stacked(search.val, index[1], False)
+    (xt, yt, _), (xv, yv, gv) = search.stacked(search.train, index[0], True), search.stacked(search.val, index[1], False)
     draws = policy.draws(xt.flatten(0, 1), search.aug_gen)
     alpha = {k: v.detach() for k, v in search.alpha().items()}
 

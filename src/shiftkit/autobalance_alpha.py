@@ -1,5 +1,6 @@
 """What an AutoBalance search tunes (α: the loss's hyperparameters and a learned augmentation's) and the
-checks of its loss and settings, before anything trains (docs/METHODS.md#autobalance-algorithm,
+checks of its loss and settings, before anything trains, and the training batches as a function of a
+learned augmentation's α (docs/METHODS.md#autobalance-algorithm,
 docs/METHODS.md#augment-search)."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import math
 from typing import Dict, Optional
 
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from . import augment as augmentations
 from .errors import ShiftkitError
@@ -49,3 +51,17 @@ def check_search(*, epochs: int, start_epoch: Optional[int], every: int, batches
         raise ShiftkitError(f"{prefix}step (of the Neumann series) must be a finite number > 0, got {step}")
     if curvature_batches is not None and not 1 <= curvature_batches <= batches:
         raise ShiftkitError(f"{prefix}curvature_batches must lie in [1, batches={batches}], got {curvature_batches}")
+
+
+def augmenter(augment, raw: Tensor, y: Tensor, generator):
+    """``augmented(hparams, s)``: train batches ``raw[s]`` (``[b, batch, ...]``) through ``augment`` at the
+    augmentation's α in ``hparams`` (keys ``augment.*``), with relaxed gates and one draw for all calls."""
+    draws = augment.draws(raw.flatten(0, 1), generator)
+
+    def augmented(hparams, s):
+        own = {k[len(AUGMENT):]: v for k, v in hparams.items() if k.startswith(AUGMENT)}
+        mine = [{k: v.view(*raw.shape[:2], *v.shape[1:])[s].flatten(0, 1) for k, v in d.items()} for d in draws]
+        out = functional_call(augment, own, (raw[s].flatten(0, 1), y[s].flatten()), {"draws": mine, "relaxed": True})
+        return out.view(raw[s].shape)
+
+    return augmented

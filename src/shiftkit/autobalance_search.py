@@ -18,7 +18,7 @@ from torch.func import functional_call, vmap
 
 from . import augment as augmentations
 from . import objectives
-from .autobalance_alpha import AUGMENT, check_loss, check_search, learned  # noqa: F401
+from .autobalance_alpha import AUGMENT, augmenter, check_loss, check_search, learned  # noqa: F401
 from .bilevel import output_hypergradient
 from .data.base import Split, Splits
 from .optim import OptimSpec
@@ -92,7 +92,8 @@ class AutoBalanceSearch:
 
     ``augment`` (:mod:`shiftkit.augment`): the training batches of the hypergradient are augmented too, and
     a learned augmentation's logits join α (:meth:`alpha`; docs/METHODS.md#augment-search), stepped by
-    their own Adam at ``augment_lr`` (MADAO's policy optimizer), while the loss's α keeps ``upper``.
+    their own Adam at ``augment_lr`` (MADAO's policy optimizer) on ``upper``'s schedule, while the loss's α
+    keeps ``upper``.
 
     ``self.history``: one entry per :meth:`record` (each epoch start;
     :func:`~shiftkit.autobalance.search_and_retrain` adds the final state), ``{"epoch", "updates", <name>:
@@ -146,8 +147,10 @@ class AutoBalanceSearch:
         mine = [v for k, v in alpha.items() if not k.startswith(AUGMENT)]
         own = [v for k, v in alpha.items() if k.startswith(AUGMENT)]
         self.opt, self.schedule = self.upper.make(mine, epochs - start_epoch) if mine else (None, None)
-        # A learned augmentation's logits: Adam at a constant rate, as MADAO updates its policy.
+        # A learned augmentation's logits: Adam, as MADAO updates its policy, on the upper schedule's clock.
         self.augment_opt = torch.optim.Adam(own, lr=augment_lr) if own else None
+        self.augment_schedule = None if not own else torch.optim.lr_scheduler.LambdaLR(
+            self.augment_opt, lambda e: self.upper.factor(e, epochs - start_epoch))
         self.epoch, self.updates = -1, 0
         self.history: List[dict] = []
         self.last_hypergradient: Optional[Dict[str, Tensor]] = None
@@ -155,8 +158,10 @@ class AutoBalanceSearch:
     # ---- the hooks fit calls --------------------------------------------------------------------------
     def start_epoch(self, epoch: int) -> None:
         """Record α entering ``epoch`` and advance the upper schedule once per bilevel epoch."""
-        if epoch > self.begin and self.schedule is not None:
-            self.schedule.step()
+        if epoch > self.begin:
+            for schedule in (self.schedule, self.augment_schedule):
+                if schedule is not None:
+                    schedule.step()
         self.epoch = epoch
         self.record(epoch)
 
@@ -181,6 +186,7 @@ class AutoBalanceSearch:
             "optimizer": self.opt.state_dict() if self.opt is not None else None,
             "schedule": self.schedule.state_dict() if self.schedule is not None else None,
             "augment_optimizer": self.augment_opt.state_dict() if self.augment_opt is not None else None,
+            "augment_schedule": self.augment_schedule.state_dict() if self.augment_schedule is not None else None,
             "epoch": self.epoch, "updates": self.updates, "history": copy.deepcopy(self.history),
             "last_hypergradient": self.last_hypergradient, "generator": self.gen.get_state(),
             "augment_generator": self.aug_gen.get_state() if self.aug_gen is not None else None,
@@ -195,6 +201,8 @@ class AutoBalanceSearch:
             self.opt._opt_called = state["updates"] > 0
         if self.augment_opt is not None:
             self.augment_opt.load_state_dict(state["augment_optimizer"])
+            self.augment_schedule.load_state_dict(state["augment_schedule"])
+            self.augment_opt._opt_called = state["updates"] > 0
         self.epoch, self.updates, self.history = state["epoch"], state["updates"], copy.deepcopy(state["history"])
         self.last_hypergradient = state["last_hypergradient"]
         self.gen.set_state(state["generator"])
@@ -257,7 +265,7 @@ class AutoBalanceSearch:
             return torch.stack([objective(zb, yb, gb) for zb, yb, gb in zip(z, yv[s], gv[s])]).mean()
 
         if augment is not None:  # the training loss's inputs at the current α, from one draw
-            augmented = _augmenter(augment, xt, yt, self.aug_gen)
+            augmented = augmenter(augment, xt, yt, self.aug_gen)
             with torch.no_grad():
                 xt = augmented(alpha, slice(None))
         c = self.curvature_batches
@@ -284,17 +292,3 @@ class AutoBalanceSearch:
         if self.augment is not None and self.augment.hyperparameters():
             alpha.update({AUGMENT + k: v for k, v in self.augment.values().items()})
         self.history.append({"epoch": epoch, "updates": self.updates, **alpha})
-
-
-def _augmenter(augment, raw: Tensor, y: Tensor, generator):
-    """``augmented(hparams, s)``: train batches ``raw[s]`` (``[b, batch, ...]``) through ``augment`` at the
-    augmentation's α in ``hparams`` (keys ``augment.*``), with relaxed gates and one draw for all calls."""
-    draws = augment.draws(raw.flatten(0, 1), generator)
-
-    def augmented(hparams, s):
-        own = {k[len(AUGMENT):]: v for k, v in hparams.items() if k.startswith(AUGMENT)}
-        mine = [{k: v.view(*raw.shape[:2], *v.shape[1:])[s].flatten(0, 1) for k, v in d.items()} for d in draws]
-        out = functional_call(augment, own, (raw[s].flatten(0, 1), y[s].flatten()), {"draws": mine, "relaxed": True})
-        return out.view(raw[s].shape)
-
-    return augmented
