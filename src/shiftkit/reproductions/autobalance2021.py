@@ -115,3 +115,16 @@ def multiplier(loss):
     import torch
 
     return torch.sigmoid(loss.delta) if loss.through_sigmoid else loss.delta
+
+
+def undecided(seeds: int) -> str:
+    """The note that says what "not decided" means with this many seeds."""
+    return ("Not decided means: the means differ but a one-sided paired t-test over these seeds does not show "
+            f"the difference at p < 0.05 ({seeds} seeds: {seeds - 1} degrees of freedom).")
+
+
+def training_fit(runs: Dict[str, List[dict]]) -> str:
+    """Each method's final training accuracy (%, mean over seeds), as one note."""
+    fit = ", ".join(f"{label} {100 * mean({r['config']['seed']: r['final']['train']['acc'] for r in records}):.1f}"
+                    for label, records in runs.items())
+    return f"Final training accuracy (%, mean over seeds): {fit}."

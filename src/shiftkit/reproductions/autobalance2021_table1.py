@@ -7,7 +7,8 @@ import math
 from typing import Dict, List
 
 from .. import procedures
-from .autobalance2021 import ALPHA, Method, Values, bars, learned_loss, lower, multiplier, percent, train_methods
+from .autobalance2021 import (ALPHA, Method, Values, bars, learned_loss, lower, multiplier, percent, train_methods,
+                              training_fit, undecided)
 from .reproduction import Claim, Reproduction, Summary, cell, mean, p_text, paired, register
 
 _AB = ("experiment=autobalance",)
@@ -175,11 +176,8 @@ class AutoBalanceTable1(Reproduction):
         search, optim = procedures.settings(config), config["optim"]
         seeds = len(runs[HEADLINE])
         updates = runs[HEADLINE][0]["alpha_history"][-1]["updates"]
-        fit = ", ".join(f"{label} {100 * mean({r['config']['seed']: r['final']['train']['acc'] for r in records}):.1f}"
-                        for label, records in runs.items())
         return [
-            "Not decided means: the means differ but a one-sided paired t-test over these seeds does not show "
-            f"the difference at p < 0.05 ({seeds} seeds: {seeds - 1} degrees of freedom).",
+            undecided(seeds),
             f"Model: {config['model']['name']} (width {config['model']['width']}); SGD lr {optim['lr']}, momentum "
             f"0.9, weight decay {optim['weight_decay']}, batch {config['train']['batch_size']}, schedule "
             f"{optim['schedule']} {optim['milestones'] or ''}. [AB] trains ResNet-32 for 300 search and 200 "
@@ -195,7 +193,7 @@ class AutoBalanceTable1(Reproduction):
             "LDAM is the [W] code's (s = 1, max margin 0.5, no DRW): our classifier is not normalized, which "
             "s = 30 assumes. CDT uses γ = 0.3, the VS-Loss repo's default for CIFAR-LT (γ = 0.5, [W]'s two-class "
             "value, scales the rarest of ten classes' logits by 0.1); LA τ = 1 as [AB].",
-            f"Final training accuracy (%, mean over seeds): {fit}.",
+            training_fit(runs),
             "Learned values are in each AutoBalance run's run.json (alpha) and alpha.png; alpha.png here draws "
             "them for every row across seeds.",
         ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Dict, List
 
-from .autobalance2021 import Method, Values, bars, lower, percent, train_methods
+from .autobalance2021 import Method, Values, bars, lower, percent, train_methods, training_fit, undecided
 from .autobalance2021_table1 import _SCALES as TABLE1_SCALES
 from .autobalance2021_table1 import _overrides
 from .reproduction import Claim, Reproduction, Summary, cell, mean, register
@@ -123,11 +123,8 @@ def _claims(err: Dict[str, Values]) -> List[Claim]:
 def _notes(runs: Dict[str, List[dict]], settings: dict) -> List[str]:
     seeds = len(runs[PDA])
     updates = runs[PDA][0]["alpha_history"][-1]["updates"]
-    fit = ", ".join(f"{label} {100 * mean({r['config']['seed']: r['final']['train']['acc'] for r in records}):.1f}"
-                    for label, records in runs.items())
     return [
-        "Not decided means: the means differ but a one-sided paired t-test over these seeds does not show the "
-        f"difference at p < 0.05 ({seeds} seeds: {seeds - 1} degrees of freedom).",
+        undecided(seeds),
         "PDA is not in the released AutoBalance code; its operations, gates and update are shiftkit's design "
         "from the paper's description and MADAO's code (docs/METHODS.md#augment). MADAO here is that design with "
         "one shared policy, searched and retrained like every other row, on the same balanced-CE objective; "
@@ -138,5 +135,5 @@ def _notes(runs: Dict[str, List[dict]], settings: dict) -> List[str]:
         "paper scale), the loss's α by SGD as in Table 1.",
         "The model is Table 1's MLP: translations and rotations are not symmetries it has, so augmentation "
         "can cost it accuracy that a convolutional network would not lose (--set model=cnn trains one).",
-        f"Final training accuracy (%, mean over seeds): {fit}.",
+        training_fit(runs),
     ]
