@@ -131,11 +131,13 @@ def test_command_line_lists_runs_and_reports(tmp_path):
     listed = _cli(cwd=tmp_path)
     assert listed.returncode == 0
     assert [line.split(":")[0] for line in listed.stdout.splitlines()] == reproductions.names()
-    done = _cli("wang2022-fig1", "--scale", "tiny", "--out", str(tmp_path / "fig1"), "--set", "epochs=50", cwd=tmp_path)
+    done = _cli("wang2022-fig1", "--scale", "tiny", "--out", str(tmp_path / "fig1"), "--set", "epochs=50",
+                "--set", "lr=0.2", cwd=tmp_path)  # a repeated --set adds to the earlier ones
     assert done.returncode == 0, done.stderr
     assert "boundary angle, CE" in done.stdout and f"are in {tmp_path / 'fig1'}/" in done.stdout
     payload = json.loads((tmp_path / "fig1" / "summary.json").read_text())
-    assert payload["settings"]["epochs"] == 50 and payload["command"].startswith("shiftkit reproduce wang2022-fig1")
+    assert payload["settings"]["epochs"] == 50 and payload["settings"]["lr"] == 0.2
+    assert payload["command"].startswith("shiftkit reproduce wang2022-fig1")
 
 
 @pytest.mark.parametrize(

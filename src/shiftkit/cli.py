@@ -307,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs", help="where training runs go (default: OUT/runs with --out, else results/reproduce/runs, "
         "shared by all reproductions so that finished runs are reused)"
     )
-    rpr.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="change settings of the scale")
+    rpr.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                     help="change settings of the scale (repeatable: --set a=1 --set b=2 is --set a=1 b=2)")
     rpr.set_defaults(func=_reproduce)
     lst = sub.add_parser("list", help="the registered names of every config group, and the experiment presets; "
                          "with GROUP, each name's options, types and defaults")
