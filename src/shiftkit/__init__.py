@@ -12,7 +12,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["data", "losses", "metrics", "models", "optim", "sampling", "weighting", "__version__"]
+__all__ = ["augment", "data", "losses", "metrics", "models", "optim", "sampling", "weighting", "__version__"]
 #: Names that are functions, loaded on first use like the subpackages.
 _FUNCTIONS = ["load"]
 
