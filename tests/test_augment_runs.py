@@ -88,7 +88,7 @@ def test_a_fixed_policy_trains_with_plain_and_changes_training(tmp_path):
     (["augment=policy", "augment.learn=false", "augment.ops=[spin]"], "ops must name"),
     (["data=two_gaussians", "augment=policy", "augment.learn=false", "augment.ops=[rotate]"], "need images"),
     (["procedure=autobalance", "augment=policy", "augment.learn=false"], "has nothing to learn"),
-    (["experiment=autobalance", "augment=policy", "procedure.augment_lr=-1"], "and augment_lr must be > 0"),
+    (["experiment=autobalance", "augment=policy", "procedure.augment_lr=-1"], "procedure.augment_lr must be > 0, got -1"),
 ])
 def test_what_cannot_run_is_refused_in_one_line(overrides, message):
     with pytest.raises(ShiftkitError, match=message) as info:

@@ -55,8 +55,9 @@ class AutoBalance(Procedure):
         check_search(epochs=plain["train"]["epochs"], start_epoch=o["start_epoch"], every=o["every"],
                      batches=o["batches"], terms=o["terms"], step=o["step"],
                      curvature_batches=o["curvature_batches"], prefix="procedure.")
-        if not self.upper_lr > 0 or not o["augment_lr"] > 0:
-            raise ShiftkitError(f"procedure.upper_lr and augment_lr must be > 0, got {self.upper_lr} and {o['augment_lr']}")
+        for key, value in (("upper_lr", self.upper_lr), ("augment_lr", o["augment_lr"])):
+            if not value > 0:
+                raise ShiftkitError(f"procedure.{key} must be > 0, got {value}")
         if self.retrain_on not in ("train+val", "train"):
             raise ShiftkitError(f"procedure.retrain_on must be 'train+val' or 'train', got '{self.retrain_on}'")
         if self.retrain_epochs is not None and self.retrain_epochs < 1:
