@@ -409,3 +409,32 @@ def test_run_json_is_strict_json(tmp_path):
     text = (Path(record["run_dir"]) / "run.json").read_text()
     json.loads(text, parse_constant=lambda name: pytest.fail(f"run.json holds {name}"))
     assert record["metrics_sha256"]
+
+
+def test_a_signal_during_a_torch_save_is_delivered_after_it_never_as_a_failed_write(tmp_path):
+    """A SIGTERM that arrives while a checkpoint is written ends the process as interrupted (the handler
+    installed before runs once the write is done), and the file is whole: never a 'cannot write' error."""
+    import os
+
+    import torch
+
+    from shiftkit import files
+
+    class Stop(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Stop
+
+    class Loud:  # pickled by torch.save: sends the signal from inside the save
+        def __reduce__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return (dict, ())
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(Stop):
+            files.save_torch({"a": torch.ones(3), "b": Loud()}, tmp_path / "x.pt")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert torch.load(tmp_path / "x.pt", weights_only=False)["a"].tolist() == [1.0, 1.0, 1.0]

@@ -336,28 +336,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _held_signals():
     """Hold Ctrl-C and SIGTERM while torch's compiled core loads: an interrupt raised inside one of its
     callbacks into Python cannot unwind through C++ and aborts the process. The signal is acted on (as
-    ``KeyboardInterrupt`` or :class:`Terminated`) as soon as the import is done."""
-    import contextlib
+    ``KeyboardInterrupt`` or :class:`Terminated`, by the handlers installed before) as soon as the import
+    is done (:func:`shiftkit.files.signals_held`)."""
+    from .files import signals_held
 
-    @contextlib.contextmanager
-    def held():
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        caught: List[int] = []
-        before = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
-                  for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in before.items():
-                signal.signal(sig, handler)
-        if signal.SIGTERM in caught:
-            raise Terminated("stopped by SIGTERM")
-        if caught:
-            raise KeyboardInterrupt
-
-    return held()
+    return signals_held()
 
 
 def _main(argv: Optional[List[str]]) -> int:

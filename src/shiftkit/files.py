@@ -27,6 +27,8 @@ import math
 import os
 import re
 import secrets
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -107,12 +109,37 @@ class _Writes:
         self.handle.flush()
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM for the block (in the main thread; elsewhere signals never arrive): a signal
+    that came meanwhile goes, when the block ends, to the handler that was installed before. For code
+    that an interrupt must not cut in two: torch's C++ turns an exception raised in one of its callbacks
+    into a ``RuntimeError`` (or aborts), which would report an interrupted write as a failed one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list = []
+    before = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+              for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        for signum in caught[:1]:
+            handler = before[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)
+
+
 def save_torch(obj: Any, path: Path) -> None:
     """``torch.save(obj)`` to ``path`` atomically (:func:`atomic`); a failed write raises what the file
     raised (an ``OSError``, as a :class:`WriteError`; an interrupt as itself)."""
     import torch
 
-    with atomic(path, binary=True) as handle:
+    with signals_held(), atomic(path, binary=True) as handle:
         writes = _Writes(handle)
         try:
             torch.save(obj, writes)
