@@ -58,6 +58,11 @@ def test_joblib_sweep_runs_every_run_and_a_repeat_trains_nothing(tmp_path):
         ("ce", 0), ("ce", 1), ("poly", 0), ("poly", 1)
     ]
     assert first.stderr.count("test balanced acc") == 4  # one line per finished run
+    # each of the n_jobs=2 workers trains on cores // 2 threads (joblib sets OMP_NUM_THREADS; a user's own wins)
+    from joblib import cpu_count
+
+    expected = int(os.environ.get("OMP_NUM_THREADS", max(1, cpu_count() // 2)))
+    assert {r["environment"]["threads"] for r in records} == {expected}
     assert os.listdir(cwd) == []  # Hydra's files went under the results root
     (sweep_dir,) = (out / ".hydra").iterdir()
     assert (sweep_dir / "multirun.yaml").exists() and not list(sweep_dir.rglob("*.log"))

@@ -318,16 +318,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def entry() -> int:
+    """The ``shiftkit`` program and ``python -m shiftkit``: :func:`main` in a process of its own, which
+    also chooses the process's threads (:mod:`shiftkit.threads`; an in-process ``main`` leaves them be)."""
+    return main(process=True)
+
+
+def main(argv: Optional[List[str]] = None, process: bool = False) -> int:
     """The command line: 0 on success, 2 with one ``shiftkit: error:`` line for bad input or a failed
-    run, 130 (Ctrl-C) or 143 (SIGTERM) with one line when interrupted."""
+    run, 130 (Ctrl-C) or 143 (SIGTERM) with one line when interrupted. ``process``: this process is the
+    command's own (:func:`entry`), whose threads it chooses."""
     main_thread = threading.current_thread() is threading.main_thread()  # signals are the main thread's
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning
         warnings.simplefilter("always", ShiftkitWarning)
         try:
-            return _main(argv)
+            return _main(argv, process)
         finally:
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)
@@ -343,10 +350,14 @@ def _held_signals():
     return signals_held()
 
 
-def _main(argv: Optional[List[str]]) -> int:
+def _main(argv: Optional[List[str]], process: bool = False) -> int:
     try:
         with _held_signals():
             import torch  # noqa: F401 (loaded here, with signals held)
+        if process:
+            from . import threads
+
+            threads.configure()
         plugins.load()  # before the arguments: plugins' names are listed, composed and validated like built-ins
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
@@ -377,4 +388,4 @@ def _main(argv: Optional[List[str]]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -35,6 +35,7 @@ def environment() -> Dict[str, str]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "command": command(),
+        "threads": torch.get_num_threads(),
         "world_size": distributed.world_size() if distributed.active() else int(os.environ.get("WORLD_SIZE", "1")),
     }
 

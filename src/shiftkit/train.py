@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from . import augment as augmentations
-from . import distributed, guards
+from . import distributed, guards, threads
 from .augment import Augmentation
 from .checkpoint import Checkpoint, GeneratorPart, MemberParts, capture, restore
 from .data.base import Split, Splits
@@ -308,6 +308,7 @@ def fit_members(
 
         def within(tally: Tally, epoch=epoch, order=order) -> None:
             # a host clock: no device sync per step; a state that already broke is never saved
+            threads.adapt()  # follows the machine's free cores where the process's entry point asked for it
             if checkpoint is not None and checkpoint.due_within() and watch.clean(tally, watched):
                 save(epoch=epoch, batch=len(tally.sizes), order=order.cpu(), tally=tally.state_dict(),
                      step=tally.first_step + len(tally.sizes))
