@@ -16,14 +16,16 @@ What a member axis cannot serve is refused in one place (:func:`shiftkit.members
 BatchNorm (``vmap`` cannot update running statistics) or frozen parameters, samplers whose epochs differ
 in length between seeds (``undersample``), diagnostics, an outer update (AutoBalance) and ``torchrun``;
 the command line then runs the members one after another. An ensemble saves per-step overhead, not arithmetic: it pays for
-models too small to fill the machine (4x for ten seeds of a 2 x 128 MLP on 2 CPU cores); on the CPU,
-vmapped convolutions become grouped convolutions that run slower than separate ones
-(docs/PERFORMANCE.md).
+models too small to fill the machine (2.7x for ten seeds of a 2 x 128 MLP on 2 CPU cores); on the CPU,
+vmapped convolutions become grouped convolutions that run slower than separate ones. So where a stacked
+ensemble would be slower than its seeds one by one (:func:`slower`, a rule measured by ``benchmarks/seeds.py``;
+docs/PERFORMANCE.md#ensembles), the command line runs them one by one too and says why in one line;
+:func:`fit_ensemble`, called directly, always stacks.
 """
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 from torch import nn
 
@@ -37,7 +39,7 @@ from .selection import FitResult
 from .train import fit_members
 from .weighting import Weighting
 
-__all__ = ["EnsembleUnsupported", "Stacked", "fit_ensemble", "refuse"]
+__all__ = ["EnsembleUnsupported", "Stacked", "fit_ensemble", "refuse", "slower"]
 
 
 def fit_ensemble(
@@ -73,3 +75,27 @@ def fit_ensemble(
         epochs=epochs, batch_size=batch_size, eval_every=eval_every, select=select, device=device, amp=amp,
         on_eval=on_eval, checkpoint=checkpoint, divergence=divergence,
     )
+
+
+#: On the CPU, the most multiply-adds of one member's training step (batch size x the linear layers'
+#: weights) at which a stacked ensemble still beats its seeds one by one: ten seeds of a 2-layer MLP on
+#: ``digits_binary`` at batch 32 train 1.7 times faster stacked at width 384 (5.5e6) and 1.0 times at width
+#: 512 (9.5e6), where the step is bound by arithmetic (``benchmarks/seeds.py``, docs/PERFORMANCE.md#ensembles).
+CPU_STACK_MACS = 8e6
+
+
+def slower(models: Sequence[nn.Module], device: str, batch_size: int) -> Optional[str]:
+    """Why a stacked ensemble of ``models`` would train slower on ``device`` than the members one by one,
+    or None where it is faster: on the CPU, convolutions (``vmap`` makes them grouped convolutions, 2.4 times
+    slower there) and steps above :data:`CPU_STACK_MACS` multiply-adds per member (bound by arithmetic,
+    which stacking cannot save). On a GPU, stacking is faster at every size we measured."""
+    if not str(device).startswith("cpu") or not models:
+        return None
+    modules = list(models[0].modules())
+    if any(isinstance(m, nn.modules.conv._ConvNd) for m in modules):
+        return "on the CPU, stacked convolutions train slower than one model at a time"
+    macs = batch_size * sum(m.weight.numel() for m in modules if isinstance(m, nn.Linear))
+    if macs > CPU_STACK_MACS:
+        return (f"on the CPU, a step of {macs:.1e} multiply-adds per member is bound by arithmetic, which "
+                "stacking cannot save")
+    return None

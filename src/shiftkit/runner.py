@@ -33,7 +33,7 @@ from .models import weights
 from .checkpoint import Checkpoint, fitting
 from .config import check_numbers, options
 from .divergence import Watch
-from .ensemble import fit_ensemble, refuse
+from .ensemble import EnsembleUnsupported, fit_ensemble, refuse, slower
 from .errors import ShiftkitError
 from .environment import command, environment, resolve_device  # noqa: F401 (the runner's public names)
 from .identity import EXECUTION_KEYS, comparable, config_hash, run_dir  # noqa: F401
@@ -243,6 +243,9 @@ def execute(cfgs: List[DictConfig], *, on_eval: Optional[Callable[[dict], None]]
     for i in group:  # each member's initialization from its own seed
         torch.manual_seed(plains[i]["seed"])
         parts.append(build_parts(cfgs[i], splits))
+    reason = slower([p["model"] for p in parts], device, plains[0]["train"]["batch_size"]) if stacked else None
+    if reason:
+        raise EnsembleUnsupported(reason)  # the sweep runs the seeds one by one, and says why
     probe = make_probe(plains[0])
     started = time.time()
     ck = _checkpoint(plains, outs, group, stacked)
