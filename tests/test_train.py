@@ -137,3 +137,24 @@ def test_compiled_model_gives_the_same_training():
     _, eager = _fit(splits, epochs=3, batch_size=8)
     _, compiled = _fit(splits, epochs=3, batch_size=8, compile=True)
     assert compiled.history[-1]["train_loss"] == pytest.approx(eager.history[-1]["train_loss"], rel=1e-4)
+
+
+def test_unit_weights_take_the_mean_without_multiplying_and_train_bit_for_bit_the_same():
+    """ERM's ``unit`` fast path (no multiply by ones, no weighting call) changes no number of a run."""
+    from shiftkit.weighting.static import ERM
+
+    class Ones(ERM):
+        unit = False
+
+    splits = data.build("digits_binary")
+    states = []
+    for scheme in (weighting.build("erm"), Ones()):
+        torch.manual_seed(0)
+        model = models.build("mlp", width=16, depth=1, **splits.statistics())
+        result = fit(model, splits, losses.build("ce"), scheme, optim.build("sgd", lr=0.05), epochs=3, batch_size=16,
+                     device="cpu")
+        states.append((model.state_dict(), result.history[-1]))
+    assert weighting.build("erm").unit and not Ones().unit
+    for key, value in states[0][0].items():
+        assert torch.equal(value, states[1][0][key]), key
+    assert states[0][1] == states[1][1]

@@ -18,6 +18,7 @@ the one place where every feature of training is written.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
@@ -63,8 +64,9 @@ AMP = {"none": None, "bf16": torch.bfloat16}
 
 def autocast(device: str, amp: str):
     """The autocast context of ``amp`` on ``device`` (a no-op for ``none``)."""
-    kind = torch.device(device).type
-    return torch.autocast(kind, dtype=AMP[amp] or torch.bfloat16, enabled=AMP[amp] is not None)
+    if AMP[amp] is None:
+        return contextlib.nullcontext()  # an enabled=False autocast costs a step of the demo's MLP 3%
+    return torch.autocast(torch.device(device).type, dtype=AMP[amp])
 
 
 @guards.trusted()  # the split's ids were checked when it was built: no host sync per step
@@ -99,19 +101,24 @@ def train_epoch(
     """
     prepare = _prepared(pipeline, augment)
     tally = tally if tally is not None else Tally(first_step=0)
+    sharded = distributed.active()
+    unit = getattr(weighting, "unit", False) and train.weight is None  # ERM: the mean, no multiply by ones
     for idx in order.split(batch_size, dim=-1)[len(tally.sizes):]:
         y, g = train.y[idx], train.g[idx]
-        if distributed.active():
+        if sharded:
             objective, local, per_example = _sharded_objective(
                 forward, loss, weighting, train, idx, prepare, generator, device, amp
             )
         else:
             with autocast(device, amp):
                 per_example = loss(forward(prepare(train.x[idx], y, generator)), y, g).float()
-            w = weighting.weights(per_example.detach(), y, g)
-            if train.weight is not None:  # per-example multipliers (sample weights) carried by the split
-                w = w * train.weight[idx]
-            objective = (w * per_example).mean(-1)  # [S] for S members
+            if unit:
+                objective = per_example.mean(-1)
+            else:
+                w = weighting.weights(per_example.detach(), y, g)
+                if train.weight is not None:  # per-example multipliers (sample weights) carried by the split
+                    w = w * train.weight[idx]
+                objective = (w * per_example).mean(-1)  # [S] for S members
             local = objective if objective.dim() == 0 else objective.sum()
         opt.zero_grad(set_to_none=True)
         local.backward()

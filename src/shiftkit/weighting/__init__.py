@@ -63,6 +63,9 @@ class Weighting(nn.Module):
     #: Whether each weight depends on its own example only (and on a state training does not change), so
     #: that ``weigh`` applies to the examples of many batches at once (an ensemble's members, flattened).
     elementwise = False
+    #: Whether every weight is 1 (ERM): the loop then takes the mean of the losses without multiplying
+    #: by ones, which gives the same numbers bit for bit and saves a step's multiply and its backward pass.
+    unit = False
     #: The registered name (set by :meth:`~shiftkit.registry.Registry.register`).
     name: str
 

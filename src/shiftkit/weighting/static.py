@@ -18,6 +18,7 @@ class ERM(Weighting):
     """Empirical risk minimization: every weight is 1."""
 
     elementwise = True
+    unit = True
 
     def weigh(self, losses: Tensor, y: Tensor, g: Optional[Tensor], state) -> Tensor:
         guards.check("weighting 'erm'", y, g, losses=losses)
