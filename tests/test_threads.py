@@ -118,3 +118,14 @@ def test_the_command_records_its_threads(tmp_path, fixed):
     (record,) = [json.loads(p.read_text()) for p in tmp_path.rglob("run.json")]
     count = record["environment"]["threads"]
     assert count == 1 if fixed else 1 <= count <= len(threads._cores())
+
+
+def test_bf16_on_a_cpu_that_emulates_it_warns_in_one_line(tmp_path, monkeypatch, recwarn):
+    from shiftkit import runner
+    from shiftkit.config import compose
+    from shiftkit.errors import ShiftkitWarning
+
+    monkeypatch.setattr(runner, "bf16_native", lambda device: False)
+    runner.run(compose(["model.width=8", "train.epochs=1", "device=cpu", "train.amp=bf16", f"out={tmp_path}"]))
+    (warning,) = [w for w in recwarn if issubclass(w.category, ShiftkitWarning)]
+    assert "emulates bfloat16" in str(warning.message) and "\n" not in str(warning.message)

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -34,8 +35,8 @@ from .checkpoint import Checkpoint, fitting
 from .config import check_numbers, options
 from .divergence import Watch
 from .ensemble import EnsembleUnsupported, fit_ensemble, refuse, slower
-from .errors import ShiftkitError
-from .environment import command, environment, resolve_device  # noqa: F401 (the runner's public names)
+from .errors import ShiftkitError, ShiftkitWarning
+from .environment import bf16_native, command, environment, resolve_device  # noqa: F401 (the runner's public names)
 from .identity import EXECUTION_KEYS, comparable, config_hash, run_dir  # noqa: F401
 from .records import divergence_hint, failures, finished_record, save_weights, write_record  # noqa: F401
 from .train import check_schedule, parse_select
@@ -238,6 +239,9 @@ def execute(cfgs: List[DictConfig], *, on_eval: Optional[Callable[[dict], None]]
     if not todo:
         return records
     device = distributed.setup(resolve_device(plains[0]["device"]))
+    if plains[0]["train"]["amp"] == "bf16" and not bf16_native(device):
+        warnings.warn(f"train.amp=bf16: this {device.upper()} emulates bfloat16, so training is several times slower "
+                      "than in float32 (benchmarks/precision.py)", ShiftkitWarning, stacklevel=2)
     splits = load_data(plains[0]["data"])
     parts = []
     for i in group:  # each member's initialization from its own seed
