@@ -4,8 +4,8 @@ seeds one by one).
 
 The same runs either way (each ensemble member is its seed's sequential run: same initialization, data
 order and results; ``tests/test_ensemble.py`` checks it), so the ratio is pure speed. Workloads: the
-digits MLP of ``shiftkit demo`` (2 x 512 hidden units) and the same MLP at widths 128, 256 and 384 (the
-scan behind the rule's bound, ``CPU_STACK_MACS``); and the ``cnn`` on ``fmnist_binary``. SGD,
+digits MLP of ``shiftkit demo`` (2 x 512 hidden units) and the same MLP at widths 128, 256 and 384 (from
+overhead-bound to arithmetic-bound steps); and the ``cnn`` on ``fmnist_binary``. SGD,
 cross-entropy, batch 32 (digits) or 64 (fmnist), one evaluation at the end of each run.
 
     python benchmarks/seeds.py [--seeds 10] [--epochs 30] [--cnn-epochs 1]
