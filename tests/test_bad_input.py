@@ -127,7 +127,7 @@ CASES = [
     ("negative-epochs", ["train", "train.epochs=-1"], {}, "train.epochs and train.eval_every must be >= 1"),
     ("bad-select", ["train", "train.select=best:nope"], {},
      "train.select must be 'last' or 'best:<metric>' with a metric among acc, balanced_acc"),
-    ("bad-amp", ["train", "train.amp=fp8"], {}, "train.amp must be one of none, bf16, got 'fp8'"),
+    ("bad-amp", ["train", "train.amp=fp8"], {}, "train.amp must be one of auto, none, bf16, got 'fp8'"),
     ("negative-batch-size", ["train", "train.batch_size=-5"], {}, "train.batch_size >= 0"),
     ("negative-lr", ["train", "optim.lr=-1"], {}, "optim.lr must be > 0, got -1.0"),
     ("iw-negative-exponent", ["train", "weighting=iw", "weighting.exponent=-1"], {},

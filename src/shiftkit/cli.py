@@ -182,7 +182,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         return 0
     out = args.out or str(reproductions.reproduction.default_out(args.name, args.scale))
     runs = args.runs or (None if args.out else "results/reproduce/runs")
-    summary = reproductions.reproduce(args.name, args.scale, out, args.device, args.set, runs=runs)
+    summary = reproductions.reproduce(args.name, args.scale, out, args.device, args.set, runs=runs, amp=args.amp)
     console = Console(soft_wrap=True)  # paths and claims stay whole lines
     for quantity, paper, ours in summary.rows:
         console.print(f"{quantity}: ours {ours} (paper {paper})")
@@ -303,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     rpr.add_argument("--scale", default="quick", help="tiny, quick (default) or paper")
     rpr.add_argument("--out", help="output directory (default results/reproduce/NAME, NAME-tiny or NAME-paper)")
     rpr.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    rpr.add_argument("--amp", default="auto", choices=["auto", "none", "bf16"],
+                     help="every training run's train.amp (default auto: docs/PERFORMANCE.md#precision)")
     rpr.add_argument(
         "--runs", help="where training runs go (default: OUT/runs with --out, else results/reproduce/runs, "
         "shared by all reproductions so that finished runs are reused)"

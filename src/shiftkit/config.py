@@ -31,6 +31,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from . import precision
 from .config_overrides import (  # noqa: F401
     _unknown_option,
     check_repeated,
@@ -100,6 +101,7 @@ def compose(overrides: List[str] = ()) -> DictConfig:
         preset = _preset(parsed)
         if preset is not None and cfg.preset is None:
             cfg.preset = preset
+        cfg.train.amp = precision.resolve(cfg.train.amp, cfg.device, cfg.model.name)  # runs record what it became
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ShiftkitError(one_line(exc)) from None
     finally:

@@ -36,7 +36,8 @@ _SCALARS = (int, float, bool, str)
 @dataclass
 class TrainConf:
     """The loop's settings (``batch_size=0``: full batch; ``select``: ``last`` or ``best:<metric>``;
-    ``amp``: ``none`` or ``bf16``; ``compile``: run the model through ``torch.compile``; ``divergence``: a
+    ``amp``: ``auto`` (bf16 where it is native and verified for the model, else float32:
+    :mod:`shiftkit.precision`), ``none`` or ``bf16``; ``compile``: run the model through ``torch.compile``; ``divergence``: a
     run fails once an epoch's mean training loss exceeds this many times its initial level, 0 for never;
     non-finite losses and weights always fail it, :mod:`shiftkit.divergence`)."""
 
@@ -44,7 +45,7 @@ class TrainConf:
     batch_size: int = 64
     eval_every: int = 1
     select: str = "last"
-    amp: str = "none"
+    amp: str = "auto"
     compile: bool = False
     divergence: float = 1000.0
 

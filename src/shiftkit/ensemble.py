@@ -16,7 +16,7 @@ What a member axis cannot serve is refused in one place (:func:`shiftkit.members
 BatchNorm (``vmap`` cannot update running statistics) or frozen parameters, samplers whose epochs differ
 in length between seeds (``undersample``), diagnostics, an outer update (AutoBalance) and ``torchrun``;
 the command line then runs the members one after another. An ensemble saves per-step overhead, not arithmetic: it pays for
-models too small to fill the machine (2.7x for ten seeds of a 2 x 128 MLP on 2 CPU cores); on the CPU,
+models too small to fill the machine (3.4x for ten seeds of a 2 x 128 MLP on 2 CPU cores, 1.2x at the demo's 2 x 512); on the CPU,
 vmapped convolutions become grouped convolutions that run slower than separate ones. So where a stacked
 ensemble would be slower than its seeds one by one (:func:`slower`: convolutions on the CPU, measured by ``benchmarks/seeds.py``;
 docs/PERFORMANCE.md#ensembles), the command line runs them one by one too and says why in one line;

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from . import augment as augmentations
-from . import distributed, guards, threads
+from . import distributed, guards, precision, threads
 from .augment import Augmentation
 from .checkpoint import Checkpoint, GeneratorPart, MemberParts, capture, restore
 from .data.base import Split, Splits
@@ -54,8 +54,8 @@ def is_eval_epoch(epoch: int, epochs: int, eval_every: int) -> bool:
 def check_schedule(epochs: int, batch_size: int, eval_every: int, amp: str) -> None:
     if epochs < 1 or batch_size < 0 or eval_every < 1:
         raise ShiftkitError("train.epochs and train.eval_every must be >= 1 and train.batch_size >= 0")
-    if amp not in AMP:
-        raise ShiftkitError(f"train.amp must be one of {', '.join(AMP)}, got '{amp}'")
+    if amp not in precision.CHOICES:
+        raise ShiftkitError(f"train.amp must be one of {', '.join(precision.CHOICES)}, got '{amp}'")
 
 
 #: Mixed precision choices: ``bf16`` autocasts the forward pass and the loss to bfloat16.
@@ -185,7 +185,7 @@ def fit(
     """Train ``model`` in place for ``epochs`` epochs; ``batch_size=0`` means full batch.
 
     ``seed`` fixes the data order and augmentation (the caller seeds the model's initialization).
-    ``amp="bf16"`` autocasts the forward pass; ``compile=True`` runs the model through
+    ``amp="bf16"`` autocasts the forward pass (``"auto"``: :mod:`shiftkit.precision`); ``compile=True`` runs the model through
     ``torch.compile``. ``on_eval`` receives each evaluation record ``{"epoch", "step", "train_loss",
     "train", "val", "test"}``. With ``select="best:<metric>"`` the model ends holding the selected weights.
     ``outer`` is an optional outer update around the same loop (AutoBalance's hyperparameter search,
@@ -259,6 +259,7 @@ def fit_members(
     member; the members end holding their final (or selected) weights. Function of more than 40 lines:
     the loop's sequence reads best in one place; its parts are the helpers below it."""
     check_schedule(epochs, batch_size, eval_every, amp)
+    amp = precision.resolve(amp, device, None)  # no family is named here: "auto" is float32
     n = members.size
     if not len(weightings) == len(seeds) == n:
         raise ShiftkitError("an ensemble needs one weighting scheme and one seed per member")

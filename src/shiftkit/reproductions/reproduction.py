@@ -50,8 +50,8 @@ register = REPRODUCTIONS.register
 names = REPRODUCTIONS.names
 
 #: summary.json keys the framework writes; a reproduction's key figures must not reuse them.
-_META = ("name", "title", "source", "scale", "settings", "seconds", "device", "command", "environment", "claims",
-         "rows", "figures", "notes")
+_META = ("name", "title", "source", "scale", "settings", "seconds", "device", "amp", "command", "environment",
+         "claims", "rows", "figures", "notes")
 
 
 @dataclass
@@ -101,6 +101,7 @@ class Context:
     device: str = "auto"
     console: Any = None
     runs: Optional[Path] = None
+    amp: str = "auto"
     staging: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -143,7 +144,7 @@ class Context:
         ``diverged_ok`` (a search), a run whose training diverged is ``{"failed": ..., "diverged": True}``."""
         from ..sweep import run_many
 
-        extra = [f"out={self.runs}", f"device={self.device}", f"scale={self.scale}"]
+        extra = [f"out={self.runs}", f"device={self.device}", f"scale={self.scale}", f"train.amp={self.amp}"]
         return run_many([[*o, *extra] for o in override_lists], label=f"{self.name}: {label}", diverged_ok=diverged_ok)
 
     def train_each(self, groups: Dict[str, List[List[str]]], label: str = "runs") -> Dict[str, List[dict]]:
@@ -202,10 +203,11 @@ def reproduce(
     overrides: Sequence[str] = (),
     console: Any = None,
     runs: Optional[Path] = None,
+    amp: str = "auto",
 ) -> Summary:
     """Run reproduction ``name`` at ``scale`` into ``out`` (default :func:`default_out`) and
     write its figures, ``summary.md`` and ``summary.json`` there; training runs go to ``runs`` (default
-    ``<out>/runs``)."""
+    ``<out>/runs``); ``amp`` is every training run's ``train.amp``."""
     from ..environment import resolve_device
 
     repro = REPRODUCTIONS.get(name)()
@@ -213,7 +215,7 @@ def reproduce(
     resolve_device(device)
     out = Path(out) if out is not None else default_out(name, scale)
     _check_scale(out, scale)
-    ctx = Context(name, scale, out, device, console, runs)
+    ctx = Context(name, scale, out, device, console, runs, amp)
     shutil.rmtree(ctx.staging, ignore_errors=True)
     start = time.perf_counter()
     try:
@@ -259,6 +261,7 @@ def _write(ctx: Context, repro: Reproduction, settings: Dict[str, Any], summary:
         "settings": settings,
         "seconds": round(seconds, 1),
         "device": resolve_device(ctx.device),
+        "amp": ctx.amp,
         "command": " ".join(["shiftkit", *sys.argv[1:]]) if sys.argv[1:2] == ["reproduce"] else None,
         "environment": environment(),
         **{k: files.finite(v) for k, v in summary.key.items()},
@@ -288,7 +291,8 @@ def markdown(payload: Dict[str, Any]) -> str:
         f"# {payload['name']}: {payload['title']}",
         "",
         f"Source: {payload['source']}.",
-        f"Scale `{payload['scale']}` ({settings}); {payload['seconds']:.0f} s on {payload['device']}.",
+        f"Scale `{payload['scale']}` ({settings}); {payload['seconds']:.0f} s on {payload['device']}"
+        + ("." if payload.get("amp", "auto") == "auto" else f", train.amp={payload['amp']}."),
     ]
     if payload["command"]:
         lines.append(f"Command: `{payload['command']}`.")

@@ -1,0 +1,56 @@
+"""``train.amp=auto``: what it resolves to, and that runs keep their identities (shiftkit.precision)."""
+
+import pytest
+from omegaconf import OmegaConf
+
+from shiftkit import precision
+from shiftkit.config import compose
+from shiftkit.config_schema import TrainConf
+from shiftkit.runner import run_dir
+
+
+def _amp_and_dir(overrides):
+    cfg = compose([*overrides, "out=r"])
+    return cfg.train.amp, run_dir(OmegaConf.to_container(cfg, resolve=True))
+
+
+@pytest.fixture
+def native(monkeypatch):
+    """A device that computes in bfloat16, for every device name."""
+    monkeypatch.setattr("shiftkit.environment.bf16_native", lambda device: True)
+
+
+def test_auto_is_the_default_and_resolves_to_float32_for_a_family_not_verified(native):
+    assert TrainConf().amp == "auto"
+    assert precision.VERIFIED.get("mlp") is None  # no family is verified yet: auto is float32 everywhere
+    amp, folder = _amp_and_dir(["device=cpu"])
+    assert amp == "none" and folder == _amp_and_dir(["device=cpu", "train.amp=none"])[1]
+
+
+@pytest.mark.parametrize("is_native, expected", [(True, "bf16"), (False, "none")])
+def test_auto_picks_bf16_only_where_native_and_verified(monkeypatch, is_native, expected):
+    monkeypatch.setitem(precision.VERIFIED, "mlp", "checked")
+    monkeypatch.setattr("shiftkit.environment.bf16_native", lambda device: is_native)
+    amp, folder = _amp_and_dir(["device=cpu"])
+    assert amp == expected
+    assert folder == _amp_and_dir(["device=cpu", f"train.amp={expected}"])[1]  # the run that asked for it by name
+    other = "none" if expected == "bf16" else "bf16"
+    assert folder != _amp_and_dir(["device=cpu", f"train.amp={other}"])[1]
+    assert _amp_and_dir(["device=cpu", "model=cnn", "data=fmnist_binary"])[0] == "none"  # a family not verified
+
+
+def test_an_explicit_precision_is_kept_whatever_the_device(native, monkeypatch):
+    monkeypatch.setitem(precision.VERIFIED, "mlp", "checked")
+    assert _amp_and_dir(["device=cpu", "train.amp=none"])[0] == "none"
+    assert _amp_and_dir(["device=cpu", "train.amp=bf16"])[0] == "bf16"
+    assert precision.resolve("bf16", "cpu", None) == "bf16" and precision.resolve("auto", "cpu", None) == "none"
+
+
+def test_a_reproduction_passes_its_precision_to_every_training_run(tmp_path, monkeypatch):
+    from shiftkit import sweep
+    from shiftkit.reproductions.reproduction import Context
+
+    seen = []
+    monkeypatch.setattr(sweep, "run_many", lambda lists, **kw: seen.extend(lists) or [{} for _ in lists])
+    Context("x", "tiny", tmp_path, "cpu", amp="bf16").train([["loss=ce"], ["loss=poly"]])
+    assert all(o[-1] == "train.amp=bf16" for o in seen) and len(seen) == 2
