@@ -29,7 +29,7 @@ def test_auto_is_the_default_and_resolves_to_float32_for_a_family_not_verified(n
 
 @pytest.mark.parametrize("is_native, expected", [(True, "bf16"), (False, "none")])
 def test_auto_picks_bf16_only_where_native_and_verified(monkeypatch, is_native, expected):
-    monkeypatch.setitem(precision.VERIFIED, "mlp", "checked")
+    monkeypatch.setitem(precision.VERIFIED, "mlp", ("cpu",))
     monkeypatch.setattr("shiftkit.environment.bf16_native", lambda device: is_native)
     amp, folder = _amp_and_dir(["device=cpu"])
     assert amp == expected
@@ -39,8 +39,15 @@ def test_auto_picks_bf16_only_where_native_and_verified(monkeypatch, is_native, 
     assert _amp_and_dir(["device=cpu", "model=cnn", "data=fmnist_binary"])[0] == "none"  # a family not verified
 
 
+def test_auto_picks_bf16_only_on_the_device_types_a_family_was_verified_on(native, monkeypatch):
+    monkeypatch.setitem(precision.VERIFIED, "mlp", ("cuda",))
+    assert precision.resolve("auto", "cpu", "mlp") == "none"
+    monkeypatch.setattr("shiftkit.environment.resolve_device", lambda name: "cuda:0")
+    assert precision.resolve("auto", "auto", "mlp") == "bf16"
+
+
 def test_an_explicit_precision_is_kept_whatever_the_device(native, monkeypatch):
-    monkeypatch.setitem(precision.VERIFIED, "mlp", "checked")
+    monkeypatch.setitem(precision.VERIFIED, "mlp", ("cpu",))
     assert _amp_and_dir(["device=cpu", "train.amp=none"])[0] == "none"
     assert _amp_and_dir(["device=cpu", "train.amp=bf16"])[0] == "bf16"
     assert precision.resolve("bf16", "cpu", None) == "bf16" and precision.resolve("auto", "cpu", None) == "none"

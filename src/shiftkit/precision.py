@@ -6,9 +6,10 @@ float32.
 - the device computes in bfloat16 itself (:func:`shiftkit.environment.bf16_native`: a GPU that supports
   it, a CPU with AVX-512 BF16 or AMX). Where PyTorch emulates bfloat16, a step is 6 to 13 times slower
   than in float32 (``benchmarks/precision.py``), so ``auto`` never picks it there;
-- the model family is in :data:`VERIFIED`: bfloat16 training of that family has been shown to leave the
-  reproductions' verdicts and the demo's table unchanged within seed noise
-  (``benchmarks/precision.py --verdicts``, docs/PERFORMANCE.md#precision).
+- the model family is in :data:`VERIFIED`: on a device that computes in bfloat16, its steps were measured
+  faster than in float32 (``benchmarks/precision.py``: a small model's steps can be bound by the casts),
+  and bfloat16 training was shown to leave the verdicts of the reproductions that train it and the demo's
+  table unchanged within seed noise (``benchmarks/precision_verdicts.py``, docs/PERFORMANCE.md#precision).
 
 Everywhere else it resolves to ``none`` (float32). The run records the precision it resolved to, never
 ``auto``, so an ``auto`` run in float32 is the same run (the same identity and directory) as one that asked
@@ -18,18 +19,18 @@ as one that asked for ``train.amp=bf16``.
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Tuple
 
 __all__ = ["CHOICES", "VERIFIED", "resolve"]
 
 #: The values of ``train.amp``.
 CHOICES = ("auto", "none", "bf16")
 
-#: Model families (``model.name``) whose bfloat16 training has been checked against float32 with
-#: ``benchmarks/precision.py --verdicts`` on a device that computes in bfloat16, mapped to the check's
-#: outcome. None is yet: the machines this was measured on emulate bfloat16 and no GPU was lent, so
-#: ``auto`` is float32 everywhere until a check adds a family here.
-VERIFIED: Dict[str, str] = {}
+#: Model families (``model.name``) that passed both checks above, mapped to the device types (``cpu``,
+#: ``cuda``) they passed them on (speed differs between them; docs/PERFORMANCE.md has the figures). None has yet:
+#: the machine this was developed on emulates bfloat16 and no GPU was lent to the checks, so ``auto`` is
+#: float32 everywhere until a check on such a device adds a family here.
+VERIFIED: Dict[str, Tuple[str, ...]] = {}
 
 
 def resolve(amp: str, device: str, model: str) -> str:
@@ -41,4 +42,5 @@ def resolve(amp: str, device: str, model: str) -> str:
         return "none"
     from .environment import bf16_native, resolve_device
 
-    return "bf16" if bf16_native(resolve_device(device)) else "none"
+    device = resolve_device(device)
+    return "bf16" if device.split(":")[0] in VERIFIED[model] and bf16_native(device) else "none"
