@@ -61,3 +61,23 @@ def test_a_reproduction_passes_its_precision_to_every_training_run(tmp_path, mon
     monkeypatch.setattr(sweep, "run_many", lambda lists, **kw: seen.extend(lists) or [{} for _ in lists])
     Context("x", "tiny", tmp_path, "cpu", amp="bf16").train([["loss=ce"], ["loss=poly"]])
     assert all(o[-1] == "train.amp=bf16" for o in seen) and len(seen) == 2
+
+
+def test_an_unresolved_auto_names_the_run_it_resolves_to():
+    """A launcher's job is composed by Hydra, not shiftkit: its identity still resolves ``auto``."""
+    plain = OmegaConf.to_container(compose(["out=r", "device=cpu"]), resolve=True)
+    folder = run_dir(plain)
+    plain["train"]["amp"] = "auto"
+    assert run_dir(plain) == folder
+
+
+def test_a_launcher_job_records_the_precision_auto_resolved_to(tmp_path, monkeypatch):
+    from shiftkit import launch, runner
+
+    seen = []
+    monkeypatch.setattr(runner, "run", lambda cfg: seen.append(cfg.train.amp) or {"failed": "x", "config": {}})
+    monkeypatch.setattr(launch, "_line", lambda record: "")
+    cfg = compose([f"out={tmp_path}", "device=cpu"])
+    cfg.train.amp = "auto"  # as Hydra composes a job
+    launch.task(cfg)
+    assert seen == ["none"]

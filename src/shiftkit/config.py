@@ -101,7 +101,7 @@ def compose(overrides: List[str] = ()) -> DictConfig:
         preset = _preset(parsed)
         if preset is not None and cfg.preset is None:
             cfg.preset = preset
-        cfg.train.amp = precision.resolve(cfg.train.amp, cfg.device, cfg.model.name)  # runs record what it became
+        precision.settle(cfg)  # train.amp=auto: runs record what it became
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ShiftkitError(one_line(exc)) from None
     finally:

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict
 
-from . import labels, procedures
+from . import labels, precision, procedures
 from .config import DiagnosticsConf
 from .models import weights
 
@@ -75,6 +75,7 @@ def comparable(cfg: Dict[str, Any], drop=EXECUTION_KEYS) -> Dict[str, Any]:
     """A copy of ``cfg`` as run identities see it: without ``drop`` and the label keys, and without the
     options that hold the defaults they had before they existed (so that runs of every version compare)."""
     kept = json.loads(json.dumps(cfg))
+    precision.settle(kept)  # an unresolved train.amp=auto names the run it resolves to
     procedures.legacy_identity(kept)  # a procedure as earlier versions recorded it: their runs keep their hash
     for key in (*drop, *labels.LABEL_KEYS):
         _without(kept, key)

@@ -136,13 +136,14 @@ def task(cfg: Any) -> Dict[str, Any]:
     from hydra.utils import to_absolute_path
     from omegaconf import OmegaConf, open_dict
 
-    from . import plugins, threads
+    from . import plugins, precision, threads
     from .runner import run
 
     threads.configure()  # a worker's own process (joblib's workers come with OMP_NUM_THREADS = cores // n_jobs)
     with open_dict(cfg):
         cfg.pop("hydra", None)
         cfg.out = to_absolute_path(str(cfg.out))
+        precision.settle(cfg)  # Hydra composed this job, not shiftkit.config.compose
     try:
         plugins.load()  # a worker process has imported none of the user's plugins yet
         record = run(cfg)

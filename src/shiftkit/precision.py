@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Dict, Tuple
 
-__all__ = ["CHOICES", "VERIFIED", "resolve"]
+__all__ = ["CHOICES", "VERIFIED", "resolve", "settle"]
 
 #: The values of ``train.amp``.
 CHOICES = ("auto", "none", "bf16")
@@ -44,3 +44,12 @@ def resolve(amp: str, device: str, model: str) -> str:
 
     device = resolve_device(device)
     return "bf16" if device.split(":")[0] in VERIFIED[model] and bf16_native(device) else "none"
+
+
+def settle(cfg) -> None:
+    """Resolve a run config's ``train.amp`` in place (a DictConfig or a plain dict): every path from
+    overrides to a run goes through here (composing, a launcher's job, identities), so a run's directory
+    and record never depend on which path made it."""
+    train = cfg.get("train")
+    if train is not None and train.get("amp") == "auto":
+        train["amp"] = resolve("auto", cfg.get("device", "auto"), cfg["model"]["name"])
