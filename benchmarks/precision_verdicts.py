@@ -68,8 +68,9 @@ def cells_apart(fp32: dict, bf16: dict) -> tuple:
                 if "/" not in key or cell is None:
                     continue
                 (m1, s1), (m2, s2) = cell, other[row["method"]][key]
+                s1, s2 = s1 or 0.0, s2 or 0.0  # one seed: no standard error, any difference counts
                 compared += 1
-                if abs(m1 - m2) > 2 * math.hypot(s1 or 0.0, s2 or 0.0):
+                if abs(m1 - m2) > 2 * math.hypot(s1, s2):
                     apart.append(f"{dataset} {row['method']} {key}: {m1:.4f} ± {s1:.4f} in float32, "
                                  f"{m2:.4f} ± {s2:.4f} in bfloat16")
     return compared, apart

@@ -26,7 +26,7 @@ import threading
 import warnings
 from typing import List, Optional
 
-from . import plugins
+from . import plugins, precision
 from .errors import ShiftkitError, ShiftkitWarning
 from .sweep import run_many
 
@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     rpr.add_argument("--scale", default="quick", help="tiny, quick (default) or paper")
     rpr.add_argument("--out", help="output directory (default results/reproduce/NAME, NAME-tiny or NAME-paper)")
     rpr.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    rpr.add_argument("--amp", default="auto", choices=["auto", "none", "bf16"],
+    rpr.add_argument("--amp", default="auto", choices=precision.CHOICES,
                      help="every training run's train.amp (default auto: docs/PERFORMANCE.md#precision)")
     rpr.add_argument(
         "--runs", help="where training runs go (default: OUT/runs with --out, else results/reproduce/runs, "

@@ -292,7 +292,7 @@ def markdown(payload: Dict[str, Any]) -> str:
         "",
         f"Source: {payload['source']}.",
         f"Scale `{payload['scale']}` ({settings}); {payload['seconds']:.0f} s on {payload['device']}"
-        + ("." if payload.get("amp", "auto") == "auto" else f", train.amp={payload['amp']}."),
+        + ("." if payload["amp"] == "auto" else f", train.amp={payload['amp']}."),
     ]
     if payload["command"]:
         lines.append(f"Command: `{payload['command']}`.")
