@@ -1,12 +1,12 @@
 """Sweeps through Hydra's launcher plugins (shiftkit.launch): joblib end to end, submitit's local
-executor (the pickling path SLURM uses), SLURM and Ray launcher configs, bad input before launch."""
+executor (the pickling path SLURM uses), SLURM and Ray launcher configs, bad input before launch. Real
+SLURM and Ray clusters: tests/test_clusters.py."""
 
 import importlib.util
 import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -128,71 +128,10 @@ def test_ray_launcher_config_composes_from_shiftkits_copy():
                         "+hydra.launcher.ray.remote.num_gpus=1"])
     conf = cfg.hydra.launcher
     assert conf._target_ == "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
-    assert OmegaConf.to_container(conf.ray) == {"init": {"address": "ray://head:10001"}, "remote": {"num_gpus": 1}}
+    assert OmegaConf.to_container(conf.ray) == {
+        "init": {"address": "ray://head:10001", "object_store_memory": None}, "remote": {"num_gpus": 1}
+    }
     assert hydra_config(["hydra/launcher=ray"]).hydra.launcher.ray.init.address is None
-
-
-FAKE_RAY = {
-    "_config.py": """
-        from dataclasses import dataclass, field
-        from typing import Any, Dict
-        from hydra.core.config_store import ConfigStore
-
-        @dataclass
-        class RayConf:
-            init: Dict[str, Any] = field(default_factory=lambda: {"address": None})
-            remote: Dict[str, Any] = field(default_factory=dict)
-
-        @dataclass
-        class RayLauncherConf:
-            _target_: str = "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
-            ray: RayConf = field(default_factory=RayConf)
-
-        ConfigStore.instance().store(group="hydra/launcher", name="ray", node=RayLauncherConf, provider="ray_launcher")
-    """,
-    "ray_launcher.py": """
-        from hydra.core.utils import run_job, setup_globals
-        from hydra.plugins.launcher import Launcher
-        from omegaconf import OmegaConf, open_dict
-
-        from . import _config  # noqa: F401  (registers hydra/launcher/ray, as the plugin's modules do)
-
-        class RayLauncher(Launcher):  # runs each job here, as Ray's would on a worker
-            def __init__(self, ray):
-                self.ray = OmegaConf.to_container(ray)
-
-            def setup(self, *, hydra_context, task_function, config):
-                self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
-
-            def launch(self, job_overrides, initial_job_idx):
-                print("fake ray.init", self.ray["init"], flush=True)
-                setup_globals()
-                runs = []
-                for i, overrides in enumerate(job_overrides):
-                    cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-                    with open_dict(cfg):
-                        cfg.hydra.job.num = initial_job_idx + i
-                    runs.append(run_job(hydra_context=self.hydra_context, task_function=self.task_function,
-                                        config=cfg, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
-                return runs
-    """,
-}
-
-
-def test_ray_sweep_launches_where_the_plugin_is_installed(tmp_path):
-    package = tmp_path / "plugins" / "hydra_plugins" / "hydra_ray_launcher"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    for name, text in FAKE_RAY.items():
-        (package / name).write_text(textwrap.dedent(text))
-    res = shiftkit("train", "-m", "hydra/launcher=ray", "hydra.launcher.ray.init.address=ray://head:10001",
-                   "seed=0", f"out={tmp_path / 'results'}", *TINY, cwd=tmp_path, pythonpath=[tmp_path / "plugins"],
-                   warn=True)
-    assert res.returncode == 0, res.stderr
-    assert "fake ray.init {'address': 'ray://head:10001'}" in res.stdout
-    assert len(list((tmp_path / "results").rglob("done"))) == 1
-    # shiftkit's ray.yaml is checked against the plugin's schema of the same name, without Hydra's warning
-    assert "ConfigStore schema" not in res.stderr
 
 
 def test_a_failing_run_does_not_stop_the_others_and_a_rerun_launches_only_it(tmp_path):
@@ -207,9 +146,6 @@ def test_a_failing_run_does_not_stop_the_others_and_a_rerun_launches_only_it(tmp
     assert "Launching 1 jobs" in again.stderr
 
 
-RAY_MISSING = importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -220,8 +156,7 @@ RAY_MISSING = importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is No
         (["hydra/launcher=submitit_slurm", "hydra.launcher.partiton=gpu", "seed=0,1"], "hydra.launcher.partiton"),
         (["hydra/launcher=submitit_slurm", "seed=0,1"], "this machine has no srun"),
         (["hydra/launcher=joblib", "hydra/sweeper=basic", "seed=0,1"], "hydra/sweeper is not supported"),
-        pytest.param(["hydra/launcher=ray", "seed=0,1"], "pip install 'shiftkit[ray]'",
-                     marks=pytest.mark.skipif(not RAY_MISSING, reason="the Ray plugin is installed")),
+        (["hydra/launcher=ray", "seed=0,1"], "pip install 'shiftkit[ray]'"),  # where the plugin is missing
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_launches_nothing(tmp_path, capsys, monkeypatch, args, message):
@@ -230,6 +165,10 @@ def test_bad_input_is_one_line_exit_2_and_launches_nothing(tmp_path, capsys, mon
     if args[0] == "hydra/launcher=submitit_slurm":  # srun as on a login node, or none
         found = "hydra.launcher.partiton=gpu" in args
         monkeypatch.setattr(shutil, "which", lambda cmd: f"/usr/bin/{cmd}" if found else None)
+    if args[0] == "hydra/launcher=ray":  # as where the Ray plugin is not installed
+        find = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a: None if name == "hydra_plugins.hydra_ray_launcher" else find(name, *a))
     monkeypatch.chdir(tmp_path)
     code = cli.main(["train", "-m", *args, f"out={tmp_path / 'out'}", *TINY])
     err = capsys.readouterr().err

@@ -28,17 +28,8 @@ from typing import List, Optional
 
 from . import plugins, precision
 from .errors import ShiftkitError, ShiftkitWarning
+from .scheduler import Terminated, terminate as _terminate
 from .sweep import run_many
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (what SLURM and most schedulers send before they kill a job), raised where the process is
-    so that it ends as Ctrl-C does: the run records ``"status": "interrupted"`` and resumes when the same
-    command runs again."""
-
-
-def _terminate(signum, frame) -> None:
-    raise Terminated(f"stopped by {signal.Signals(signum).name}")
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -29,6 +29,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from . import scheduler
 from .errors import ShiftkitError
 
 #: Launcher -> (the plugin module it needs, shiftkit's extra that installs it).
@@ -146,20 +147,23 @@ def task(cfg: Any) -> Dict[str, Any]:
         precision.settle(cfg)  # Hydra composed this job, not shiftkit.config.compose
     try:
         plugins.load()  # a worker process has imported none of the user's plugins yet
-        record = run(cfg)
+        with scheduler.stopping_on():  # SIGTERM or a time limit's warning: record, keep the checkpoint, end
+            record = run(cfg)
     except ShiftkitError as exc:
         from .sweep import failure
 
         record = {**failure(exc), "config": OmegaConf.to_container(cfg, resolve=True)}
+    except KeyboardInterrupt as exc:  # the run recorded "interrupted" beside its checkpoint
+        record = {"interrupted": str(exc) or "interrupted", "config": OmegaConf.to_container(cfg, resolve=True)}
     print(_line(record), file=sys.stderr, flush=True)
     return record
 
 
 def plan(overrides: List[str], runs: Optional[List[List[str]]] = None
-         ) -> Tuple[List[List[str]], List[Optional[Dict[str, Any]]]]:
+         ) -> Tuple[List[List[str]], List[Optional[Dict[str, Any]]], List[str]]:
     """Every run of a sweep (its overrides, ``hydra`` ones left out; or the given ``runs``), composed and
-    checked so that bad input stops here, and the record of each one already done (None for those still to
-    run)."""
+    checked so that bad input stops here, the record of each one already done (None for those still to
+    run), and each run's results root."""
     from omegaconf import OmegaConf
 
     from .config import compose, expand_sweep, fit_options
@@ -168,12 +172,13 @@ def plan(overrides: List[str], runs: Optional[List[List[str]]] = None
     runs = fit_options(expand_sweep(split(overrides)[1])) if runs is None else runs
     configs = [compose(one) for one in runs]
     check_sweep(configs)
-    records = []
+    records, roots = [], []
     for cfg in configs:
         plain = OmegaConf.to_container(cfg, resolve=True)
         plain["out"] = os.path.abspath(plain["out"])
+        roots.append(plain["out"])
         records.append(finished_record(run_dir(plain), plain["checkpoint"]["keep"]))  # what runner.run would skip
-    return runs, records
+    return runs, records, roots
 
 
 def _launch(hydra: Any, cfg: Any, jobs: List[List[str]]) -> List[Dict[str, Any]]:
@@ -193,9 +198,33 @@ def _launch(hydra: Any, cfg: Any, jobs: List[List[str]]) -> List[Dict[str, Any]]
     sweep_dir = Path(str(cfg.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
-    results = launcher.launch(jobs, initial_job_idx=0)
+    try:
+        results = launcher.launch(jobs, initial_job_idx=0)
+    except Exception as exc:  # a job killed (no result), a submission the scheduler refused, a lost worker
+        from .config import one_line
+
+        raise ShiftkitError(
+            f"the sweep's launcher stopped: {one_line(exc)}; the runs that finished are saved, jobs already "
+            "submitted go on, and the same command resumes the others from their checkpoints"
+        ) from None
     callbacks.on_multirun_end(config=cfg, config_name="config")
     return [job.return_value for job in results]
+
+
+def _run_pending(name: str, hydra: Any, cfg: Any, runs: List[List[str]], records: List[Optional[Dict[str, Any]]]
+                 ) -> None:
+    """Say the runs already done, launch the others as one batch, and fill in their records."""
+    if name.startswith("ray"):
+        scheduler.ray_environment(cfg)
+    for record in records:
+        if record is not None:
+            print(_line(record), file=sys.stderr)
+    pending = [i for i, record in enumerate(records) if record is None]
+    if pending:
+        for i, record in zip(pending, _launch(hydra, cfg, [runs[i] for i in pending])):
+            records[i] = record
+            if name.startswith("submitit"):  # its jobs' lines went to their logs
+                print(_line(record), file=sys.stderr)
 
 
 def launch(overrides: List[str], runs: Optional[List[List[str]]] = None, diverged_ok: bool = False
@@ -217,7 +246,7 @@ def launch(overrides: List[str], runs: Optional[List[List[str]]] = None, diverge
     if name is None:
         raise ShiftkitError("a launcher sweep needs hydra/launcher=NAME, e.g. hydra/launcher=joblib")
     require(name, overrides)
-    runs, records = plan(overrides, runs)
+    runs, records, roots = plan(overrides, runs)
     register_configs()
     GlobalHydra.instance().clear()
     try:
@@ -231,13 +260,8 @@ def launch(overrides: List[str], runs: Optional[List[List[str]]] = None, diverge
             hydra = GlobalHydra.instance().hydra
             # the sweep's config, hydra node included: bad hydra.* settings stop here, before anything runs
             cfg = hydra.compose_config("config", with_defaults(overrides), run_mode=RunMode.MULTIRUN)
-            for record in records:
-                if record is not None:
-                    print(_line(record), file=sys.stderr)
-            pending = [i for i, record in enumerate(records) if record is None]
-            if pending:
-                for i, record in zip(pending, _launch(hydra, cfg, [runs[i] for i in pending])):
-                    records[i] = record
+            scheduler.check_sweep(name, cfg, roots)
+            _run_pending(name, hydra, cfg, runs, records)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ShiftkitError(one_line(exc)) from None
     finally:

@@ -68,6 +68,8 @@ def _plain_progress(say, title: str):
 def finished(record: dict) -> str:
     if record.get("failed"):
         return f"failed: {record['failed']}"
+    if record.get("interrupted"):
+        return f"interrupted ({record['interrupted']}); its checkpoint is kept and the same command resumes it"
     if record.get("skipped"):
         return "already done, skipped"
     sel = record["selected"]
@@ -211,6 +213,12 @@ def conclude(records: List[dict], say, diverged_ok: bool = False) -> List[dict]:
         raise ShiftkitError(
             f"{len(failed)} of {len(records)} runs failed (the first: {failed[0]}); the others finished, and the"
             " same command reruns only the failed ones"
+        )
+    interrupted = [r["interrupted"] for r in records if r.get("interrupted")]
+    if interrupted:  # a launcher's job that its scheduler stopped
+        raise ShiftkitError(
+            f"{len(interrupted)} of {len(records)} runs were interrupted (the first: {interrupted[0]}) and kept their "
+            "checkpoints; the others finished, and the same command resumes the interrupted ones"
         )
     return records
 
