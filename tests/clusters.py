@@ -171,7 +171,8 @@ PidFile={self.path('slurmdbd.pid')}
 LogFile={self.path('slurmdbd.log')}
 """)
         os.chmod(dbd, 0o600)
-        self.conf.write_text(munge + f"""ClusterName=shiftkit
+        # cred_expire: how long a requeued job waits before it may start again (default 120 s)
+        self.conf.write_text(munge.replace("\nAuthInfo=", "\nAuthInfo=cred_expire=10,") + f"""ClusterName=shiftkit
 SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort={ports['ctld']}
 SlurmdPort={ports['slurmd']}
@@ -187,6 +188,7 @@ SlurmdLogFile={self.path('slurmd.log')}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=2,bf_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
@@ -222,8 +224,11 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         return _quiet(*cmd, env=self.env, check=False)
 
     def jobs(self, *fields: str) -> List[List[str]]:
-        """``sacct``'s rows (allocations only) for every job of this session, as lists of ``fields``."""
-        out = self.run("sacct", "-n", "-X", "-P", "-a", "-S", "now-1days", "-o", ",".join(fields)).stdout
+        """``sacct``'s rows (allocations only) for every job of this session, as lists of ``fields``; a
+        field ``-D`` asks for every run of a requeued job too."""
+        flags = [f for f in fields if f.startswith("-")]
+        fields = tuple(f for f in fields if not f.startswith("-"))
+        out = self.run("sacct", "-n", "-X", "-P", "-a", "-S", "now-1days", *flags, "-o", ",".join(fields)).stdout
         return [line.split("|") for line in out.splitlines() if line]
 
     def stop(self) -> None:

@@ -24,11 +24,14 @@ from shiftkit.config import compose
 from shiftkit.identity import run_dir
 
 TINY = ["train.epochs=2", "train.eval_every=1", "model.width=8", "device=cpu"]
-#: ~40 s on one core, a checkpoint every 100 epochs: long enough to outlast SLURM's check of time limits
-#: (every 30 s) once one is cut short.
-LONG = ["train.epochs=8000", "train.eval_every=1000", "checkpoint.interval=0", "checkpoint.every=100", "device=cpu"]
+#: ~10 s on one core, a checkpoint every 100 epochs: stopped after its first checkpoint, a run has most of
+#: its epochs left.
+LONG = ["train.epochs=2000", "train.eval_every=500", "checkpoint.interval=0", "checkpoint.every=100", "device=cpu"]
+SHORT = ["train.epochs=1000", "train.eval_every=500", "checkpoint.interval=0", "checkpoint.every=100", "device=cpu"]
 SLURM = ["hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=5"]
 RESULT_KEYS = ("final", "selected", "selected_epoch", "steps")
+#: sacct's states of a job that has not ended.
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "SUSPENDED", "RESIZING", "PREEMPTED"}
 
 
 @pytest.fixture(scope="session")
@@ -40,35 +43,28 @@ def shared():
     shutil.rmtree(root, ignore_errors=True)
 
 
-def _folder(prefix):
-    """A cluster's folder: short (socket paths must stay under 108 characters) and open to traverse
-    (munged refuses a socket below a private folder, as pytest's are)."""
-    root = Path(f"/tmp/{prefix}-{uuid.uuid4().hex[:8]}")
+def _cluster(kind, missing):
+    """Start a cluster of ``kind`` in a folder of its own (short, as socket paths must stay under 108
+    characters, and open to traverse: munged refuses a socket below a private folder, as pytest's are)."""
+    clusters.require(missing())
+    root = Path(f"/tmp/{kind.__name__.lower()}-{uuid.uuid4().hex[:8]}")
     root.mkdir(mode=0o755)
     os.chmod(root, 0o755)
-    return root
+    try:
+        with kind(root) as cluster:
+            yield cluster
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def slurm():
-    clusters.require(clusters.missing_slurm())
-    root = _folder("slurm")
-    try:
-        with clusters.Slurm(root) as cluster:
-            yield cluster
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    yield from _cluster(clusters.Slurm, clusters.missing_slurm)
 
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    clusters.require(clusters.missing_ray())
-    root = _folder("ray")
-    try:
-        with clusters.Ray(root) as cluster:
-            yield cluster
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    yield from _cluster(clusters.Ray, clusters.missing_ray)
 
 
 def shiftkit(*args, env, cwd, wait=True):
@@ -102,8 +98,10 @@ def test_slurm_sweep_runs_as_in_process_queues_beyond_free_cpus_and_skips_finish
     runs = sorted(p.parent for p in out.rglob("done"))
     assert len(runs) == 2 and sorted(first.stdout.split()) == [str(r) for r in runs]
     assert first.stderr.count("test balanced acc") == 2  # each job's line, though it ran on the node
-    jobs = slurm.jobs("JobID", "JobName", "State", "Start", "End")
-    assert [(j[1], j[2]) for j in jobs] == [("shiftkit", "COMPLETED")] * 2, jobs
+    # a job's result is written before SLURM has seen the job end: wait for its accounting to catch up
+    _wait("the jobs' accounting", lambda: [j[2] for j in _jobs(slurm, tmp_path)] == ["COMPLETED"] * 2, timeout=60)
+    jobs = _jobs(slurm, tmp_path)
+    assert [j[1] for j in jobs] == ["shiftkit"] * 2, jobs
     assert max(j[3] for j in jobs) >= min(j[4] for j in jobs)  # the second started when the first ended
 
     local = shiftkit("train", "-m", f"out={here}", *sweep, env=os.environ, cwd=tmp_path)
@@ -113,25 +111,38 @@ def test_slurm_sweep_runs_as_in_process_queues_beyond_free_cpus_and_skips_finish
 
     again = shiftkit(*args, env=slurm.env, cwd=tmp_path)
     assert again.returncode == 0 and "2 of 2 runs were already done and were skipped" in again.stderr
-    assert len(slurm.jobs("JobID")) == 2  # nothing was submitted
+    time.sleep(2)  # as long as accounting lags
+    assert len(_jobs(slurm, tmp_path)) == 2  # nothing was submitted
 
 
-def _job_id(slurm, timeout=60):
+def _jobs(slurm, cwd):
+    """``sacct``'s ``JobID, JobName, State, Start, End`` of the jobs submitted from ``cwd`` (one test's)."""
+    return [j[:5] for j in slurm.jobs("JobID", "JobName", "State", "Start", "End", "WorkDir") if j[5] == str(cwd)]
+
+
+def _job_ids(slurm, timeout=60):
+    """The ids of the queue's jobs (``N_i`` for the tasks of array ``N``; submitit submits one run alone)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         ids = slurm.run("squeue", "-h", "-r", "-o", "%i").stdout.split()
         if ids:
-            return min(ids).split("_")[0]
+            return ids
         time.sleep(0.2)
     raise AssertionError("no job reached the queue")
+
+
+def _job_id(slurm):
+    """The array's id."""
+    return min(_job_ids(slurm)).split("_")[0]
 
 
 def _worker(job, task):
     """The pid of array task ``task``'s Python process (submitit's), on this machine, the cluster's node."""
     for proc in Path("/proc").iterdir():
         try:
-            if b"submitit.core._submit" not in (proc / "cmdline").read_bytes():
-                continue
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"submitit.core._submit" not in argv or not os.path.basename(argv[0]).startswith(b"python"):
+                continue  # not the job's Python (srun's command line names it too)
             env = dict(v.split(b"=", 1) for v in (proc / "environ").read_bytes().split(b"\0") if b"=" in v)
         except OSError:
             continue
@@ -157,21 +168,28 @@ def test_slurm_jobs_the_scheduler_stops_resume_to_the_uninterrupted_metrics(slur
         os.kill(_worker(job, 0), signal.SIGKILL)  # the worker dies, as the OOM killer kills it
         slurm.run("scancel", "--signal=TERM", f"{job}_1")  # a cancellation or a preemption
         _wait("the queued jobs", lambda: (dirs["timed_out"] / "checkpoint.pt").exists())
+        # SLURM checks time limits every 30 s: hold the run where it is (SIGSTOP) so that it cannot finish
+        # first; SLURM continues a job (SIGCONT) as it signals it at its limit
+        os.kill(_worker(job, 2), signal.SIGSTOP)
         assert slurm.run("scontrol", "update", f"JobId={job}_2", "TimeLimit=0:01").returncode == 0  # runs out now
         _, err = sweep.communicate(timeout=300)
     finally:
         sweep.kill()
     last = err.splitlines()[-1]
-    assert sweep.returncode == 2 and last.startswith("shiftkit: error: the sweep's launcher stopped: "), err
-    assert last.endswith("jobs already submitted go on, and the same command resumes the others from their checkpoints")
-    _wait("the other jobs", lambda: not slurm.run("squeue", "-h").stdout.strip(), timeout=180)
+    assert sweep.returncode == 2 and last.startswith(
+        f"shiftkit: error: the sweep's launcher stopped: job {job}_0 ended without a result (state FAILED"), err
+    assert last.endswith("its other jobs go on, and once they have ended the same command resumes the rest from their "
+                         "checkpoints")
+    def states():
+        return {j[0]: j[2] for j in _jobs(slurm, tmp_path) if j[0].startswith(f"{job}_")}
 
-    states = {j[0]: j[1] for j in slurm.jobs("JobID", "State") if j[0].startswith(f"{job}_")}
+    _wait("the other jobs", lambda: len(states()) == 4 and not set(states().values()) & ACTIVE, timeout=180)
+    states = states()
     assert states[f"{job}_0"] == "FAILED" and states[f"{job}_3"] == "COMPLETED", states
     assert not (dirs["killed"] / "done").exists() and (dirs["killed"] / "checkpoint.pt").exists()
     for name in ("cancelled", "timed_out"):  # stopped by SIGTERM (or the time limit's warning, SIGUSR2)
         rec = record(dirs[name])
-        assert rec["status"] == "interrupted" and rec["error"].startswith("stopped by SIG"), rec
+        assert rec["status"] == "interrupted" and rec["error"].startswith("stopped by SIG"), (name, rec)
         assert rec["checkpoint"] == "checkpoint.pt" and not (dirs[name] / "done").exists()
 
     again = shiftkit(*args, env=slurm.env, cwd=tmp_path)
@@ -183,13 +201,46 @@ def test_slurm_jobs_the_scheduler_stops_resume_to_the_uninterrupted_metrics(slur
         assert results(dirs[name]) == whole, name
 
 
+def test_slurm_job_warned_of_its_time_limit_requeues_itself_and_resumes(slurm, shared, tmp_path):
+    """SLURM warns a job near its time limit with submitit's signal (SIGUSR2); with
+    ``max_num_timeout=1`` the run records itself, submitit requeues the job, and it resumes there."""
+    out, here = shared / "requeued", shared / "requeued-in-process"
+    folder = directory([f"out={out}", *SHORT])
+    args = ["train", "-m", *SLURM, "hydra.launcher.max_num_timeout=1", f"out={out}", *SHORT]
+    sweep = shiftkit(*args, env=slurm.env, cwd=tmp_path, wait=False)
+    try:
+        (job,) = _job_ids(slurm)
+        _wait("the first checkpoint", lambda: (folder / "checkpoint.pt").exists())
+        assert slurm.run("scancel", "--signal=USR2", job).returncode == 0  # as SLURM sends it
+        _, err = sweep.communicate(timeout=300)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0, err
+    assert "REQUEUED" in {row[1] for row in slurm.jobs("JobID", "State", "-D") if row[0] == job}
+    assert record(folder)["resumed_from_epoch"] > 0 and (folder / "done").exists()
+    local = shiftkit("train", f"out={here}", *SHORT, env=os.environ, cwd=tmp_path)
+    assert local.returncode == 0, local.stderr
+    assert results(folder) == results(here / folder.relative_to(out))
+
+
+def test_slurm_gpu_sweep_submits_from_a_machine_without_gpus_and_each_job_checks_its_device(slurm, shared, tmp_path):
+    """A login node has no GPUs; the nodes that run the jobs may. Here the node has none either: the job
+    stops in one line, on the node."""
+    res = shiftkit("train", "-m", *SLURM, "seed=0", f"out={shared / 'gpu'}", "train.epochs=1", "model.width=8",
+                   "device=cuda", env=slurm.env, cwd=tmp_path)
+    assert res.returncode == 2
+    _wait("the job's accounting", lambda: len(_jobs(slurm, tmp_path)) == 1, timeout=60)
+    assert res.stderr.splitlines()[-1].startswith(
+        "shiftkit: error: 1 of 1 runs failed (the first: device 'cuda' is not available here"), res.stderr
+
+
 def test_slurm_refuses_a_node_local_results_folder_before_submitting(slurm, tmp_path):
-    before = len(slurm.jobs("JobID"))
     res = shiftkit("train", "-m", *SLURM, "seed=0,1", f"out={tmp_path / 'results'}", *TINY, env=slurm.env, cwd=tmp_path)
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
     assert res.stderr.startswith(f"shiftkit: error: out={tmp_path / 'results'} is not shared between the cluster's")
     assert "which each machine has for itself" in res.stderr
-    assert len(slurm.jobs("JobID")) == before and not (tmp_path / "results").exists()
+    time.sleep(2)  # as long as accounting lags
+    assert not _jobs(slurm, tmp_path) and not (tmp_path / "results").exists()  # nor submitit's folder in it
 
 
 PLUGIN = '''

@@ -183,3 +183,61 @@ def test_launcher_name_and_split():
     assert launch.split(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1"]) == (
         ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], ["seed=0,1"]
     )
+
+
+def test_node_local_folders_are_named_and_shared_ones_pass(monkeypatch):
+    from shiftkit import scheduler
+
+    monkeypatch.setenv("TMPDIR", "/scratch/local/job1")
+    assert "under /tmp" in scheduler.node_local("/tmp/results/x")
+    assert "under /dev/shm" in scheduler.node_local("/dev/shm/results")
+    assert "under /scratch/local/job1" in scheduler.node_local("/scratch/local/job1/r")
+    assert scheduler.node_local("/scratch/shared/r") is None
+    assert scheduler.node_local("/tmpx/results") is None  # a prefix of a name is not a parent folder
+    monkeypatch.setattr(scheduler, "_filesystem", lambda path: "tmpfs")
+    assert "tmpfs filesystem" in scheduler.node_local("/shared/results")
+    monkeypatch.setattr(scheduler, "_filesystem", lambda path: "nfs4")
+    assert scheduler.node_local("/shared/results") is None
+
+
+@pytest.mark.parametrize("address, refused", [
+    (None, False), ("local", False), ("127.0.0.1:6379", False), ("localhost:6379", False),
+    ("ray://head:10001", True), ("10.1.2.3:6379", True), ("auto", True),
+])
+def test_a_ray_sweep_beyond_this_machine_needs_a_shared_results_folder(tmp_path, address, refused):
+    from shiftkit import scheduler
+    from shiftkit.errors import ShiftkitError
+
+    cfg = OmegaConf.create({"hydra": {"launcher": {"ray": {"init": {"address": address}}}}})
+    if refused:
+        with pytest.raises(ShiftkitError, match=r"out=/tmp/r is not shared between the cluster's machines"):
+            scheduler.check_sweep("ray", cfg, ["/tmp/r"])
+    else:
+        scheduler.check_sweep("ray", cfg, ["/tmp/r"])
+    scheduler.check_sweep("joblib", cfg, ["/tmp/r"])  # a local launcher's jobs see this machine's folders
+
+
+def test_ray_tasks_get_shiftkits_environment_and_the_sweeps_own_variables_win(monkeypatch):
+    from shiftkit import scheduler
+
+    monkeypatch.setenv("SHIFTKIT_PLUGINS", "mine")
+    monkeypatch.setenv("PYTHONPATH", "/shared/code")
+    cfg = OmegaConf.create({"hydra": {"launcher": {"ray": {"init": {
+        "address": "auto", "runtime_env": {"env_vars": {"PYTHONPATH": "/elsewhere"}, "working_dir": "/w"}}}}}})
+    scheduler.ray_environment(cfg)
+    runtime = OmegaConf.to_container(cfg.hydra.launcher.ray.init.runtime_env)
+    assert runtime["working_dir"] == "/w" and runtime["env_vars"]["PYTHONPATH"] == "/elsewhere"
+    assert runtime["env_vars"]["SHIFTKIT_PLUGINS"] == "mine"
+
+
+def test_a_sweep_for_a_clusters_nodes_checks_the_device_by_name_only():
+    from shiftkit.environment import devices_elsewhere, resolve_device
+    from shiftkit.errors import ShiftkitError
+
+    with devices_elsewhere():
+        assert resolve_device("cuda:1") == "cuda:1"  # whether or not this machine has one
+        with pytest.raises(ShiftkitError, match="device 'gpu' is not a device"):
+            resolve_device("gpu")
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(ShiftkitError, match="device 'cuda:1' is not available here"):
+            resolve_device("cuda:1")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -14,10 +15,30 @@ import torch
 from . import __version__, distributed
 from .errors import ShiftkitError
 
-__all__ = ["bf16_native", "command", "environment", "resolve_device"]
+__all__ = ["bf16_native", "command", "devices_elsewhere", "environment", "resolve_device"]
+
+_elsewhere: List[bool] = []
+
+
+@contextlib.contextmanager
+def devices_elsewhere() -> Iterator[None]:
+    """Inside, :func:`resolve_device` checks a device's name only: for a sweep that a cluster's nodes will
+    run, submitted from a machine without their devices (a login node without GPUs). Each job checks its
+    device on its node, when it starts."""
+    _elsewhere.append(True)
+    try:
+        yield
+    finally:
+        _elsewhere.pop()
 
 
 def resolve_device(name: str) -> str:
+    if _elsewhere and name != "auto":
+        try:
+            torch.device(name)
+        except RuntimeError as exc:
+            raise ShiftkitError(f"device '{name}' is not a device: {str(exc).splitlines()[0]}") from None
+        return name
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:

@@ -154,24 +154,34 @@ def task(cfg: Any) -> Dict[str, Any]:
 
         record = {**failure(exc), "config": OmegaConf.to_container(cfg, resolve=True)}
     except KeyboardInterrupt as exc:  # the run recorded "interrupted" beside its checkpoint
+        scheduler.pass_on(exc)  # submitit may requeue the job here, to resume the run
         record = {"interrupted": str(exc) or "interrupted", "config": OmegaConf.to_container(cfg, resolve=True)}
     print(_line(record), file=sys.stderr, flush=True)
     return record
 
 
-def plan(overrides: List[str], runs: Optional[List[List[str]]] = None
+#: Launchers whose jobs run on this machine (any other's run on a cluster's nodes, with their devices).
+HERE = ("basic", "joblib", "submitit_local")
+
+
+def plan(overrides: List[str], runs: Optional[List[List[str]]] = None, elsewhere: bool = False
          ) -> Tuple[List[List[str]], List[Optional[Dict[str, Any]]], List[str]]:
     """Every run of a sweep (its overrides, ``hydra`` ones left out; or the given ``runs``), composed and
     checked so that bad input stops here, the record of each one already done (None for those still to
-    run), and each run's results root."""
+    run), and each run's results root. ``elsewhere``: the runs will run on other machines, whose devices
+    (``device=cuda``) this one may not have; their jobs check them."""
+    import contextlib
+
     from omegaconf import OmegaConf
 
     from .config import compose, expand_sweep, fit_options
+    from .environment import devices_elsewhere
     from .runner import check_sweep, finished_record, run_dir
 
     runs = fit_options(expand_sweep(split(overrides)[1])) if runs is None else runs
     configs = [compose(one) for one in runs]
-    check_sweep(configs)
+    with devices_elsewhere() if elsewhere else contextlib.nullcontext():
+        check_sweep(configs)
     records, roots = [], []
     for cfg in configs:
         plain = OmegaConf.to_container(cfg, resolve=True)
@@ -179,6 +189,20 @@ def plan(overrides: List[str], runs: Optional[List[List[str]]] = None
         roots.append(plain["out"])
         records.append(finished_record(run_dir(plain), plain["checkpoint"]["keep"]))  # what runner.run would skip
     return runs, records, roots
+
+
+def _job_failure(exc: BaseException) -> str:
+    """What stopped a launcher, in one line (submitit's message for a job that left no result takes two)."""
+    import re
+
+    from .config import one_line
+
+    found = re.search(r"Job (\S+) \(task: \d+\) with path (\S+)_result\.pkl\s*\n\s*has not produced any output "
+                      r"\(state: ([^)]*)\)", str(exc))
+    if found:
+        job, path, state = found.groups()
+        return f"job {job} ended without a result (state {state}; its log: {path}_log.err)"
+    return one_line(exc)
 
 
 def _launch(hydra: Any, cfg: Any, jobs: List[List[str]]) -> List[Dict[str, Any]]:
@@ -201,11 +225,9 @@ def _launch(hydra: Any, cfg: Any, jobs: List[List[str]]) -> List[Dict[str, Any]]
     try:
         results = launcher.launch(jobs, initial_job_idx=0)
     except Exception as exc:  # a job killed (no result), a submission the scheduler refused, a lost worker
-        from .config import one_line
-
         raise ShiftkitError(
-            f"the sweep's launcher stopped: {one_line(exc)}; the runs that finished are saved, jobs already "
-            "submitted go on, and the same command resumes the others from their checkpoints"
+            f"the sweep's launcher stopped: {_job_failure(exc)}; the runs that finished are saved, its other jobs "
+            "go on, and once they have ended the same command resumes the rest from their checkpoints"
         ) from None
     callbacks.on_multirun_end(config=cfg, config_name="config")
     return [job.return_value for job in results]
@@ -246,7 +268,7 @@ def launch(overrides: List[str], runs: Optional[List[List[str]]] = None, diverge
     if name is None:
         raise ShiftkitError("a launcher sweep needs hydra/launcher=NAME, e.g. hydra/launcher=joblib")
     require(name, overrides)
-    runs, records, roots = plan(overrides, runs)
+    runs, records, roots = plan(overrides, runs, elsewhere=name not in HERE)
     register_configs()
     GlobalHydra.instance().clear()
     try:

@@ -9,7 +9,9 @@ for (SIGUSR2, ``hydra.launcher.signal_delay_s`` seconds before). During a run ei
 
 Results must go where every node and the submitting machine see them. :func:`node_local` names folders
 that live on one machine (``/tmp``, ``/var/tmp``, ``/dev/shm``, ``$TMPDIR``, a job's ``$SLURM_TMPDIR``,
-memory filesystems); :func:`check_shared` refuses them before anything is submitted.
+memory filesystems); :func:`check_shared` refuses them before anything is submitted (:func:`check_sweep`
+decides where that applies). A Ray cluster's workers come with their nodes' environment, so
+:func:`ray_environment` hands a sweep's tasks the variables shiftkit reads.
 """
 
 from __future__ import annotations
@@ -38,7 +40,21 @@ class Terminated(KeyboardInterrupt):
 
 
 def terminate(signum, frame) -> None:
-    raise Terminated(f"stopped by {signal.Signals(signum).name}")
+    exc = Terminated(f"stopped by {signal.Signals(signum).name}")
+    exc.signum = signum
+    raise exc
+
+
+def pass_on(exc: BaseException) -> None:
+    """After a run stopped by a scheduler's signal has recorded itself, hand the signal to the handler the
+    process had before :func:`stopping_on`: submitit's, for its warning signal, requeues the job where
+    ``hydra.launcher.max_num_timeout`` allows (the process then exits, and the requeued job resumes the run
+    from its checkpoint); where it will not requeue, or there is no such handler, this returns."""
+    signum = getattr(exc, "signum", None)
+    handler = signal.getsignal(signum) if signum is not None else None
+    if callable(handler) and handler is not terminate:
+        with contextlib.suppress(Exception):  # submitit's "not requeued because ..."
+            handler(signum, None)
 
 
 @contextlib.contextmanager
@@ -106,7 +122,7 @@ def _local_ray(address: Any) -> bool:
 def check_sweep(name: str, cfg: Any, roots: List[str]) -> None:
     """Refuse, before anything is submitted, results roots (and submitit's folder) that the jobs of
     ``hydra/launcher=name`` would not see: SLURM's always, Ray's where it joins a cluster beyond this machine."""
-    if name.startswith("ray") and _local_ray(cfg.hydra.launcher.ray.init.get("address")):
+    if name == "ray" and _local_ray(cfg.hydra.launcher.ray.init.get("address")):
         return
     if name != "submitit_slurm" and not name.startswith("ray"):
         return
@@ -123,6 +139,8 @@ def ray_environment(cfg: Any) -> None:
     ``runtime_env.env_vars`` win)."""
     from omegaconf import OmegaConf, open_dict
 
+    if cfg.hydra.launcher.get("ray") is None or cfg.hydra.launcher.ray.get("init") is None:
+        return
     passed = {k: v for k, v in os.environ.items() if k.startswith("SHIFTKIT_") or k == "PYTHONPATH"}
     init = cfg.hydra.launcher.ray.init
     runtime = OmegaConf.to_container(init.get("runtime_env") or OmegaConf.create({}), resolve=True)
