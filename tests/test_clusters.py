@@ -3,7 +3,7 @@
 (``ray start --head``) through ``hydra/launcher=ray``. Each cluster starts once per session. The runs land
 where an in-process sweep puts them, with its metrics; a job the scheduler stops (``scancel``, a time limit
 that runs out, SIGKILL) resumes from its checkpoint to the uninterrupted metrics; a node-local results
-folder stops before anything is submitted; more jobs than free CPUs queue. docs/SWEEPS.md, "Clusters"."""
+folder stops before anything is submitted; more jobs than free CPUs queue. docs/SWEEPS.md#clusters-in-the-tests."""
 
 import json
 import os
