@@ -120,20 +120,22 @@ def _jobs(slurm, cwd):
     return [j[:5] for j in slurm.jobs("JobID", "JobName", "State", "Start", "End", "WorkDir") if j[5] == str(cwd)]
 
 
-def _job_ids(slurm, timeout=60):
-    """The ids of the queue's jobs (``N_i`` for the tasks of array ``N``; submitit submits one run alone)."""
+def _job_ids(slurm, cwd, timeout=60):
+    """The ids of the queue's jobs submitted from ``cwd``, one test's (``N_i`` for the tasks of array ``N``;
+    submitit submits one run alone)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        ids = slurm.run("squeue", "-h", "-r", "-o", "%i").stdout.split()
+        rows = [line.split() for line in slurm.run("squeue", "-h", "-r", "-o", "%i %Z").stdout.splitlines()]
+        ids = [row[0] for row in rows if row[1:] == [str(cwd)]]
         if ids:
             return ids
         time.sleep(0.2)
     raise AssertionError("no job reached the queue")
 
 
-def _job_id(slurm):
-    """The array's id."""
-    return min(_job_ids(slurm)).split("_")[0]
+def _job_id(slurm, cwd):
+    """The id of the array submitted from ``cwd``."""
+    return min(_job_ids(slurm, cwd)).split("_")[0]
 
 
 def _worker(job, task):
@@ -163,7 +165,7 @@ def test_slurm_jobs_the_scheduler_stops_resume_to_the_uninterrupted_metrics(slur
             *LONG]
     sweep = shiftkit(*args, env=slurm.env, cwd=tmp_path, wait=False)
     try:
-        job = _job_id(slurm)
+        job = _job_id(slurm, tmp_path)
         _wait("the first checkpoints", lambda: all((dirs[k] / "checkpoint.pt").exists() for k in ("killed", "cancelled")))
         os.kill(_worker(job, 0), signal.SIGKILL)  # the worker dies, as the OOM killer kills it
         slurm.run("scancel", "--signal=TERM", f"{job}_1")  # a cancellation or a preemption
@@ -209,7 +211,7 @@ def test_slurm_job_warned_of_its_time_limit_requeues_itself_and_resumes(slurm, s
     args = ["train", "-m", *SLURM, "hydra.launcher.max_num_timeout=1", f"out={out}", *SHORT]
     sweep = shiftkit(*args, env=slurm.env, cwd=tmp_path, wait=False)
     try:
-        (job,) = _job_ids(slurm)
+        (job,) = _job_ids(slurm, tmp_path)
         _wait("the first checkpoint", lambda: (folder / "checkpoint.pt").exists())
         assert slurm.run("scancel", "--signal=USR2", job).returncode == 0  # as SLURM sends it
         _, err = sweep.communicate(timeout=300)
