@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
 import warnings
 from typing import List, Optional
 
 from . import plugins, precision
 from .errors import ShiftkitError, ShiftkitWarning
-from .scheduler import Terminated, terminate as _terminate
+from .scheduler import Terminated, stopping_on
 from .sweep import run_many
 
 
@@ -321,16 +320,10 @@ def main(argv: Optional[List[str]] = None, process: bool = False) -> int:
     """The command line: 0 on success, 2 with one ``shiftkit: error:`` line for bad input or a failed
     run, 130 (Ctrl-C) or 143 (SIGTERM) with one line when interrupted. ``process``: this process is the
     command's own (:func:`entry`), whose threads it chooses."""
-    main_thread = threading.current_thread() is threading.main_thread()  # signals are the main thread's
-    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
-    with warnings.catch_warnings():
+    with stopping_on((signal.SIGTERM,)), warnings.catch_warnings():
         warnings.showwarning = _one_line_warning
         warnings.simplefilter("always", ShiftkitWarning)
-        try:
-            return _main(argv, process)
-        finally:
-            if main_thread:
-                signal.signal(signal.SIGTERM, previous)
+        return _main(argv, process)
 
 
 def _held_signals():

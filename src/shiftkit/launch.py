@@ -145,13 +145,13 @@ def task(cfg: Any) -> Dict[str, Any]:
         cfg.pop("hydra", None)
         cfg.out = to_absolute_path(str(cfg.out))
         precision.settle(cfg)  # Hydra composed this job, not shiftkit.config.compose
+    from .sweep import failure
+
     try:
         plugins.load()  # a worker process has imported none of the user's plugins yet
         with scheduler.stopping_on():  # SIGTERM or a time limit's warning: record, keep the checkpoint, end
             record = run(cfg)
     except ShiftkitError as exc:
-        from .sweep import failure
-
         record = {**failure(exc), "config": OmegaConf.to_container(cfg, resolve=True)}
     except KeyboardInterrupt as exc:  # the run recorded "interrupted" beside its checkpoint
         scheduler.pass_on(exc)  # submitit may requeue the job here, to resume the run

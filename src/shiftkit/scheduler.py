@@ -36,7 +36,9 @@ MEMORY_FILESYSTEMS = {"tmpfs", "ramfs"}
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what SLURM and most schedulers send before they kill a job) or a scheduler's warning signal,
     raised where the process is so that it ends as Ctrl-C does: the run records ``"status": "interrupted"``
-    and resumes when the same command runs again."""
+    and resumes when the same command runs again. ``signum``: the signal."""
+
+    signum: Optional[int] = None
 
 
 def terminate(signum, frame) -> None:
@@ -78,9 +80,9 @@ def _filesystem(path: Path) -> str:
     with contextlib.suppress(OSError), open("/proc/self/mounts") as mounts:
         for line in mounts:
             fields = line.split()
-            point = fields[1].replace("\\040", " ")
-            if len(fields) > 2 and (str(path) == point or str(path).startswith(point.rstrip("/") + "/")):
-                if len(point) >= len(best):
+            if len(fields) > 2:
+                point = fields[1].replace("\\040", " ")
+                if path.is_relative_to(point) and len(point) >= len(best):
                     best, kind = point, fields[2]
     return kind
 
@@ -89,9 +91,8 @@ def node_local(path: str) -> Optional[str]:
     """Why ``path`` is one machine's own folder (None: it may be shared)."""
     where = Path(os.path.realpath(path))
     scratch = [*NODE_LOCAL, *(os.environ[k] for k in ("TMPDIR", "SLURM_TMPDIR") if os.environ.get(k))]
-    for root in scratch:
-        root = os.path.realpath(root)
-        if root != "/" and (str(where) == root or str(where).startswith(root.rstrip("/") + "/")):
+    for root in map(os.path.realpath, scratch):
+        if root != "/" and where.is_relative_to(root):
             return f"it is under {root}, which each machine has for itself"
     kind = _filesystem(where)
     if kind in MEMORY_FILESYSTEMS:
@@ -122,9 +123,9 @@ def _local_ray(address: Any) -> bool:
 def check_sweep(name: str, cfg: Any, roots: List[str]) -> None:
     """Refuse, before anything is submitted, results roots (and submitit's folder) that the jobs of
     ``hydra/launcher=name`` would not see: SLURM's always, Ray's where it joins a cluster beyond this machine."""
-    if name == "ray" and _local_ray(cfg.hydra.launcher.ray.init.get("address")):
-        return
-    if name != "submitit_slurm" and not name.startswith("ray"):
+    remote = name in ("submitit_slurm", "ray_aws") or (
+        name == "ray" and not _local_ray(cfg.hydra.launcher.ray.init.get("address")))
+    if not remote:
         return
     for root in dict.fromkeys(roots):
         check_shared(name, root)
