@@ -36,6 +36,8 @@ def test_group_shift_data_show_the_worst_group():
             "per_class_acc": [0.9, 0.6], "per_group_acc": [0.9, 0.3, 0.6, 0.8]}
     done = {"selected": {"train": {"acc": 1.0}, "test": test}, "train_seconds": 2.0, "resumed_from_epoch": 4}
     assert sweep.finished(done) == "train acc 1.000, test balanced acc 0.750, worst group 0.300 (2.0 s, resumed from epoch 4)"
+    done["config"] = {"train": {"amp": "bf16"}}  # what train.amp=auto resolved to, say, on a CPU with BF16
+    assert sweep.finished(done).endswith("(2.0 s, bfloat16, resumed from epoch 4)")
 
 
 def test_a_bad_interval_is_one_line(tmp_path, capsys, monkeypatch):

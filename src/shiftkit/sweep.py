@@ -77,8 +77,9 @@ def finished(record: dict) -> str:
     worst = (f"worst group {test['worst_group_acc']:.3f}" if _grouped(test)
              else f"worst class {test['worst_class_acc']:.3f}")
     resumed = f", resumed from epoch {record['resumed_from_epoch']}" if record.get("resumed_from_epoch") else ""
+    bf16 = ", bfloat16" if ((record.get("config") or {}).get("train") or {}).get("amp") == "bf16" else ""
     return (f"train acc {sel['train']['acc']:.3f}, test balanced acc {test['balanced_acc']:.3f}, {worst} "
-            f"({_seconds(record)}{resumed})")
+            f"({_seconds(record)}{bf16}{resumed})")
 
 
 def _seconds(record: dict) -> str:

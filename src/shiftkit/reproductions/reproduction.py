@@ -50,8 +50,11 @@ register = REPRODUCTIONS.register
 names = REPRODUCTIONS.names
 
 #: summary.json keys the framework writes; a reproduction's key figures must not reuse them.
-_META = ("name", "title", "source", "scale", "settings", "seconds", "device", "amp", "command", "environment",
-         "claims", "rows", "figures", "notes")
+_META = ("name", "title", "source", "scale", "settings", "seconds", "device", "amp", "precision", "command",
+         "environment", "claims", "rows", "figures", "notes")
+
+#: What a run's recorded ``train.amp`` trained in, as summaries name it.
+PRECISION_NAMES = {"none": "float32", "bf16": "bfloat16"}
 
 
 @dataclass
@@ -103,6 +106,8 @@ class Context:
     runs: Optional[Path] = None
     amp: str = "auto"
     staging: Path = field(init=False)
+    #: The precisions its training runs trained in (``train.amp=auto`` resolves per model family).
+    precisions: set = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -145,7 +150,10 @@ class Context:
         from ..sweep import run_many
 
         extra = [f"out={self.runs}", f"device={self.device}", f"scale={self.scale}", f"train.amp={self.amp}"]
-        return run_many([[*o, *extra] for o in override_lists], label=f"{self.name}: {label}", diverged_ok=diverged_ok)
+        records = run_many([[*o, *extra] for o in override_lists], label=f"{self.name}: {label}",
+                           diverged_ok=diverged_ok)
+        self.precisions.update(r["config"]["train"]["amp"] for r in records if "train" in r.get("config", {}))
+        return records
 
     def train_each(self, groups: Dict[str, List[List[str]]], label: str = "runs") -> Dict[str, List[dict]]:
         """:meth:`train` for several methods at once: ``{key: override lists}`` -> ``{key: records}``
@@ -262,6 +270,7 @@ def _write(ctx: Context, repro: Reproduction, settings: Dict[str, Any], summary:
         "seconds": round(seconds, 1),
         "device": resolve_device(ctx.device),
         "amp": ctx.amp,
+        "precision": sorted(PRECISION_NAMES.get(amp, amp) for amp in ctx.precisions),
         "command": " ".join(["shiftkit", *sys.argv[1:]]) if sys.argv[1:2] == ["reproduce"] else None,
         "environment": environment(),
         **{k: files.finite(v) for k, v in summary.key.items()},
@@ -292,7 +301,8 @@ def markdown(payload: Dict[str, Any]) -> str:
         "",
         f"Source: {payload['source']}.",
         f"Scale `{payload['scale']}` ({settings}); {payload['seconds']:.0f} s on {payload['device']}"
-        + ("." if payload["amp"] == "auto" else f", train.amp={payload['amp']}."),
+        + (f", in {' and '.join(payload['precision'])}" if payload.get("precision") else "")
+        + f" (train.amp={payload['amp']}).",
     ]
     if payload["command"]:
         lines.append(f"Command: `{payload['command']}`.")
