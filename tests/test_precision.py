@@ -36,7 +36,7 @@ def test_auto_picks_bf16_only_where_native_and_verified(monkeypatch, is_native, 
     assert folder == _amp_and_dir(["device=cpu", f"train.amp={expected}"])[1]  # the run that asked for it by name
     other = "none" if expected == "bf16" else "bf16"
     assert folder != _amp_and_dir(["device=cpu", f"train.amp={other}"])[1]
-    assert _amp_and_dir(["device=cpu", "model=cnn", "data=fmnist_binary"])[0] == "none"  # a family not verified
+    assert _amp_and_dir(["device=cpu", "model=linear"])[0] == "none"  # a family not verified
 
 
 def test_auto_picks_bf16_only_on_the_device_types_a_family_was_verified_on(native, monkeypatch):
@@ -81,3 +81,44 @@ def test_a_launcher_job_records_the_precision_auto_resolved_to(tmp_path, monkeyp
     cfg.train.amp = "auto"  # as Hydra composes a job
     launch.task(cfg)
     assert seen == ["none"]
+
+
+def test_every_verified_family_is_a_model_and_every_device_type_a_known_one():
+    from shiftkit.models import MODELS
+
+    models = set(MODELS.names())
+    for family, devices in precision.VERIFIED.items():
+        assert family in models, family
+        assert devices and set(devices) <= {"cpu", "cuda"}, (family, devices)
+
+
+def test_auto_follows_the_verified_families_on_a_device_that_computes_in_bf16(native, monkeypatch):
+    monkeypatch.setattr("shiftkit.environment.resolve_device", lambda name: name)  # a GPU here too
+    for family, devices in precision.VERIFIED.items():
+        for device in ("cpu", "cuda"):
+            expected = "bf16" if device in devices else "none"
+            assert precision.resolve("auto", device, family) == expected, (family, device)
+
+
+def test_a_reproduction_says_what_its_runs_trained_in(tmp_path, monkeypatch):
+    """``auto`` resolves per model family, so a summary names the precisions its runs recorded."""
+    import json
+
+    from shiftkit import reproductions, sweep
+    from shiftkit.reproductions import reproduction
+
+    class Trains(reproduction.Reproduction):
+        title, source, keys = "trains", "nowhere", ()
+        scales = {s: {"n": 1} for s in reproductions.SCALES}
+
+        def run(self, ctx, settings):
+            ctx.train([["model=cnn"], ["model=mlp"]])
+            return reproduction.Summary(key={}, rows=[("x", "1", "1")], claims=[], figures=[])
+
+    trained_in = {"model=cnn": "bf16", "model=mlp": "none"}  # as auto on a CPU with BF16 makes them
+    monkeypatch.setattr(sweep, "run_many", lambda lists, **kw: [
+        {"config": {"train": {"amp": trained_in[o[0]]}}} for o in lists])
+    monkeypatch.setitem(reproductions.REPRODUCTIONS._items, "trains", Trains)
+    reproductions.reproduce("trains", "quick", tmp_path, device="cpu")
+    assert json.loads((tmp_path / "summary.json").read_text())["precision"] == ["bfloat16", "float32"]
+    assert "on cpu, in bfloat16 and float32 (train.amp=auto)." in (tmp_path / "summary.md").read_text()
