@@ -122,3 +122,12 @@ def test_a_reproduction_says_what_its_runs_trained_in(tmp_path, monkeypatch):
     reproductions.reproduce("trains", "quick", tmp_path, device="cpu")
     assert json.loads((tmp_path / "summary.json").read_text())["precision"] == ["bfloat16", "float32"]
     assert "on cpu, in bfloat16 and float32 (train.amp=auto)." in (tmp_path / "summary.md").read_text()
+
+
+def test_auto_keeps_an_autobalance_search_in_float32_even_for_a_verified_family(native, monkeypatch):
+    monkeypatch.setitem(precision.VERIFIED, "mlp", ("cpu",))
+    assert _amp_and_dir(["device=cpu"])[0] == "bf16"
+    amp, folder = _amp_and_dir(["device=cpu", "experiment=autobalance", "data=digits_lt"])
+    assert amp == "none"
+    assert folder == _amp_and_dir(["device=cpu", "experiment=autobalance", "data=digits_lt", "train.amp=none"])[1]
+    assert _amp_and_dir(["device=cpu", "experiment=autobalance", "data=digits_lt", "train.amp=bf16"])[0] == "bf16"
