@@ -31,7 +31,8 @@ CHOICES = ("auto", "none", "bf16")
 #: figures and the checks). On a CPU with AVX-512 BF16: ``cnn`` steps 1.47 times faster, ``resnet32`` 1.66,
 #: and ``rgd-fig5`` trained with each kept its verdicts and every group's numbers. Not listed: ``mlp`` (its
 #: steps are no faster, 1.03 times at the demo's size, so bfloat16 would change its numbers for nothing),
-#: ``convnet`` (not checked yet), and every family on ``cuda`` (not yet checked on a GPU).
+#: ``convnet`` (its checks here decided nothing: docs/PERFORMANCE.md#precision), and every family on
+#: ``cuda`` (not yet checked on a GPU).
 VERIFIED: Dict[str, Tuple[str, ...]] = {"cnn": ("cpu",), "resnet32": ("cpu",)}
 
 #: Procedures whose runs ``auto`` keeps in float32 whatever the family. ``autobalance``: with ``cnn``, the
