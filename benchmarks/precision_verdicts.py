@@ -82,15 +82,21 @@ def groups_apart(fp32: Path, bf16: Path, metric: str = "balanced_acc") -> tuple:
     twice the standard error of the difference over seeds])``: the reproductions' numbers, not only their
     verdicts. At two standard errors, about one group in twenty is apart by chance alone."""
     a, b = _groups(fp32, metric), _groups(bf16, metric)
-    compared, apart = 0, []
-    for group in sorted(set(a) & set(b)):
-        (m1, s1), (m2, s2) = mean_sem(a[group]), mean_sem(b[group])
-        s1, s2 = s1 or 0.0, s2 or 0.0  # one seed: any difference counts
-        compared += 1
-        if abs(m1 - m2) > 2 * math.hypot(s1, s2):
-            apart.append(f"{group} {metric}: {m1:.4f} ± {s1:.4f} in float32, {m2:.4f} ± {s2:.4f} in bfloat16 "
-                         f"({len(a[group])} and {len(b[group])} seeds)")
-    return compared, apart
+    common = sorted(set(a) & set(b))
+    apart = [f"{group} {metric}: {gap} ({len(a[group])} and {len(b[group])} seeds)" for group in common
+             if (gap := _apart(mean_sem(a[group]), mean_sem(b[group])))]
+    return len(common), apart
+
+
+def _apart(fp32: tuple, bf16: tuple) -> str:
+    """``"m1 ± s1 in float32, m2 ± s2 in bfloat16"`` where two ``(mean, standard error)`` differ by more than
+    twice the standard error of their difference, else ``""`` (one seed: no standard error, any
+    difference counts)."""
+    (m1, s1), (m2, s2) = fp32, bf16
+    s1, s2 = s1 or 0.0, s2 or 0.0
+    if abs(m1 - m2) <= 2 * math.hypot(s1, s2):
+        return ""
+    return f"{m1:.4f} ± {s1:.4f} in float32, {m2:.4f} ± {s2:.4f} in bfloat16"
 
 
 def cells_apart(fp32: dict, bf16: dict) -> tuple:
@@ -103,12 +109,10 @@ def cells_apart(fp32: dict, bf16: dict) -> tuple:
             for key, cell in row.items():
                 if "/" not in key or cell is None:
                     continue
-                (m1, s1), (m2, s2) = cell, other[row["method"]][key]
-                s1, s2 = s1 or 0.0, s2 or 0.0  # one seed: no standard error, any difference counts
                 compared += 1
-                if abs(m1 - m2) > 2 * math.hypot(s1, s2):
-                    apart.append(f"{dataset} {row['method']} {key}: {m1:.4f} ± {s1:.4f} in float32, "
-                                 f"{m2:.4f} ± {s2:.4f} in bfloat16")
+                gap = _apart(cell, other[row["method"]][key])
+                if gap:
+                    apart.append(f"{dataset} {row['method']} {key}: {gap}")
     return compared, apart
 
 

@@ -11,9 +11,9 @@ float32.
   and bfloat16 training was shown to leave the verdicts of the reproductions that train it and the demo's
   table unchanged within seed noise (``benchmarks/precision_verdicts.py``, docs/PERFORMANCE.md#precision).
 
-Everywhere else, and for the procedures in :data:`FLOAT32_PROCEDURES`, it resolves to ``none`` (float32). The run records the precision it resolved to, never
-``auto``, so an ``auto`` run in float32 is the same run (the same identity and directory) as one that asked
-for ``train.amp=none``, including every run made before ``auto`` existed; a bfloat16 run is the same run
+Everywhere else, and for the procedures in :data:`FLOAT32_PROCEDURES`, it resolves to ``none``
+(float32). The run records the precision it resolved to, never ``auto``, so an ``auto`` run in float32 is
+the same run (the same identity and directory) as one that asked for ``train.amp=none``, including every run made before ``auto`` existed; a bfloat16 run is the same run
 as one that asked for ``train.amp=bf16``.
 """
 
